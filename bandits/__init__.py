@@ -1,0 +1,1 @@
+"""Policies: the Vowpal Wabbit contextual bandit and baselines; saving and loading them."""

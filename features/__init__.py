@@ -1,0 +1,1 @@
+"""Event intake and featurization: event validation, customer state from events, model features."""

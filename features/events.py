@@ -1,0 +1,62 @@
+"""Event validation against the event-type registry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from nba.catalog import EventType
+from nba.errors import InvalidInput
+
+BUILTIN_TYPES: dict[str, EventType] = {
+    "opt_out": EventType(properties={"channel": "string"}),
+    "opt_in": EventType(properties={"channel": "string"}),
+    "profile_updated": EventType(),
+}
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "list":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "timestamp":
+        if not isinstance(value, str):
+            return False
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def validate_event(
+    event_type: str, properties: Mapping[str, Any], registry: Mapping[str, EventType], field_prefix: str = ""
+) -> None:
+    """Check an event's type is known and its properties fit the type's schema; raise `InvalidInput` if not.
+
+    Properties the schema does not declare are accepted (producers may add fields); declared ones must have
+    the declared type, and required ones must be present.
+    """
+    schema = registry.get(event_type) or BUILTIN_TYPES.get(event_type)
+    if schema is None:
+        raise InvalidInput(
+            f"unknown event type {event_type!r}: register it with PUT /v1/event-types/{event_type}",
+            field=f"{field_prefix}type",
+        )
+    for name in schema.required:
+        if name not in properties:
+            raise InvalidInput(f"required property {name!r} is missing", field=f"{field_prefix}properties.{name}")
+    for name, value in properties.items():
+        kind = schema.properties.get(name)
+        if kind is not None and not _type_ok(kind, value):
+            raise InvalidInput(f"property {name!r} must be a {kind}", field=f"{field_prefix}properties.{name}")

@@ -1,0 +1,205 @@
+"""The catalog as data: actions, policies and event types, validated pydantic models loaded from YAML."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from nba.durations import parse_duration
+from nba.ids import ID_PATTERN
+from nba.rules import CompiledRule
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,63}$")]
+Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,6}[smhd]$")]
+AttributeValue = bool | int | float | Annotated[str, StringConstraints(max_length=1024)] | list[
+    Annotated[str, StringConstraints(max_length=1024)]
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _check_duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+class Cap(_Model):
+    """At most `limit` contacts with one action per customer (or per customer and channel) in `window`."""
+
+    per: Literal["customer", "customer_channel"]
+    limit: int = Field(ge=1, le=1_000_000)
+    window: Duration
+
+    _window = field_validator("window")(_check_duration)
+
+    @property
+    def window_delta(self) -> timedelta:
+        return parse_duration(self.window)
+
+    @property
+    def rule(self) -> str:
+        return f"cap:{self.per}:{self.window}"
+
+
+class Budget(_Model):
+    """At most `limit` offers of the action across all customers per fixed window (aligned to the epoch)."""
+
+    limit: int = Field(ge=0, le=1_000_000_000)
+    window: Duration
+
+    _window = field_validator("window")(_check_duration)
+
+    @property
+    def window_delta(self) -> timedelta:
+        return parse_duration(self.window)
+
+    @property
+    def rule(self) -> str:
+        return f"budget:{self.window}"
+
+
+class Suppression(_Model):
+    """An event type that stops the action for a while after it happens."""
+
+    event: Name
+    for_: Duration = Field(alias="for")
+
+    _for = field_validator("for_")(_check_duration)
+
+    @property
+    def delta(self) -> timedelta:
+        return parse_duration(self.for_)
+
+
+class Action(_Model):
+    """One thing the service can offer, with the hard constraints that govern it."""
+
+    channels: list[Name] = Field(min_length=1, max_length=64)
+    attributes: dict[Name, AttributeValue] = Field(default_factory=dict, max_length=256)
+    eligibility: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    caps: list[Cap] = Field(default_factory=list, max_length=16)
+    budget: Budget | None = None
+    cooldown: Duration | None = None
+    suppressed_by: list[Suppression] = Field(default_factory=list, max_length=32)
+    active: bool = True
+
+    _cooldown = field_validator("cooldown")(_check_duration)
+
+    @field_validator("attributes")
+    @classmethod
+    def _finite(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"attribute {key!r} must be a finite number")
+        return value
+
+    @field_validator("eligibility")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            CompiledRule(value)
+        return value
+
+    @property
+    def cooldown_delta(self) -> timedelta | None:
+        return parse_duration(self.cooldown) if self.cooldown else None
+
+
+Exploration = Literal["epsilon", "squarecb", "softmax", "greedy"]
+
+
+class Learner(_Model):
+    """How the policy's Vowpal Wabbit model explores and which extra arguments it takes."""
+
+    exploration: Exploration = "squarecb"
+    epsilon: float | None = Field(default=None, ge=0.0, le=1.0)
+    gamma_scale: float | None = Field(default=None, gt=0.0, le=1e6)
+    lambda_: float | None = Field(default=None, alias="lambda", gt=0.0, le=1e6)
+    vw_args: Annotated[str, StringConstraints(max_length=512)] = ""
+
+    @model_validator(mode="after")
+    def _params_fit_exploration(self) -> Learner:
+        given = {
+            "epsilon": self.epsilon is not None,
+            "gamma_scale": self.gamma_scale is not None,
+            "lambda": self.lambda_ is not None,
+        }
+        allowed = {"epsilon": {"epsilon"}, "squarecb": {"gamma_scale"}, "softmax": {"lambda"}, "greedy": set()}
+        extra = [name for name, present in given.items() if present and name not in allowed[self.exploration]]
+        if extra:
+            raise ValueError(f"{extra} do not apply to exploration {self.exploration!r}")
+        return self
+
+
+class RewardSpec(_Model):
+    """When rewards join to a decision and how several are combined."""
+
+    window: Duration = "1h"
+    default: float = Field(default=0.0, ge=-1e9, le=1e9)
+    aggregation: Literal["sum", "first"] = "sum"
+
+    _window = field_validator("window")(_check_duration)
+
+    @property
+    def window_delta(self) -> timedelta:
+        return parse_duration(self.window)
+
+
+class Policy(_Model):
+    """Which channels a learner serves, how it learns, and how rewards are joined to its decisions."""
+
+    channels: list[Name] = Field(min_length=1, max_length=64)
+    learner: Learner = Field(default_factory=Learner)
+    reward: RewardSpec = Field(default_factory=RewardSpec)
+    mode: Literal["online", "fallback"] = "online"
+
+
+PropertyType = Literal["string", "number", "integer", "bool", "list", "timestamp"]
+
+
+class EventType(_Model):
+    """The schema of one event type: property types and which are required."""
+
+    properties: dict[Name, PropertyType] = Field(default_factory=dict, max_length=256)
+    required: list[Name] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _required_are_declared(self) -> EventType:
+        missing = [name for name in self.required if name not in self.properties]
+        if missing:
+            raise ValueError(f"required properties {missing} are not declared in properties")
+        return self
+
+
+class CatalogFile(_Model):
+    """The YAML file named by `NBA_CATALOG`: actions, policies and event types keyed by id."""
+
+    actions: dict[Id, Action] = Field(default_factory=dict)
+    policies: dict[Name, Policy] = Field(default_factory=dict)
+    event_types: dict[Name, EventType] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_policy_per_channel(self) -> CatalogFile:
+        owner: dict[str, str] = {}
+        for name, policy in self.policies.items():
+            for channel in policy.channels:
+                if channel in owner:
+                    raise ValueError(f"channel {channel!r} is served by both {owner[channel]!r} and {name!r}")
+                owner[channel] = name
+        return self
+
+
+def load_catalog_file(path: str | Path) -> CatalogFile:
+    """Read and validate a catalog YAML file."""
+    with open(path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    return CatalogFile.model_validate(raw)

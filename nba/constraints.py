@@ -1,0 +1,120 @@
+"""Hard constraints: which candidates must never be offered, and the rule that removed each one.
+
+Static rules (inactive, channel, opt-out, suppression, eligibility) read only the request and the customer's
+state. Counter rules (cooldown, caps, budget) read contact history and budget counters; the store re-checks
+them inside the transaction that reserves the units, so concurrent requests cannot overshoot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from nba.catalog import Action
+from nba.clock import to_rfc3339
+from nba.rules import CompiledRule
+from nba.types import Contact, Context, CustomerState, Exclusion
+
+
+def budget_window_start(now: datetime, window: timedelta) -> datetime:
+    """The start of the fixed budget window that contains `now` (windows are aligned to the Unix epoch).
+
+    >>> from datetime import UTC
+    >>> budget_window_start(datetime(2026, 11, 24, 15, 30, tzinfo=UTC), timedelta(days=1)).isoformat()
+    '2026-11-24T00:00:00+00:00'
+    """
+    seconds = int(window.total_seconds())
+    start = int(now.timestamp()) // seconds * seconds
+    return datetime.fromtimestamp(start, tz=now.tzinfo)
+
+
+@dataclass(frozen=True)
+class CounterState:
+    """What counter rules read: the customer's recent contacts and each action's budget use this window."""
+
+    contacts: Sequence[Contact]
+    budget_used: Mapping[str, int]
+
+
+def cel_variables(customer: CustomerState, context: Context, now: datetime) -> dict[str, Any]:
+    """The `customer`, `context` and `now` variables that eligibility expressions see."""
+    customer_vars: dict[str, Any] = dict(customer.attributes)
+    customer_vars["id"] = customer.customer_id
+    customer_vars["event_counts"] = dict(customer.event_counts)
+    customer_vars["last_event_at"] = {
+        name: datetime.fromisoformat(value) for name, value in customer.last_event_at.items()
+    }
+    return {"customer": customer_vars, "context": dict(context), "now": now}
+
+
+def static_exclusion(
+    action_id: str,
+    action: Action,
+    rule: CompiledRule | None,
+    channel: str,
+    customer: CustomerState,
+    variables: dict[str, Any],
+    now: datetime,
+) -> Exclusion | None:
+    """The first request- or state-based rule that excludes the action, or None."""
+    if not action.active:
+        return Exclusion(action_id, "inactive", "the action is not active")
+    if channel not in action.channels:
+        return Exclusion(action_id, "channel", f"the action is not offered on channel {channel!r}")
+    if "*" in customer.opt_outs or channel in customer.opt_outs:
+        scope = "all channels" if "*" in customer.opt_outs else f"channel {channel!r}"
+        return Exclusion(action_id, "opt_out", f"the customer opted out of {scope}")
+    for suppression in action.suppressed_by:
+        seen = customer.last_event_at.get(suppression.event)
+        if seen is not None:
+            seen_at = datetime.fromisoformat(seen)
+            if now - seen_at < suppression.delta:
+                return Exclusion(
+                    action_id,
+                    f"suppressed_by:{suppression.event}",
+                    f"{suppression.event} at {to_rfc3339(seen_at)} is within {suppression.for_}",
+                )
+    if rule is not None:
+        result = rule.evaluate({**variables, "action": action.attributes})
+        if not result.passed:
+            return Exclusion(action_id, "eligibility", result.detail)
+    return None
+
+
+def counter_exclusion(
+    action_id: str, action: Action, channel: str, counters: CounterState, now: datetime
+) -> Exclusion | None:
+    """The first cooldown, cap or budget rule that excludes the action, or None."""
+    mine = [c for c in counters.contacts if c.action_id == action_id]
+    cooldown = action.cooldown_delta
+    if cooldown is not None and mine:
+        last = max(c.at for c in mine)
+        if now - last < cooldown:
+            return Exclusion(action_id, "cooldown", f"last shown at {to_rfc3339(last)}, cooldown {action.cooldown}")
+    for cap in action.caps:
+        start = now - cap.window_delta
+        used = sum(
+            1 for c in mine if c.at > start and (cap.per == "customer" or c.channel == channel)
+        )
+        if used >= cap.limit:
+            scope = "customer" if cap.per == "customer" else f"customer on {channel!r}"
+            return Exclusion(action_id, cap.rule, f"{used} of {cap.limit} per {scope} in {cap.window} used")
+    if action.budget is not None:
+        used = counters.budget_used.get(action_id, 0)
+        if used >= action.budget.limit:
+            return Exclusion(
+                action_id, action.budget.rule, f"{used} of {action.budget.limit} per {action.budget.window} used"
+            )
+    return None
+
+
+def longest_counter_window(actions: Sequence[Action]) -> timedelta:
+    """How far back contact history must be read to judge cooldowns and caps of these actions."""
+    windows = [timedelta(0)]
+    for action in actions:
+        windows.extend(cap.window_delta for cap in action.caps)
+        if action.cooldown_delta is not None:
+            windows.append(action.cooldown_delta)
+    return max(windows)

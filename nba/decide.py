@@ -1,0 +1,200 @@
+"""The decision pipeline: candidates, hard constraints, scoring, sampling, durable logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nba.catalog import Action, Policy
+from nba.catalog_view import CatalogView
+from nba.clock import Clock
+from nba.constraints import cel_variables, counter_exclusion, longest_counter_window, static_exclusion
+from nba.errors import CatalogChanged, IdempotencyConflict
+from nba.ids import new_id
+from nba.sampling import InvalidDistribution, check_distribution, sample_slots, uniform
+from nba.store.decision_repo import ReservationFailed
+from nba.store.store import Store
+from nba.types import Context, CustomerState, Decision, Exclusion, PolicyMode, PolicyRef
+
+log = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    """A policy's scoring function: a probability for each eligible action, in the order given."""
+
+    def score(
+        self, context: Context, customer: CustomerState, actions: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[float]: ...
+
+
+class ScorerProvider(Protocol):
+    """Finds the live scorer for a policy version; None when the learning policy is unavailable."""
+
+    def scorer(self, name: str, version: int, policy: Policy) -> Scorer | None: ...
+
+
+@dataclass(frozen=True)
+class DecideRequest:
+    """A validated decide call."""
+
+    customer_id: str
+    channel: str
+    context: Context
+    candidates: list[str] | None = None
+    slots: int = 1
+    request_id: str | None = None
+    defer_activation: bool = False
+    body_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class DecideResult:
+    decision: Decision
+    replayed: bool
+
+
+class DecisionEngine:
+    """Makes decisions under hard constraints and logs each one durably before it is returned."""
+
+    def __init__(
+        self,
+        store: Store,
+        catalog: Callable[[], CatalogView],
+        scorers: ScorerProvider,
+        clock: Clock,
+        rng: random.Random | None = None,
+        on_decision: Callable[[Decision], None] | None = None,
+        refresh_catalog: Callable[[], CatalogView] | None = None,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._scorers = scorers
+        self._clock = clock
+        self._rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        self._on_decision = on_decision
+        self._refresh_catalog = refresh_catalog or catalog
+
+    def decide(self, request: DecideRequest) -> DecideResult:
+        for _ in range(5):
+            try:
+                return self._decide(request, self._catalog())
+            except CatalogChanged:
+                self._refresh_catalog()
+        return self._decide(request, self._refresh_catalog())
+
+    def _decide(self, request: DecideRequest, catalog: CatalogView) -> DecideResult:
+        now = self._clock.now()
+        customer_id = self._store.resolve_customer(request.customer_id)
+        if request.request_id is not None:
+            replay = self._replay(request, now)
+            if replay is not None:
+                return DecideResult(replay, True)
+        name, version, policy = catalog.policy_for(request.channel)
+        candidate_ids = catalog.candidates(request.channel, request.candidates)
+        customer = self._store.load_customer(customer_id) or CustomerState(customer_id)
+        variables = cel_variables(customer, request.context, now)
+        excluded: list[Exclusion] = []
+        remaining: dict[str, Action] = {}
+        for action_id in candidate_ids:
+            action = catalog.actions[action_id]
+            exclusion = static_exclusion(
+                action_id, action, catalog.rules.get(action_id), request.channel, customer, variables, now
+            )
+            if exclusion is None:
+                remaining[action_id] = action
+            else:
+                excluded.append(exclusion)
+        lookback = longest_counter_window(list(remaining.values()))
+        counters = self._store.load_counters(customer_id, remaining, now, lookback)
+        eligible: dict[str, Action] = {}
+        for action_id, action in remaining.items():
+            exclusion = counter_exclusion(action_id, action, request.channel, counters, now)
+            if exclusion is None:
+                eligible[action_id] = action
+            else:
+                excluded.append(exclusion)
+        while True:
+            decision = self._draft(request, customer, name, version, policy, eligible, excluded, now)
+            try:
+                stored = self._store.commit_decision(
+                    decision, eligible, policy.reward, lookback, request.body_hash, catalog.version
+                )
+            except ReservationFailed as failed:
+                # A concurrent decision took the last unit: exclude the action and decide again.
+                eligible.pop(failed.exclusion.action_id)
+                excluded.append(failed.exclusion)
+                continue
+            replayed = stored.decision_id != decision.decision_id
+            if not replayed and self._on_decision is not None:
+                self._on_decision(stored)
+            return DecideResult(stored, replayed)
+
+    def _replay(self, request: DecideRequest, now: Any) -> Decision | None:
+        assert request.request_id is not None
+        found = self._store.find_idempotent(request.channel, request.request_id, now)
+        if found is None:
+            return None
+        body_hash, decision_id = found
+        if body_hash != request.body_hash:
+            raise IdempotencyConflict(
+                f"request_id {request.request_id!r} was used with a different request", field="request_id"
+            )
+        return self._store.get_decision(decision_id, with_rewards=False)
+
+    def _draft(
+        self,
+        request: DecideRequest,
+        customer: CustomerState,
+        name: str,
+        version: int,
+        policy: Policy,
+        eligible: Mapping[str, Action],
+        excluded: list[Exclusion],
+        now: Any,
+    ) -> Decision:
+        ids = list(eligible)
+        attributes = {aid: dict(eligible[aid].attributes) for aid in ids}
+        mode: PolicyMode = policy.mode
+        probabilities = uniform(len(ids))
+        if ids and mode == "online":
+            probabilities, mode = self._score(request, customer, name, version, policy, ids, attributes)
+        choices = sample_slots(ids, probabilities, request.slots, self._rng)
+        return Decision(
+            decision_id=new_id("d-"),
+            customer_id=customer.customer_id,
+            channel=request.channel,
+            policy=PolicyRef(name, version, mode),
+            created_at=now,
+            actions=choices,
+            ranking=sorted(zip(ids, probabilities, strict=True), key=lambda item: -item[1]),
+            excluded=list(excluded),
+            context=dict(request.context),
+            customer=customer.to_json(),
+            action_attributes=attributes,
+            deferred=request.defer_activation,
+            request_id=request.request_id,
+        )
+
+    def _score(
+        self,
+        request: DecideRequest,
+        customer: CustomerState,
+        name: str,
+        version: int,
+        policy: Policy,
+        ids: list[str],
+        attributes: dict[str, dict[str, Any]],
+    ) -> tuple[list[float], PolicyMode]:
+        scorer = self._scorers.scorer(name, version, policy)
+        if scorer is None:
+            return uniform(len(ids)), "fallback"
+        try:
+            raw = scorer.score(request.context, customer, [(aid, attributes[aid]) for aid in ids])
+            return check_distribution(raw, len(ids)), "online"
+        except (InvalidDistribution, RuntimeError, ValueError) as exc:
+            log.warning("policy %s v%d could not score, falling back to uniform: %s", name, version, exc)
+            return uniform(len(ids)), "fallback"

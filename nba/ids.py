@@ -1,0 +1,34 @@
+"""Identifiers: the accepted shape of client ids and the server's own sortable ids."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+_ID_RE = re.compile(ID_PATTERN)
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def is_valid_id(value: str) -> bool:
+    """Whether `value` is an acceptable opaque id (API.md: 1-128 of letters, digits, `-_.:`).
+
+    >>> is_valid_id("c-1042"), is_valid_id("bad id"), is_valid_id("")
+    (True, False, False)
+    """
+    return bool(_ID_RE.match(value))
+
+
+def new_id(prefix: str) -> str:
+    """A new ULID-style id: time-ordered (millisecond), 80 random bits, with a type prefix.
+
+    >>> len(new_id("d-")), new_id("d-").startswith("d-")
+    (28, True)
+    """
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return prefix + "".join(reversed(chars))

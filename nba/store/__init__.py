@@ -1,0 +1,5 @@
+"""The store: one interface over SQLite (embedded, WAL) and PostgreSQL, on SQLAlchemy Core."""
+
+from nba.store.store import Store
+
+__all__ = ["Store"]

@@ -1,0 +1,101 @@
+"""Catalog rows: actions, policies (with their version history) and event types."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, select, update
+
+from nba.catalog import Action, EventType, Policy
+from nba.catalog_view import CatalogView
+from nba.errors import Conflict
+from nba.store import schema as t
+from nba.store.codec import dumps, loads
+
+
+def catalog_version(conn: Connection) -> int:
+    value = conn.execute(select(t.meta_kv.c.value).where(t.meta_kv.c.key == "catalog_version")).scalar()
+    return int(value) if value is not None else 0
+
+
+def bump_version(conn: Connection) -> int:
+    version = catalog_version(conn) + 1
+    changed = conn.execute(
+        update(t.meta_kv).where(t.meta_kv.c.key == "catalog_version").values(value=str(version))
+    ).rowcount
+    if not changed:
+        conn.execute(t.meta_kv.insert().values(key="catalog_version", value=str(version)))
+    return version
+
+
+def load_view(conn: Connection) -> CatalogView:
+    version = catalog_version(conn)
+    actions = {
+        row.action_id: Action.model_validate(loads(row.spec))
+        for row in conn.execute(select(t.actions.c.action_id, t.actions.c.spec))
+    }
+    policies = {
+        row.name: (row.version, Policy.model_validate(loads(row.spec)))
+        for row in conn.execute(select(t.policies.c.name, t.policies.c.version, t.policies.c.spec))
+    }
+    event_types = {
+        row.name: EventType.model_validate(loads(row.spec))
+        for row in conn.execute(select(t.event_types.c.name, t.event_types.c.spec))
+    }
+    return CatalogView.build(version, actions, policies, event_types)
+
+
+def put_action(conn: Connection, action_id: str, action: Action, now_ms: int) -> bool:
+    """Create or replace an action; return whether it was created. Counters are keyed by id and survive."""
+    spec = dumps(action.model_dump(mode="json", by_alias=True))
+    existing = conn.execute(select(t.actions.c.spec).where(t.actions.c.action_id == action_id)).scalar()
+    if existing == spec:
+        return False
+    if existing is None:
+        conn.execute(t.actions.insert().values(action_id=action_id, spec=spec, updated_ms=now_ms))
+    else:
+        conn.execute(
+            update(t.actions).where(t.actions.c.action_id == action_id).values(spec=spec, updated_ms=now_ms)
+        )
+    bump_version(conn)
+    return existing is None
+
+
+def delete_action(conn: Connection, action_id: str) -> bool:
+    deleted = conn.execute(t.actions.delete().where(t.actions.c.action_id == action_id)).rowcount > 0
+    if deleted:
+        bump_version(conn)
+    return deleted
+
+
+def put_policy(conn: Connection, name: str, policy: Policy, now_ms: int) -> tuple[int, bool]:
+    """Create or replace a policy; a changed spec gets the next version. Returns (version, created)."""
+    for row in conn.execute(select(t.policies.c.name, t.policies.c.spec).where(t.policies.c.name != name)):
+        taken = set(Policy.model_validate(loads(row.spec)).channels) & set(policy.channels)
+        if taken:
+            raise Conflict(f"channel(s) {sorted(taken)} already served by policy {row.name!r}", field="channels")
+    spec = dumps(policy.model_dump(mode="json", by_alias=True))
+    row = conn.execute(select(t.policies.c.version, t.policies.c.spec).where(t.policies.c.name == name)).first()
+    if row is not None and row.spec == spec:
+        return int(row.version), False
+    version = 1 if row is None else int(row.version) + 1
+    if row is None:
+        conn.execute(t.policies.insert().values(name=name, version=version, spec=spec, updated_ms=now_ms))
+    else:
+        conn.execute(
+            update(t.policies).where(t.policies.c.name == name).values(version=version, spec=spec, updated_ms=now_ms)
+        )
+    conn.execute(t.policy_versions.insert().values(name=name, version=version, spec=spec, created_ms=now_ms))
+    bump_version(conn)
+    return version, row is None
+
+
+def put_event_type(conn: Connection, name: str, spec_model: EventType, now_ms: int) -> bool:
+    spec = dumps(spec_model.model_dump(mode="json"))
+    existing = conn.execute(select(t.event_types.c.spec).where(t.event_types.c.name == name)).scalar()
+    if existing == spec:
+        return False
+    if existing is None:
+        conn.execute(t.event_types.insert().values(name=name, spec=spec, updated_ms=now_ms))
+    else:
+        conn.execute(update(t.event_types).where(t.event_types.c.name == name).values(spec=spec, updated_ms=now_ms))
+    bump_version(conn)
+    return existing is None

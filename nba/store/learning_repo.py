@@ -1,0 +1,108 @@
+"""What the online learner reads and writes: joined examples, model snapshots and the learner lease."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from nba.store import schema as t
+from nba.store.codec import loads
+
+
+@dataclass(frozen=True)
+class JoinedExample:
+    """One decision slot with its final reward and everything logged to rebuild the features."""
+
+    seq: int
+    decision_id: str
+    slot: int
+    reward: float
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: int
+    examples: int
+    model: bytes
+
+
+def pending_examples(
+    conn: Connection, policy: str, version: int, after_seq: int, limit: int
+) -> list[JoinedExample]:
+    """Joined examples not yet in any snapshot, oldest first, after `after_seq`."""
+    rows = conn.execute(
+        select(t.learn_queue.c.seq, t.learn_queue.c.decision_id, t.learn_queue.c.slot, t.learn_queue.c.reward,
+               t.decisions.c.body)
+        .join(t.decisions, t.decisions.c.decision_id == t.learn_queue.c.decision_id)
+        .where(
+            t.learn_queue.c.policy_name == policy,
+            t.learn_queue.c.policy_version == version,
+            t.learn_queue.c.snapshot_id.is_(None),
+            t.learn_queue.c.seq > after_seq,
+        )
+        .order_by(t.learn_queue.c.seq)
+        .limit(limit)
+    )
+    return [JoinedExample(r.seq, r.decision_id, r.slot, float(r.reward), loads(r.body)) for r in rows]
+
+
+def save_snapshot(
+    conn: Connection, policy: str, version: int, model: bytes, examples: int, seqs: Sequence[int], now_ms: int,
+    keep: int = 5,
+) -> int:
+    """Store a model snapshot and mark the examples it contains, in one transaction."""
+    snapshot_id = conn.execute(
+        t.model_snapshots.insert().values(
+            policy_name=policy, policy_version=version, created_ms=now_ms, examples=examples, model=model
+        )
+    ).inserted_primary_key[0]
+    for start in range(0, len(seqs), 500):
+        conn.execute(
+            update(t.learn_queue).where(t.learn_queue.c.seq.in_(seqs[start:start + 500])).values(snapshot_id=snapshot_id)
+        )
+    old = [
+        r[0]
+        for r in conn.execute(
+            select(t.model_snapshots.c.id)
+            .where(t.model_snapshots.c.policy_name == policy, t.model_snapshots.c.policy_version == version)
+            .order_by(t.model_snapshots.c.id.desc())
+            .offset(keep)
+        )
+    ]
+    if old:
+        conn.execute(t.model_snapshots.delete().where(t.model_snapshots.c.id.in_(old)))
+    return int(snapshot_id)
+
+
+def latest_snapshot(conn: Connection, policy: str, version: int, newer_than: int = 0) -> Snapshot | None:
+    row = conn.execute(
+        select(t.model_snapshots.c.id, t.model_snapshots.c.examples, t.model_snapshots.c.model)
+        .where(
+            t.model_snapshots.c.policy_name == policy,
+            t.model_snapshots.c.policy_version == version,
+            t.model_snapshots.c.id > newer_than,
+        )
+        .order_by(t.model_snapshots.c.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else Snapshot(int(row.id), int(row.examples), bytes(row.model))
+
+
+def try_lease(conn: Connection, name: str, holder: str, now_ms: int, ttl_ms: int) -> bool:
+    """Take or renew a named lease; true when `holder` has it until `now + ttl`."""
+    row = conn.execute(select(t.leases.c.holder, t.leases.c.expires_ms).where(t.leases.c.name == name)).first()
+    if row is None:
+        conn.execute(t.leases.insert().values(name=name, holder=holder, expires_ms=now_ms + ttl_ms))
+        return True
+    if row.holder != holder and row.expires_ms > now_ms:
+        return False
+    conn.execute(update(t.leases).where(t.leases.c.name == name).values(holder=holder, expires_ms=now_ms + ttl_ms))
+    return True
+
+
+def release_lease(conn: Connection, name: str, holder: str) -> None:
+    conn.execute(t.leases.delete().where(t.leases.c.name == name, t.leases.c.holder == holder))

@@ -1,0 +1,205 @@
+"""Outcomes: rewards joining decisions, activation of deferred decisions, and closing reward windows.
+
+A decision slot becomes *final* once its reward is known for good (the first reward under `first`, the sum or
+the default when the window closes under `sum`); becoming final enqueues one example for the learner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from nba.catalog import RewardSpec
+from nba.errors import Conflict, DecisionNotFound, InvalidInput
+from nba.store import schema as t
+from nba.store.codec import loads
+
+
+def _decision_row(conn: Connection, decision_id: str) -> Any:
+    row = conn.execute(
+        select(
+            t.decisions.c.decision_id,
+            t.decisions.c.policy_name,
+            t.decisions.c.policy_version,
+            t.decisions.c.deferred,
+            t.decisions.c.activated_ms,
+            t.decisions.c.window_end_ms,
+            t.decisions.c.release_ms,
+            t.decisions.c.state,
+            t.decisions.c.body,
+        ).where(t.decisions.c.decision_id == decision_id)
+    ).first()
+    if row is None:
+        raise DecisionNotFound(f"decision {decision_id!r} not found", field="decision_id")
+    return row
+
+
+def _reward_spec(row: Any) -> RewardSpec:
+    return RewardSpec.model_validate(loads(row.body)["reward"])
+
+
+def _enqueue(conn: Connection, row: Any, slot: int, reward: float, now_ms: int) -> None:
+    conn.execute(
+        t.learn_queue.insert().values(
+            policy_name=row.policy_name,
+            policy_version=row.policy_version,
+            decision_id=row.decision_id,
+            slot=slot,
+            reward=reward,
+            created_ms=now_ms,
+            snapshot_id=None,
+        )
+    )
+
+
+def _finalise_slot(conn: Connection, row: Any, slot: int, reward: float, now_ms: int) -> None:
+    conn.execute(
+        update(t.decision_slots)
+        .where(t.decision_slots.c.decision_id == row.decision_id, t.decision_slots.c.slot == slot)
+        .values(final=True)
+    )
+    _enqueue(conn, row, slot, reward, now_ms)
+
+
+def add_reward(conn: Connection, decision_id: str, slot: int, value: float, now_ms: int) -> str:
+    """Record a reward and return its status: `accepted`, `late` or `ignored` (after a final `first`)."""
+    row = _decision_row(conn, decision_id)
+    slot_row = conn.execute(
+        select(t.decision_slots).where(
+            t.decision_slots.c.decision_id == decision_id, t.decision_slots.c.slot == slot
+        )
+    ).first()
+    if slot_row is None:
+        raise InvalidInput(f"decision {decision_id!r} has no action in slot {slot}", field="slot")
+    spec = _reward_spec(row)
+    in_window = row.state == "open" and (row.window_end_ms is None or now_ms <= row.window_end_ms)
+    if not in_window:
+        status = "late"
+    elif slot_row.final or (spec.aggregation == "first" and slot_row.reward_count > 0):
+        status = "ignored"
+    else:
+        status = "accepted"
+        conn.execute(
+            update(t.decision_slots)
+            .where(t.decision_slots.c.decision_id == decision_id, t.decision_slots.c.slot == slot)
+            .values(
+                reward_sum=t.decision_slots.c.reward_sum + value,
+                reward_count=t.decision_slots.c.reward_count + 1,
+            )
+        )
+        learnable = not row.deferred or row.activated_ms is not None
+        if spec.aggregation == "first" and learnable:
+            _finalise_slot(conn, row, slot, value, now_ms)
+    conn.execute(
+        t.rewards.insert().values(decision_id=decision_id, slot=slot, value=value, received_ms=now_ms, status=status)
+    )
+    return status
+
+
+def activate(conn: Connection, decision_id: str, now_ms: int) -> str:
+    """Mark a deferred decision as shown: its reservations count and its reward window starts now."""
+    row = _decision_row(conn, decision_id)
+    if not row.deferred:
+        raise Conflict(f"decision {decision_id!r} was not deferred", field="decision_id")
+    if row.state == "released":
+        raise Conflict(f"decision {decision_id!r} was not activated in time; its reservation was released",
+                       field="decision_id")
+    if row.activated_ms is not None:
+        return "activated"
+    spec = _reward_spec(row)
+    window_end = now_ms + int(spec.window_delta.total_seconds() * 1000)
+    conn.execute(
+        update(t.decisions)
+        .where(t.decisions.c.decision_id == decision_id)
+        .values(activated_ms=now_ms, window_end_ms=window_end, release_ms=None)
+    )
+    conn.execute(
+        update(t.contacts)
+        .where(t.contacts.c.decision_id == decision_id, t.contacts.c.status == "reserved")
+        .values(status="counted")
+    )
+    if spec.aggregation == "first":
+        for slot_row in conn.execute(
+            select(t.decision_slots).where(
+                t.decision_slots.c.decision_id == decision_id, t.decision_slots.c.reward_count > 0
+            )
+        ).all():
+            first = conn.execute(
+                select(t.rewards.c.value)
+                .where(t.rewards.c.decision_id == decision_id, t.rewards.c.slot == slot_row.slot,
+                       t.rewards.c.status == "accepted")
+                .order_by(t.rewards.c.id)
+                .limit(1)
+            ).scalar()
+            _finalise_slot(conn, row, slot_row.slot, float(first if first is not None else slot_row.reward_sum),
+                           now_ms)
+    return "activated"
+
+
+def due_decisions(conn: Connection, now_ms: int, limit: int) -> list[str]:
+    """Ids of decisions whose reward window has closed, or whose deferred reservation has expired."""
+    closed = conn.execute(
+        select(t.decisions.c.decision_id)
+        .where(t.decisions.c.state == "open", t.decisions.c.window_end_ms <= now_ms)
+        .limit(limit)
+    )
+    expired = conn.execute(
+        select(t.decisions.c.decision_id)
+        .where(t.decisions.c.state == "open", t.decisions.c.release_ms <= now_ms,
+               t.decisions.c.activated_ms.is_(None))
+        .limit(limit)
+    )
+    return [str(r[0]) for r in closed] + [str(r[0]) for r in expired]
+
+
+def close_decision(conn: Connection, decision_id: str, now_ms: int) -> str | None:
+    """Finalise a decision whose window closed, or release an expired deferred one; None if not due."""
+    row = _decision_row(conn, decision_id)
+    if row.state != "open":
+        return None
+    if row.activated_ms is None and row.deferred:
+        if row.release_ms is None or row.release_ms > now_ms:
+            return None
+        _release(conn, decision_id)
+        return "released"
+    if row.window_end_ms is None or row.window_end_ms > now_ms:
+        return None
+    spec = _reward_spec(row)
+    for slot_row in conn.execute(
+        select(t.decision_slots).where(t.decision_slots.c.decision_id == decision_id, t.decision_slots.c.final.is_(False))
+    ).all():
+        if slot_row.reward_count > 0:
+            reward = float(slot_row.reward_sum)
+        else:
+            reward = spec.default
+            conn.execute(
+                t.rewards.insert().values(
+                    decision_id=decision_id, slot=slot_row.slot, value=reward, received_ms=now_ms, status="default"
+                )
+            )
+        _finalise_slot(conn, row, slot_row.slot, reward, now_ms)
+    conn.execute(update(t.decisions).where(t.decisions.c.decision_id == decision_id).values(state="final"))
+    return "final"
+
+
+def _release(conn: Connection, decision_id: str) -> None:
+    for contact in conn.execute(
+        select(t.contacts).where(t.contacts.c.decision_id == decision_id, t.contacts.c.status == "reserved")
+    ).all():
+        if contact.budget_window_s is not None:
+            conn.execute(
+                update(t.budget_counters)
+                .where(
+                    t.budget_counters.c.action_id == contact.action_id,
+                    t.budget_counters.c.window_s == contact.budget_window_s,
+                    t.budget_counters.c.window_start_ms == contact.budget_window_ms,
+                )
+                .values(used=t.budget_counters.c.used - 1)
+            )
+    conn.execute(
+        update(t.contacts)
+        .where(t.contacts.c.decision_id == decision_id, t.contacts.c.status == "reserved")
+        .values(status="released")
+    )
+    conn.execute(update(t.decisions).where(t.decisions.c.decision_id == decision_id).values(state="released"))

@@ -1,0 +1,229 @@
+"""Tables, and the migrations that create and change them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    select,
+)
+
+metadata = MetaData()
+ID = String(128)
+
+meta_kv = Table("meta_kv", metadata, Column("key", String(64), primary_key=True), Column("value", Text))
+
+actions = Table(
+    "actions",
+    metadata,
+    Column("action_id", ID, primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+policies = Table(
+    "policies",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+event_types = Table(
+    "event_types",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("customer_id", ID, primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("alias", ID, primary_key=True),
+    Column("customer_id", ID, nullable=False, index=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("event_id", ID, primary_key=True),
+    Column("customer_id", ID, nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("received_ms", BigInteger, nullable=False),
+    Column("properties", Text, nullable=False),
+    Index("ix_events_customer_ts", "customer_id", "ts_ms"),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("decision_id", ID, primary_key=True),
+    Column("customer_id", ID, nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("policy_name", String(64), nullable=False),
+    Column("policy_version", Integer, nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("request_id", ID),
+    Column("deferred", Boolean, nullable=False),
+    Column("activated_ms", BigInteger),
+    Column("window_end_ms", BigInteger),
+    Column("release_ms", BigInteger),
+    Column("state", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    Index("ix_decisions_customer_created", "customer_id", "created_ms"),
+    Index("ix_decisions_state_window", "state", "window_end_ms"),
+    Index("ix_decisions_state_release", "state", "release_ms"),
+    Index("ix_decisions_policy_created", "policy_name", "created_ms"),
+)
+
+decision_slots = Table(
+    "decision_slots",
+    metadata,
+    Column("decision_id", ID, primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("action_id", ID, nullable=False),
+    Column("probability", Float, nullable=False),
+    Column("reward_sum", Float, nullable=False, default=0.0),
+    Column("reward_count", Integer, nullable=False, default=0),
+    Column("final", Boolean, nullable=False, default=False),
+)
+
+rewards = Table(
+    "rewards",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("decision_id", ID, nullable=False, index=True),
+    Column("slot", Integer, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("received_ms", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("customer_id", ID, nullable=False),
+    Column("action_id", ID, nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("decision_id", ID, nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("budget_window_s", Integer),
+    Column("budget_window_ms", BigInteger),
+    Index("ix_contacts_customer_at", "customer_id", "at_ms"),
+)
+
+budget_counters = Table(
+    "budget_counters",
+    metadata,
+    Column("action_id", ID, primary_key=True),
+    Column("window_s", Integer, primary_key=True),
+    Column("window_start_ms", BigInteger, primary_key=True),
+    Column("used", Integer, nullable=False),
+)
+
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("channel", String(64), primary_key=True),
+    Column("request_id", ID, primary_key=True),
+    Column("body_hash", String(64), nullable=False),
+    Column("decision_id", ID, nullable=False),
+    Column("created_ms", BigInteger, nullable=False, index=True),
+)
+
+learn_queue = Table(
+    "learn_queue",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("policy_name", String(64), nullable=False),
+    Column("policy_version", Integer, nullable=False),
+    Column("decision_id", ID, nullable=False),
+    Column("slot", Integer, nullable=False),
+    Column("reward", Float, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("snapshot_id", Integer),
+    Index("ix_learn_pending", "policy_name", "policy_version", "snapshot_id", "seq"),
+)
+
+model_snapshots = Table(
+    "model_snapshots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("policy_name", String(64), nullable=False),
+    Column("policy_version", Integer, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("examples", BigInteger, nullable=False),
+    Column("model", LargeBinary, nullable=False),
+    Index("ix_snapshots_policy", "policy_name", "policy_version", "id"),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+)
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version recorded in the database, 0 for an empty one."""
+    if not conn.dialect.has_table(conn, "meta_kv"):
+        return 0
+    value = conn.execute(select(meta_kv.c.value).where(meta_kv.c.key == "schema_version")).scalar()
+    return int(value) if value is not None else 0
+
+
+def migrate(conn: Connection) -> int:
+    """Apply every pending migration inside the caller's transaction; return the resulting version."""
+    version = current_version(conn)
+    for target, step in MIGRATIONS:
+        if target > version:
+            step(conn)
+            conn.execute(meta_kv.delete().where(meta_kv.c.key == "schema_version"))
+            conn.execute(meta_kv.insert().values(key="schema_version", value=str(target)))
+            version = target
+    return version

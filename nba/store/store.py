@@ -1,0 +1,196 @@
+"""The store facade: reads on a pooled engine, writes through one group-commit writer per process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from nba.catalog import Action, CatalogFile, EventType, Policy, RewardSpec
+from nba.catalog_view import CatalogView
+from nba.clock import epoch_ms
+from nba.constraints import CounterState
+from nba.errors import StoreUnavailable
+from nba.store import catalog_repo, customer_repo, decision_repo, learning_repo, outcome_repo
+from nba.store.batcher import WriteBatcher
+from nba.store.customer_repo import Reducer
+from nba.store.engine import make_engine
+from nba.store.schema import migrate
+from nba.types import CustomerState, Decision, Event, EventOutcome
+
+T = TypeVar("T")
+
+
+class Store:
+    """Everything the service keeps: catalog, customers, events, decisions, outcomes, models."""
+
+    def __init__(self, url: str, synchronous: str = "NORMAL", max_batch: int = 256) -> None:
+        self.url = url
+        self._reader = make_engine(url, writer=False, synchronous=synchronous)
+        self._writer_engine = make_engine(url, writer=True, synchronous=synchronous)
+        self._migrate()
+        self._batcher = WriteBatcher(self._writer_engine, max_batch=max_batch)
+        self._async = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nba-submit")
+
+    def _migrate(self) -> None:
+        try:
+            with self._writer_engine.connect() as conn, conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7262010)")
+                migrate(conn)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"cannot open the store: {exc.__class__.__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self._batcher.close()
+        self._async.shutdown(wait=True)
+        self._reader.dispose()
+        self._writer_engine.dispose()
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        try:
+            with self._reader.connect() as conn:
+                return fn(conn)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"the store could not be read: {exc.__class__.__name__}") from exc
+
+    def write(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> T:
+        return self._batcher.submit(fn, keys)
+
+    def write_async(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> Future[T]:
+        return self._async.submit(self._batcher.submit, fn, keys)
+
+    def ping(self) -> None:
+        self.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+
+    # -- catalog ---------------------------------------------------------------------------------------
+    def catalog_version(self) -> int:
+        return self.read(catalog_repo.catalog_version)
+
+    def load_catalog(self) -> CatalogView:
+        return self.read(catalog_repo.load_view)
+
+    def put_action(self, action_id: str, action: Action, now: datetime) -> bool:
+        return self.write(lambda c: catalog_repo.put_action(c, action_id, action, epoch_ms(now)), ["catalog"])
+
+    def delete_action(self, action_id: str) -> bool:
+        return self.write(lambda c: catalog_repo.delete_action(c, action_id), ["catalog"])
+
+    def put_policy(self, name: str, policy: Policy, now: datetime) -> tuple[int, bool]:
+        return self.write(lambda c: catalog_repo.put_policy(c, name, policy, epoch_ms(now)), ["catalog"])
+
+    def put_event_type(self, name: str, spec: EventType, now: datetime) -> bool:
+        return self.write(lambda c: catalog_repo.put_event_type(c, name, spec, epoch_ms(now)), ["catalog"])
+
+    def seed_catalog(self, catalog: CatalogFile, now: datetime) -> None:
+        """Apply a catalog file: every entry it names is created or updated; nothing else is touched."""
+        ms = epoch_ms(now)
+
+        def job(conn: Connection) -> None:
+            for name, spec in catalog.event_types.items():
+                catalog_repo.put_event_type(conn, name, spec, ms)
+            for action_id, action in catalog.actions.items():
+                catalog_repo.put_action(conn, action_id, action, ms)
+            for name, policy in catalog.policies.items():
+                catalog_repo.put_policy(conn, name, policy, ms)
+
+        self.write(job, ["catalog"])
+
+    # -- customers and events --------------------------------------------------------------------------
+    def resolve_customer(self, customer_id: str) -> str:
+        return self.read(lambda c: customer_repo.resolve(c, customer_id))
+
+    def load_customer(self, customer_id: str) -> CustomerState | None:
+        return self.read(lambda c: customer_repo.load_state(c, customer_id))
+
+    def customer_aliases(self, customer_id: str) -> list[str]:
+        return self.read(lambda c: customer_repo.aliases_of(c, customer_id))
+
+    def ingest_events(self, batch: Sequence[Event], reducer: Reducer, now: datetime) -> list[EventOutcome]:
+        keys = [f"customer:{e.customer_id}" for e in batch] + [f"event:{e.event_id}" for e in batch]
+        return self.write(lambda c: customer_repo.ingest_events(c, batch, reducer, epoch_ms(now)), keys)
+
+    # -- decisions -------------------------------------------------------------------------------------
+    def load_counters(
+        self, customer_id: str, actions: Mapping[str, Action], now: datetime, lookback: timedelta
+    ) -> CounterState:
+        return self.read(lambda c: decision_repo.load_counters(c, customer_id, actions, epoch_ms(now), lookback))
+
+    def find_idempotent(self, channel: str, request_id: str, now: datetime) -> tuple[str, str] | None:
+        return self.read(lambda c: decision_repo.find_idempotent(c, channel, request_id, epoch_ms(now)))
+
+    def commit_decision(
+        self,
+        decision: Decision,
+        actions: Mapping[str, Action],
+        reward: RewardSpec,
+        lookback: timedelta,
+        body_hash: str | None,
+        catalog_version: int | None = None,
+    ) -> Decision:
+        keys = [f"customer:{decision.customer_id}"]
+        keys += [f"budget:{c.action_id}" for c in decision.actions if actions[c.action_id].budget is not None]
+        if decision.request_id is not None:
+            keys.append(f"idem:{decision.channel}:{decision.request_id}")
+        return self.write(
+            lambda c: decision_repo.insert_decision(c, decision, actions, reward, lookback, body_hash, catalog_version),
+            keys,
+        )
+
+    def get_decision(self, decision_id: str, with_rewards: bool = True) -> Decision | None:
+        return self.read(lambda c: decision_repo.get_decision(c, decision_id, with_rewards))
+
+    def recent_decisions(self, customer_id: str, limit: int = 50) -> list[Decision]:
+        return self.read(lambda c: decision_repo.recent_decisions(c, customer_id, limit))
+
+    def count_decisions(self) -> int:
+        return self.read(decision_repo.count_decisions)
+
+    # -- outcomes --------------------------------------------------------------------------------------
+    def add_reward(self, decision_id: str, slot: int, value: float, now: datetime) -> str:
+        return self.write(
+            lambda c: outcome_repo.add_reward(c, decision_id, slot, value, epoch_ms(now)), [f"decision:{decision_id}"]
+        )
+
+    def activate(self, decision_id: str, now: datetime) -> str:
+        return self.write(lambda c: outcome_repo.activate(c, decision_id, epoch_ms(now)), [f"decision:{decision_id}"])
+
+    def close_due(self, now: datetime, limit: int = 500) -> int:
+        """Finalise closed reward windows and release expired reservations; returns how many changed."""
+        ms = epoch_ms(now)
+        due = self.read(lambda c: outcome_repo.due_decisions(c, ms, limit))
+        futures = [
+            self.write_async(lambda c, d=d: outcome_repo.close_decision(c, d, ms), [f"decision:{d}"]) for d in due
+        ]
+        return sum(1 for f in futures if f.result() is not None)
+
+    # -- learning --------------------------------------------------------------------------------------
+    def pending_examples(
+        self, policy: str, version: int, after_seq: int, limit: int = 1000
+    ) -> list[learning_repo.JoinedExample]:
+        return self.read(lambda c: learning_repo.pending_examples(c, policy, version, after_seq, limit))
+
+    def save_snapshot(
+        self, policy: str, version: int, model: bytes, examples: int, seqs: Sequence[int], now: datetime
+    ) -> int:
+        return self.write(
+            lambda c: learning_repo.save_snapshot(c, policy, version, model, examples, seqs, epoch_ms(now)),
+            [f"snapshot:{policy}"],
+        )
+
+    def latest_snapshot(self, policy: str, version: int, newer_than: int = 0) -> learning_repo.Snapshot | None:
+        return self.read(lambda c: learning_repo.latest_snapshot(c, policy, version, newer_than))
+
+    def try_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+        return self.write(
+            lambda c: learning_repo.try_lease(c, name, holder, epoch_ms(now), int(ttl.total_seconds() * 1000)),
+            [f"lease:{name}"],
+        )
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self.write(lambda c: learning_repo.release_lease(c, name, holder), [f"lease:{name}"])

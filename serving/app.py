@@ -1,0 +1,59 @@
+"""The Litestar application: routes, auth, problem+json errors and the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from serving.problems import HANDLERS
+from serving.routes import catalog, customers, decide, decisions, events, health
+from serving.runtime import Runtime
+
+ROUTES = [
+    decide.decide,
+    decide.next_action,
+    decisions.reward,
+    decisions.activate,
+    decisions.get_decision,
+    events.ingest,
+    customers.get_customer,
+    catalog.put_action,
+    catalog.list_actions,
+    catalog.get_action,
+    catalog.delete_action,
+    catalog.put_policy,
+    catalog.list_policies,
+    catalog.get_policy,
+    catalog.put_event_type,
+    catalog.list_event_types,
+    health.health,
+    health.metrics,
+]
+
+
+def create_app(runtime: Runtime) -> Litestar:
+    """Build the app around a runtime; the runtime's background work starts and stops with the app."""
+    logging.basicConfig(level=runtime.settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Litestar(
+        route_handlers=ROUTES,
+        exception_handlers=HANDLERS,
+        on_startup=[lambda: runtime.start()],
+        on_shutdown=[lambda: runtime.stop()],
+        request_max_body_size=runtime.settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Next-best-action service",
+            version="1",
+            path="/schema",
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="API key")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+    )
+    app.state.runtime = runtime
+    return app

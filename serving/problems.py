@@ -1,0 +1,125 @@
+"""RFC 9457 problem+json: every error the API returns is shaped here, in one place."""
+
+from __future__ import annotations
+
+import logging
+import re
+from http import HTTPStatus
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+
+from nba.errors import (
+    ActionNotFound,
+    Conflict,
+    CustomerNotFound,
+    DecisionNotFound,
+    InvalidInput,
+    NBAError,
+    PolicyNotFound,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+_STATUS: list[tuple[type[NBAError], int, str]] = [
+    (DecisionNotFound, 404, "not-found"),
+    (CustomerNotFound, 404, "not-found"),
+    (PolicyNotFound, 404, "not-found"),
+    (Conflict, 409, "conflict"),
+    (ActionNotFound, 422, "validation"),
+    (InvalidInput, 422, "validation"),
+    (StoreUnavailable, 503, "unavailable"),
+]
+
+
+def problem(status: int, detail: str, kind: str | None = None, errors: list[dict[str, str]] | None = None,
+            headers: dict[str, str] | None = None) -> Response[Any]:
+    body: dict[str, Any] = {
+        "type": f"urn:nba:problem:{kind}" if kind else "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, NBAError)
+    for kind, status, slug in _STATUS:
+        if isinstance(exc, kind):
+            if kind is ActionNotFound and exc.field is None:
+                status = 404
+            errors = [{"field": exc.field, "message": exc.message}] if exc.field and status == 422 else None
+            headers = {"Retry-After": "1"} if status == 503 else None
+            return problem(status, exc.message, slug, errors, headers)
+    return problem(400, exc.message, "bad-request")
+
+
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+_PATH = re.compile(r"at `\$([^`]*)`")
+
+
+def _field(key: str, message: str) -> str:
+    for pattern in (_MISSING, _UNKNOWN):
+        match = pattern.search(message)
+        if match:
+            return match.group(1) if key in ("data", "") else f"{key}.{match.group(1)}"
+    key = key.replace("[...]", "")
+    return "body" if key in ("data", "") else key
+
+
+def validation_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, ValidationException)
+    errors = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            message = str(item.get("message", "invalid"))
+            errors.append({"field": _field(str(item.get("key", "")), message), "message": message})
+    if not errors:
+        errors = [{"field": "body", "message": str(exc.detail)}]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem(422, detail, "validation", errors)
+
+
+def http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    detail = str(exc.detail)
+    if status == 400 and "malformed" not in detail.lower() and "Number out of range" in detail:
+        match = _PATH.search(detail)
+        path = match.group(1).replace("[...]", "").lstrip(".") if match else ""
+        return problem(422, "a number is out of range", "validation",
+                       [{"field": path or "body", "message": "number out of range"}])
+    if status == 400:
+        return problem(400, f"the body is not valid JSON: {detail}", "malformed")
+    kinds = {401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
+             413: "too-large", 415: "unsupported-media-type"}
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthorizedException) else None
+    if isinstance(exc, NotFoundException | PermissionDeniedException):
+        headers = None
+    return problem(status, detail, kinds.get(status), headers=headers)
+
+
+def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error", exc_info=exc)
+    return problem(500, "an internal error occurred; it has been logged", "internal")
+
+
+HANDLERS: dict[type[Exception], Any] = {
+    NBAError: domain_error,
+    ValidationException: validation_error,
+    HTTPException: http_error,
+    Exception: internal_error,
+}

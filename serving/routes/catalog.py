@@ -1,0 +1,108 @@
+"""The catalog over HTTP (admin writes, analyst reads): actions, policies and event types."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, Response, delete, get, put
+from litestar.params import Parameter
+
+from bandits.vw_args import build_args
+from bandits.vw_policy import ModelLoadError, VWPolicy
+from nba.catalog import Action, EventType, Policy
+from nba.errors import ActionNotFound, InvalidInput, PolicyNotFound
+from serving.auth import require
+from serving.runtime import Runtime
+
+ActionId = Annotated[str, Parameter(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
+PolicyName = Annotated[str, Parameter(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,63}$")]
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _dump(model: Any, **extra: Any) -> dict[str, Any]:
+    return {**extra, **model.model_dump(mode="json", by_alias=True)}
+
+
+@put("/v1/actions/{action_id:str}", guards=[require("admin")], sync_to_thread=True, tags=["catalog"],
+     summary="Create or replace an action")
+def put_action(request: Request[Any, Any, Any], action_id: ActionId, data: Action) -> Response[dict[str, Any]]:
+    runtime = _runtime(request)
+    created = runtime.store.put_action(action_id, data, runtime.clock.now())
+    runtime.refresh_catalog()
+    return Response(_dump(data, action_id=action_id), status_code=201 if created else 200)
+
+
+@get("/v1/actions", guards=[require("analyst")], sync_to_thread=False, tags=["catalog"], summary="The catalog")
+def list_actions(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    view = _runtime(request).catalog()
+    return {"items": [_dump(a, action_id=aid) for aid, a in sorted(view.actions.items())]}
+
+
+@get("/v1/actions/{action_id:str}", guards=[require("analyst")], sync_to_thread=False, tags=["catalog"],
+     summary="One action")
+def get_action(request: Request[Any, Any, Any], action_id: ActionId) -> dict[str, Any]:
+    action = _runtime(request).catalog().actions.get(action_id)
+    if action is None:
+        raise ActionNotFound(f"action {action_id!r} not found")
+    return _dump(action, action_id=action_id)
+
+
+@delete("/v1/actions/{action_id:str}", guards=[require("admin")], sync_to_thread=True, tags=["catalog"],
+        summary="Remove an action (its counters are kept)")
+def delete_action(request: Request[Any, Any, Any], action_id: ActionId) -> None:
+    runtime = _runtime(request)
+    if not runtime.store.delete_action(action_id):
+        raise ActionNotFound(f"action {action_id!r} not found")
+    runtime.refresh_catalog()
+
+
+def _check_learner(policy: Policy) -> None:
+    try:
+        VWPolicy(build_args(policy.learner))
+    except ModelLoadError as exc:
+        raise InvalidInput(str(exc), field="learner") from exc
+
+
+@put("/v1/policies/{name:str}", guards=[require("admin")], sync_to_thread=True, tags=["policies"],
+     summary="Create or replace a policy; a changed policy gets a new version")
+def put_policy(request: Request[Any, Any, Any], name: PolicyName, data: Policy) -> Response[dict[str, Any]]:
+    runtime = _runtime(request)
+    _check_learner(data)
+    version, created = runtime.store.put_policy(name, data, runtime.clock.now())
+    runtime.refresh_catalog()
+    return Response(_dump(data, name=name, version=str(version)), status_code=201 if created else 200)
+
+
+@get("/v1/policies", guards=[require("analyst")], sync_to_thread=False, tags=["policies"], summary="All policies")
+def list_policies(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    view = _runtime(request).catalog()
+    return {"items": [_dump(p, name=n, version=str(v)) for n, (v, p) in sorted(view.policies.items())]}
+
+
+@get("/v1/policies/{name:str}", guards=[require("analyst")], sync_to_thread=False, tags=["policies"],
+     summary="One policy")
+def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, Any]:
+    entry = _runtime(request).catalog().policies.get(name)
+    if entry is None:
+        raise PolicyNotFound(f"policy {name!r} not found")
+    return _dump(entry[1], name=name, version=str(entry[0]))
+
+
+@put("/v1/event-types/{name:str}", guards=[require("admin")], sync_to_thread=True, tags=["events"],
+     summary="Register or replace an event type's schema")
+def put_event_type(request: Request[Any, Any, Any], name: PolicyName, data: EventType) -> Response[dict[str, Any]]:
+    runtime = _runtime(request)
+    created = runtime.store.put_event_type(name, data, runtime.clock.now())
+    runtime.refresh_catalog()
+    return Response(_dump(data, type=name), status_code=201 if created else 200)
+
+
+@get("/v1/event-types", guards=[require("analyst")], sync_to_thread=False, tags=["events"],
+     summary="The event-type registry")
+def list_event_types(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    view = _runtime(request).catalog()
+    return {"items": [_dump(e, type=n) for n, e in sorted(view.event_types.items())]}

@@ -1,0 +1,41 @@
+"""`GET /v1/customers/{id}`: a customer's aliases, state and recent decisions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get
+from litestar.params import Parameter
+
+from nba.clock import to_rfc3339
+from nba.errors import CustomerNotFound
+from serving.auth import require
+from serving.runtime import Runtime
+
+
+@get("/v1/customers/{customer_id:str}", guards=[require("analyst")], sync_to_thread=True, tags=["read"],
+     summary="A customer's state and up to 50 recent decisions, newest first")
+def get_customer(
+    request: Request[Any, Any, Any], customer_id: Annotated[str, Parameter(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
+) -> dict[str, Any]:
+    runtime: Runtime = request.app.state.runtime
+    canonical = runtime.store.resolve_customer(customer_id)
+    state = runtime.store.load_customer(canonical)
+    decisions = runtime.store.recent_decisions(canonical, 50)
+    if state is None and not decisions:
+        raise CustomerNotFound(f"customer {customer_id!r} not found")
+    return {
+        "customer_id": canonical,
+        "aliases": runtime.store.customer_aliases(canonical),
+        "state": state.to_json() if state else {},
+        "recent_decisions": [
+            {
+                "decision_id": d.decision_id,
+                "channel": d.channel,
+                "actions": [{"slot": c.slot, "action_id": c.action_id, "probability": c.probability}
+                            for c in d.actions],
+                "created_at": to_rfc3339(d.created_at),
+            }
+            for d in decisions
+        ],
+    }

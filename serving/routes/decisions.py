@@ -1,0 +1,88 @@
+"""Outcomes and reads of logged decisions: reward, activate, and the whole logged decision."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.params import Parameter
+
+from nba.clock import to_rfc3339
+from nba.errors import DecisionNotFound, InvalidInput
+from serving.auth import require
+from serving.metrics import REWARDS
+from serving.routes.decide import DecisionOut, decision_out
+from serving.runtime import Runtime
+
+DecisionId = Annotated[str, Parameter(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
+
+
+class RewardBody(msgspec.Struct, forbid_unknown_fields=True):
+    value: float
+    slot: Annotated[int, msgspec.Meta(ge=0, le=9)] = 0
+
+
+class Accepted(msgspec.Struct):
+    decision_id: str
+    status: str
+
+
+class RewardOut(msgspec.Struct):
+    value: float
+    slot: int
+    received_at: str
+    status: str
+
+
+class LoggedDecisionOut(DecisionOut, kw_only=True):
+    context: dict[str, Any]
+    customer: dict[str, Any]
+    eligible: list[str]
+    action_attributes: dict[str, Any]
+    rules_fired: list[str]
+    state: str
+    request_id: str | None
+    activated_at: str | None
+    rewards: list[RewardOut]
+
+
+@post("/v1/decisions/{decision_id:str}/reward", status_code=202, guards=[require("channel")], sync_to_thread=True,
+      tags=["outcomes"], summary="Report the outcome of a decision")
+def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data: RewardBody) -> Accepted:
+    runtime: Runtime = request.app.state.runtime
+    if not math.isfinite(data.value):
+        raise InvalidInput("value must be a finite number", field="value")
+    status = runtime.store.add_reward(decision_id, data.slot, data.value, runtime.clock.now())
+    REWARDS.labels(status=status).inc()
+    return Accepted(decision_id, status)
+
+
+@post("/v1/decisions/{decision_id:str}/activate", status_code=202, guards=[require("channel")],
+      sync_to_thread=True, tags=["outcomes"], summary="A deferred decision's action was shown after all")
+def activate(request: Request[Any, Any, Any], decision_id: DecisionId) -> Accepted:
+    runtime: Runtime = request.app.state.runtime
+    return Accepted(decision_id, runtime.store.activate(decision_id, runtime.clock.now()))
+
+
+@get("/v1/decisions/{decision_id:str}", guards=[require("analyst")], sync_to_thread=True, tags=["read"],
+     summary="The whole logged decision with its rewards")
+def get_decision(request: Request[Any, Any, Any], decision_id: DecisionId) -> LoggedDecisionOut:
+    runtime: Runtime = request.app.state.runtime
+    decision = runtime.store.get_decision(decision_id)
+    if decision is None:
+        raise DecisionNotFound(f"decision {decision_id!r} not found")
+    base = msgspec.structs.asdict(decision_out(decision))
+    return LoggedDecisionOut(
+        **base,
+        context=decision.context,
+        customer=decision.customer,
+        eligible=[a for a, _ in decision.ranking],
+        action_attributes=decision.action_attributes,
+        rules_fired=sorted({e.rule for e in decision.excluded}),
+        state=decision.state,
+        request_id=decision.request_id,
+        activated_at=to_rfc3339(decision.activated_at) if decision.activated_at else None,
+        rewards=[RewardOut(**r) for r in decision.rewards],
+    )

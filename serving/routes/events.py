@@ -1,0 +1,58 @@
+"""`POST /v1/events`: what just happened to customers; updates their state for later decisions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, post
+
+from features.events import validate_event
+from features.state import apply_event
+from nba.ids import new_id
+from nba.types import Event
+from serving.auth import require
+from serving.metrics import EVENTS
+from serving.routes.types import FlatMap, Id, Name
+from serving.runtime import Runtime
+
+
+class EventIn(msgspec.Struct, forbid_unknown_fields=True):
+    customer_id: Id
+    type: Name
+    timestamp: datetime | None = None
+    properties: FlatMap = msgspec.field(default_factory=dict)
+    event_id: Id | None = None
+
+
+class EventResult(msgspec.Struct):
+    event_id: str
+    duplicate: bool
+    triggered: list[str]
+    cancelled: list[str]
+
+
+EventsBody = EventIn | Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+@post("/v1/events", status_code=202, guards=[require("channel")], sync_to_thread=True, tags=["events"],
+      summary="Ingest one event or a list of up to 1,000")
+def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[EventResult]:
+    runtime: Runtime = request.app.state.runtime
+    items = data if isinstance(data, list) else [data]
+    registry = runtime.catalog().event_types
+    now = runtime.clock.now()
+    batch: list[Event] = []
+    for index, item in enumerate(items):
+        prefix = f"[{index}]." if isinstance(data, list) else ""
+        validate_event(item.type, item.properties, registry, field_prefix=prefix)
+        when = item.timestamp or now
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        batch.append(Event(item.event_id or new_id("e-"), item.customer_id, item.type, when.astimezone(UTC),
+                           dict(item.properties)))
+    outcomes = runtime.store.ingest_events(batch, apply_event, now)
+    for outcome in outcomes:
+        EVENTS.labels(duplicate=str(outcome.duplicate).lower()).inc()
+    return [EventResult(o.event_id, o.duplicate, [], []) for o in outcomes]

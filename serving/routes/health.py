@@ -1,0 +1,35 @@
+"""`/health` (store and models usable) and `/metrics` (Prometheus text); neither needs a key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import MediaType, Request, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from nba.errors import StoreUnavailable
+from serving.runtime import Runtime
+
+
+@get("/health", sync_to_thread=True, tags=["ops"], summary="200 when the store and the models are usable")
+def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    runtime: Runtime = request.app.state.runtime
+    store_ok, store_msg = True, "ok"
+    try:
+        runtime.store.ping()
+    except StoreUnavailable as exc:
+        store_ok, store_msg = False, exc.message
+    models = [
+        {"policy": s.policy, "version": str(s.version), "healthy": s.healthy, "snapshot_id": s.snapshot_id,
+         "examples_learned": s.examples, "message": s.message}
+        for s in runtime.models.statuses()
+    ]
+    status = "ok" if store_ok and all(m["healthy"] for m in models) else ("degraded" if store_ok else "down")
+    body = {"status": status, "store": store_msg, "catalog_version": runtime.catalog().version, "models": models}
+    return Response(body, status_code=200 if store_ok else 503)
+
+
+@get("/metrics", sync_to_thread=False, tags=["ops"], summary="Prometheus metrics of this process",
+     media_type=MediaType.TEXT)
+def metrics() -> Response[bytes]:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,106 @@
+"""Everything a server process holds: store, catalog view, live models, the decision engine, background work."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from bandits.registry import PolicyModels
+from features.namespaces import NamespaceFeaturizer
+from nba.catalog import load_catalog_file
+from nba.catalog_view import CatalogView
+from nba.clock import Clock, SystemClock
+from nba.decide import DecisionEngine
+from nba.errors import StoreUnavailable
+from nba.store import Store
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """Background work started and stopped with the server (the online learner, later the outbox)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+ServiceFactory = Callable[["Runtime"], Service]
+
+
+class Runtime:
+    """The process-wide state behind the HTTP layer; built once per server worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        services: Sequence[ServiceFactory] = (),
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store = store or Store(settings.database_url, synchronous=settings.sqlite_synchronous)
+        self.featurizer = NamespaceFeaturizer()
+        if settings.catalog:
+            self.store.seed_catalog(load_catalog_file(settings.catalog), self.clock.now())
+        self._catalog = self.store.load_catalog()
+        self._catalog_lock = threading.Lock()
+        self.models = PolicyModels(self.store, self.featurizer)
+        self.engine = DecisionEngine(
+            self.store, self.catalog, self.models, self.clock, refresh_catalog=self.refresh_catalog
+        )
+        self.api_keys = settings.keys()
+        self._services = [factory(self) for factory in services]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.store_healthy = True
+
+    def catalog(self) -> CatalogView:
+        return self._catalog
+
+    def refresh_catalog(self) -> CatalogView:
+        """Reload the catalog from the store (after an admin change here or in another process)."""
+        with self._catalog_lock:
+            view = self.store.load_catalog()
+            self._catalog = view
+            return view
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._maintain, name="nba-maintenance", daemon=True)
+        self._thread.start()
+        for service in self._services:
+            service.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for service in self._services:
+            service.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.store.close()
+
+    def sweep(self) -> int:
+        """Close due reward windows and release expired reservations now."""
+        return self.store.close_due(self.clock.now())
+
+    def _maintain(self) -> None:
+        """Keep the catalog current and close reward windows, until stopped."""
+        ticks = 0
+        sweep_every = max(1, int(self.settings.sweep_seconds / 0.25))
+        while not self._stop.wait(0.25):
+            ticks += 1
+            try:
+                if self.store.catalog_version() != self._catalog.version:
+                    self.refresh_catalog()
+                if ticks % sweep_every == 0:
+                    self.sweep()
+                self.store_healthy = True
+            except StoreUnavailable as exc:
+                self.store_healthy = False
+                log.warning("maintenance waiting for the store: %s", exc)
+            except Exception:
+                log.exception("maintenance iteration failed")

@@ -1,0 +1,54 @@
+"""Service settings from the environment (prefix `NBA_`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["channel", "analyst", "admin"]
+
+
+class Settings(BaseSettings):
+    """Every knob of a running service; defaults give the embedded single-machine setup."""
+
+    model_config = SettingsConfigDict(env_prefix="NBA_", extra="ignore")
+
+    database_url: str = "sqlite:///nba.db"
+    mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    api_keys: str = ""
+    catalog: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    learner: bool = True
+    snapshot_seconds: float = Field(default=5.0, gt=0)
+    sweep_seconds: float = Field(default=1.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, value: str) -> str:
+        parse_api_keys(value)
+        return value
+
+    def keys(self) -> dict[str, Role]:
+        return parse_api_keys(self.api_keys)
+
+
+def parse_api_keys(text: str) -> dict[str, Role]:
+    """Parse `key:role,key:role`.
+
+    >>> parse_api_keys("k1:channel, k2:admin")
+    {'k1': 'channel', 'k2': 'admin'}
+    """
+    keys: dict[str, Role] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, role = item.rpartition(":")
+        if not sep or not key or role not in ("channel", "analyst", "admin"):
+            raise ValueError(f"NBA_API_KEYS entry {item!r} must be key:role with role channel, analyst or admin")
+        keys[key] = role  # type: ignore[assignment]
+    return keys

@@ -1,0 +1,1 @@
+"""Learning loops: simulators, replay and evaluation (later issues), reports and experiment tracking."""

@@ -1,0 +1,181 @@
+"""Online learning: joined examples from the decision log train each policy's model, off the request path.
+
+One learner per deployment holds a lease in the store; it trains its own copy of each model, publishes it to
+the serving models every `publish_every` seconds and snapshots it to the store every `snapshot_every`
+seconds. A snapshot records which examples it contains, so a restart relearns exactly the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from bandits.registry import Featurizer, PolicyModels
+from bandits.vw_args import build_args
+from bandits.vw_policy import ModelLoadError, VWPolicy
+from nba.catalog import Policy
+from nba.catalog_view import CatalogView
+from nba.clock import Clock
+from nba.errors import StoreUnavailable
+from nba.store import Store
+from nba.store.learning_repo import JoinedExample
+
+log = logging.getLogger(__name__)
+LEASE = "online-learner"
+
+
+@dataclass
+class _Track:
+    model: VWPolicy
+    last_seq: int = 0
+    unsnapshotted: list[int] = field(default_factory=list)
+    published_examples: int = 0
+
+
+def example_from_log(example: JoinedExample, featurizer: Featurizer) -> tuple[dict, list, int, float, float, list]:
+    """Rebuild (shared, actions, chosen index, reward, probability, keys) for one logged decision slot.
+
+    Slot i was drawn from the eligible actions not taken by slots above it, with its conditional probability.
+    """
+    body = example.body
+    taken_above = {a["action_id"] for a in body["actions"] if a["slot"] < example.slot}
+    chosen = next(a for a in body["actions"] if a["slot"] == example.slot)
+    ids = [r["action_id"] for r in body["ranking"] if r["action_id"] not in taken_above]
+    shared = featurizer.shared(body["context"], body["customer"])
+    actions = [featurizer.action(aid, body["action_attributes"].get(aid, {})) for aid in ids]
+    return shared, actions, ids.index(chosen["action_id"]), example.reward, float(chosen["probability"]), ids
+
+
+class OnlineLearner:
+    """A background thread that keeps every online policy's model learning from the log."""
+
+    def __init__(
+        self,
+        store: Store,
+        models: PolicyModels,
+        featurizer: Featurizer,
+        catalog: Callable[[], CatalogView],
+        clock: Clock,
+        publish_every: float = 0.25,
+        snapshot_every: float = 5.0,
+        poll_every: float = 0.05,
+    ) -> None:
+        self._store = store
+        self._models = models
+        self._featurizer = featurizer
+        self._catalog = catalog
+        self._clock = clock
+        self._publish_every = publish_every
+        self._snapshot_every = snapshot_every
+        self._poll_every = poll_every
+        self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self._tracks: dict[tuple[str, int], _Track] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.has_lease = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="nba-learner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.has_lease:
+            try:
+                self.snapshot_all()
+                self._store.release_lease(LEASE, self._holder)
+            except StoreUnavailable as exc:
+                log.error("final snapshot failed: %s", exc)
+
+    def _run(self) -> None:
+        last_publish = last_snapshot = last_lease = 0.0
+        clock = _Monotonic()
+        while not self._stop.is_set():
+            now = clock()
+            try:
+                if now - last_lease > 2.0 or not self.has_lease:
+                    self.has_lease = self._store.try_lease(LEASE, self._holder, self._clock.now(), timedelta(seconds=10))
+                    last_lease = now
+                if not self.has_lease:
+                    self._models.refresh(self._catalog().policies)
+                    self._stop.wait(1.0)
+                    continue
+                learned = self.learn_pending()
+                if now - last_publish >= self._publish_every:
+                    self.publish_all()
+                    last_publish = now
+                if now - last_snapshot >= self._snapshot_every:
+                    self.snapshot_all()
+                    last_snapshot = now
+                if not learned:
+                    self._stop.wait(self._poll_every)
+            except StoreUnavailable as exc:
+                log.warning("learner waiting for the store: %s", exc)
+                self._stop.wait(1.0)
+            except Exception:
+                log.exception("learner iteration failed")
+                self._stop.wait(1.0)
+
+    def _track(self, name: str, version: int, policy: Policy) -> _Track:
+        track = self._tracks.get((name, version))
+        if track is None:
+            args = build_args(policy.learner)
+            snapshot = self._store.latest_snapshot(name, version)
+            model = VWPolicy(args)
+            if snapshot is not None:
+                try:
+                    model = VWPolicy(args, snapshot.model, examples_learned=snapshot.examples)
+                except ModelLoadError as exc:
+                    log.error("learner: snapshot %d of %s v%d unusable, starting fresh: %s",
+                              snapshot.snapshot_id, name, version, exc)
+            track = _Track(model, published_examples=model.examples_learned)
+            self._tracks[(name, version)] = track
+        return track
+
+    def learn_pending(self, batch: int = 1000) -> int:
+        """Learn every joined example waiting for any online policy; returns how many were learned."""
+        total = 0
+        for name, (version, policy) in self._catalog().policies.items():
+            if policy.mode != "online":
+                continue
+            track = self._track(name, version, policy)
+            examples = self._store.pending_examples(name, version, track.last_seq, batch)
+            for example in examples:
+                shared, actions, chosen, reward, probability, keys = example_from_log(example, self._featurizer)
+                track.model.learn(shared, actions, chosen, reward, probability, keys=keys)
+                track.last_seq = example.seq
+                track.unsnapshotted.append(example.seq)
+            total += len(examples)
+        return total
+
+    def publish_all(self) -> None:
+        for (name, version), track in self._tracks.items():
+            if track.model.examples_learned != track.published_examples:
+                policy = self._catalog().policies.get(name)
+                if policy is None or policy[0] != version:
+                    continue
+                self._models.publish(name, version, policy[1], track.model.serialize(), 0, track.model.examples_learned)
+                track.published_examples = track.model.examples_learned
+
+    def snapshot_all(self) -> None:
+        for (name, version), track in self._tracks.items():
+            if not track.unsnapshotted:
+                continue
+            seqs = list(track.unsnapshotted)
+            self._store.save_snapshot(name, version, track.model.serialize(), track.model.examples_learned, seqs,
+                                      self._clock.now())
+            del track.unsnapshotted[: len(seqs)]
+
+
+class _Monotonic:
+    def __call__(self) -> float:
+        import time
+
+        return time.monotonic()

@@ -1,0 +1,39 @@
+"""The composition root of a server process: runtime, online learner and HTTP app, from settings."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from nba.clock import Clock
+from nba.store import Store
+from serving.app import create_app
+from serving.runtime import Runtime, Service
+from serving.settings import Settings
+from training.online import OnlineLearner
+
+
+def learner_factory(settings: Settings) -> list:
+    """The background services a server process runs besides answering requests."""
+    if not settings.learner:
+        return []
+
+    def make(runtime: Runtime) -> Service:
+        return OnlineLearner(
+            runtime.store, runtime.models, runtime.featurizer, runtime.catalog, runtime.clock,
+            snapshot_every=settings.snapshot_seconds,
+        )
+
+    return [make]
+
+
+def build_runtime(settings: Settings, store: Store | None = None, clock: Clock | None = None) -> Runtime:
+    return Runtime(settings, store=store, clock=clock, services=learner_factory(settings))
+
+
+def build_app(settings: Settings | None = None, store: Store | None = None, clock: Clock | None = None) -> Litestar:
+    return create_app(build_runtime(settings or Settings(), store=store, clock=clock))
+
+
+def app_from_env() -> Litestar:
+    """The ASGI app factory that `nba serve` hands to the server (one call per worker process)."""
+    return build_app(Settings())
