@@ -35,6 +35,7 @@ class _Track:
     last_seq: int = 0
     unsnapshotted: list[int] = field(default_factory=list)
     published_examples: int = 0
+    snapshot_id: int = 0
 
 
 def example_from_log(example: JoinedExample, featurizer: Featurizer) -> tuple[dict, list, int, float, float, list]:
@@ -129,13 +130,15 @@ class OnlineLearner:
             args = build_args(policy.learner)
             snapshot = self._store.latest_snapshot(name, version)
             model = VWPolicy(args)
+            snapshot_id = 0
             if snapshot is not None:
                 try:
                     model = VWPolicy(args, snapshot.model, examples_learned=snapshot.examples)
+                    snapshot_id = snapshot.snapshot_id
                 except ModelLoadError as exc:
                     log.error("learner: snapshot %d of %s v%d unusable, starting fresh: %s",
                               snapshot.snapshot_id, name, version, exc)
-            track = _Track(model, published_examples=model.examples_learned)
+            track = _Track(model, published_examples=model.examples_learned, snapshot_id=snapshot_id)
             self._tracks[(name, version)] = track
         return track
 
@@ -161,7 +164,8 @@ class OnlineLearner:
                 policy = self._catalog().policies.get(name)
                 if policy is None or policy[0] != version:
                     continue
-                self._models.publish(name, version, policy[1], track.model.serialize(), 0, track.model.examples_learned)
+                self._models.publish(name, version, policy[1], track.model.serialize(), track.snapshot_id,
+                                     track.model.examples_learned)
                 track.published_examples = track.model.examples_learned
 
     def snapshot_all(self) -> None:
@@ -169,8 +173,9 @@ class OnlineLearner:
             if not track.unsnapshotted:
                 continue
             seqs = list(track.unsnapshotted)
-            self._store.save_snapshot(name, version, track.model.serialize(), track.model.examples_learned, seqs,
-                                      self._clock.now())
+            track.snapshot_id = self._store.save_snapshot(
+                name, version, track.model.serialize(), track.model.examples_learned, seqs, self._clock.now()
+            )
             del track.unsnapshotted[: len(seqs)]
 
 
