@@ -7,7 +7,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,

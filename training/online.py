@@ -102,7 +102,9 @@ class OnlineLearner:
             now = clock()
             try:
                 if now - last_lease > 2.0 or not self.has_lease:
-                    self.has_lease = self._store.try_lease(LEASE, self._holder, self._clock.now(), timedelta(seconds=10))
+                    self.has_lease = self._store.try_lease(
+                        LEASE, self._holder, self._clock.now(), timedelta(seconds=10)
+                    )
                     last_lease = now
                 if not self.has_lease:
                     self._models.refresh(self._catalog().policies)

@@ -73,11 +73,11 @@ def put_policy(conn: Connection, name: str, policy: Policy, now_ms: int) -> tupl
         if taken:
             raise Conflict(f"channel(s) {sorted(taken)} already served by policy {row.name!r}", field="channels")
     spec = dumps(policy.model_dump(mode="json", by_alias=True))
-    row = conn.execute(select(t.policies.c.version, t.policies.c.spec).where(t.policies.c.name == name)).first()
-    if row is not None and row.spec == spec:
-        return int(row.version), False
-    version = 1 if row is None else int(row.version) + 1
-    if row is None:
+    current = conn.execute(select(t.policies.c.version, t.policies.c.spec).where(t.policies.c.name == name)).first()
+    if current is not None and current.spec == spec:
+        return int(current.version), False
+    version = 1 if current is None else int(current.version) + 1
+    if current is None:
         conn.execute(t.policies.insert().values(name=name, version=version, spec=spec, updated_ms=now_ms))
     else:
         conn.execute(
@@ -85,7 +85,7 @@ def put_policy(conn: Connection, name: str, policy: Policy, now_ms: int) -> tupl
         )
     conn.execute(t.policy_versions.insert().values(name=name, version=version, spec=spec, created_ms=now_ms))
     bump_version(conn)
-    return version, row is None
+    return version, current is None
 
 
 def put_event_type(conn: Connection, name: str, spec_model: EventType, now_ms: int) -> bool:

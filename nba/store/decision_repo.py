@@ -101,7 +101,8 @@ def _reserve(
                 t.budget_counters.c.window_s == window_s,
                 t.budget_counters.c.window_start_ms == window_ms,
             )
-            if not conn.execute(update(t.budget_counters).where(key).values(used=t.budget_counters.c.used + 1)).rowcount:
+            bumped = conn.execute(update(t.budget_counters).where(key).values(used=t.budget_counters.c.used + 1))
+            if not bumped.rowcount:
                 conn.execute(
                     t.budget_counters.insert().values(
                         action_id=choice.action_id, window_s=window_s, window_start_ms=window_ms, used=1

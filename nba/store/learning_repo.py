@@ -55,14 +55,18 @@ def save_snapshot(
     keep: int = 5,
 ) -> int:
     """Store a model snapshot and mark the examples it contains, in one transaction."""
-    snapshot_id = conn.execute(
+    inserted = conn.execute(
         t.model_snapshots.insert().values(
             policy_name=policy, policy_version=version, created_ms=now_ms, examples=examples, model=model
         )
-    ).inserted_primary_key[0]
+    ).inserted_primary_key
+    assert inserted is not None
+    snapshot_id = inserted[0]
     for start in range(0, len(seqs), 500):
         conn.execute(
-            update(t.learn_queue).where(t.learn_queue.c.seq.in_(seqs[start:start + 500])).values(snapshot_id=snapshot_id)
+            update(t.learn_queue)
+            .where(t.learn_queue.c.seq.in_(seqs[start:start + 500]))
+            .values(snapshot_id=snapshot_id)
         )
     old = [
         r[0]

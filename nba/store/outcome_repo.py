@@ -167,7 +167,9 @@ def close_decision(conn: Connection, decision_id: str, now_ms: int) -> str | Non
         return None
     spec = _reward_spec(row)
     for slot_row in conn.execute(
-        select(t.decision_slots).where(t.decision_slots.c.decision_id == decision_id, t.decision_slots.c.final.is_(False))
+        select(t.decision_slots).where(
+            t.decision_slots.c.decision_id == decision_id, t.decision_slots.c.final.is_(False)
+        )
     ).all():
         if slot_row.reward_count > 0:
             reward = float(slot_row.reward_sum)

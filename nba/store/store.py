@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -34,7 +33,6 @@ class Store:
         self._writer_engine = make_engine(url, writer=True, synchronous=synchronous)
         self._migrate()
         self._batcher = WriteBatcher(self._writer_engine, max_batch=max_batch)
-        self._async = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nba-submit")
 
     def _migrate(self) -> None:
         try:
@@ -47,7 +45,6 @@ class Store:
 
     def close(self) -> None:
         self._batcher.close()
-        self._async.shutdown(wait=True)
         self._reader.dispose()
         self._writer_engine.dispose()
 
@@ -61,9 +58,6 @@ class Store:
 
     def write(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> T:
         return self._batcher.submit(fn, keys)
-
-    def write_async(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> Future[T]:
-        return self._async.submit(self._batcher.submit, fn, keys)
 
     def ping(self) -> None:
         self.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
@@ -164,10 +158,13 @@ class Store:
         """Finalise closed reward windows and release expired reservations; returns how many changed."""
         ms = epoch_ms(now)
         due = self.read(lambda c: outcome_repo.due_decisions(c, ms, limit))
-        futures = [
-            self.write_async(lambda c, d=d: outcome_repo.close_decision(c, d, ms), [f"decision:{d}"]) for d in due
-        ]
-        return sum(1 for f in futures if f.result() is not None)
+        if not due:
+            return 0
+
+        def job(conn: Connection) -> int:
+            return sum(1 for d in due if outcome_repo.close_decision(conn, d, ms) is not None)
+
+        return self.write(job, [f"decision:{d}" for d in due])
 
     # -- learning --------------------------------------------------------------------------------------
     def pending_examples(

@@ -86,7 +86,8 @@ def test_sigkill_loses_no_answered_decision_and_model_reloads(start_server: Any,
             response = client.get(f"/v1/decisions/{decision_id}", headers=ANALYST)
             assert response.status_code == 200
         # Deciding loads the policy's model; health then reports which snapshot it came from.
-        assert client.post("/v1/decide", headers=CHANNEL, json={"customer_id": "after", "channel": "web"}).status_code == 200
+        after = client.post("/v1/decide", headers=CHANNEL, json={"customer_id": "after", "channel": "web"})
+        assert after.status_code == 200
         health = client.get("/health").json()
     model = next(m for m in health["models"] if m["policy"] == "web")
     assert model["healthy"] is True
