@@ -82,8 +82,9 @@ def test_constraints_hold_for_sequential_clients(start_server: Any) -> None:
     _check(answers)
 
 
-def test_constraints_hold_for_16_concurrent_clients(start_server: Any) -> None:
-    server = start_server(CATALOG)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_constraints_hold_for_16_concurrent_clients(start_server: Any, workers: int) -> None:
+    server = start_server(CATALOG, workers=workers)
     customers = [f"cust-{i}" for i in range(40)]
     with httpx.Client(base_url=server.url, timeout=60,
                       limits=httpx.Limits(max_connections=16, max_keepalive_connections=16)) as client:
@@ -96,3 +97,16 @@ def test_constraints_hold_for_16_concurrent_clients(start_server: Any) -> None:
     for answer in answers:
         per_customer[answer["customer_id"]] += 1
     assert max(per_customer.values()) >= 20  # the same customers were decided concurrently many times
+
+
+@pytest.mark.postgres
+def test_constraints_hold_on_postgres_with_two_workers(start_server: Any, postgres_url: str) -> None:
+    server = start_server(CATALOG, workers=2, database_url=postgres_url)
+    customers = [f"cust-{i}" for i in range(40)]
+    with httpx.Client(base_url=server.url, timeout=60,
+                      limits=httpx.Limits(max_connections=16, max_keepalive_connections=16)) as client:
+        _seed_customers(client, customers)
+        plan = [(customers[i % len(customers)], 1 + i % 3) for i in range(DECISIONS)]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(lambda item: _decide(client, *item), plan))
+    _check(answers)
