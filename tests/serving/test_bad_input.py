@@ -1,0 +1,174 @@
+"""Bad input gets the right 4xx problem+json, never a 500, and leaves the decision log and rewards as they were.
+
+API.md: a body that is not JSON (including `NaN`) is a 400; JSON that fails validation is a 422 whose `errors`
+name the field; oversize bodies (over the 2 MB limit) are a 413; unknown decisions are a 404.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from litestar import Litestar
+
+from tests.conftest import ANALYST, CHANNEL
+from tests.serving.helpers import Client, assert_problem, decide, decision_count, rewards_of
+
+JSON_HEADERS = {**CHANNEL, "content-type": "application/json"}
+
+
+def _body(**fields: Any) -> bytes:
+    return json.dumps({"customer_id": "c-1", "channel": "web", **fields}).encode()
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+NOT_JSON = [
+    pytest.param(b'{"customer_id": "c-1", "channel": ', id="truncated"),
+    pytest.param(b"{customer_id: c-1}", id="unquoted"),
+    pytest.param(b"", id="empty-body"),
+    pytest.param(b'{"customer_id": "c-1", "channel": "web", "context": {"x": NaN}}', id="nan-in-context"),
+    pytest.param(b"NaN", id="bare-nan"),
+    pytest.param(b'{"customer_id": "c-1", "channel": "web", "context": {"x": Infinity}}', id="infinity"),
+    pytest.param(b'{"customer_id": "c-\xff\xfe", "channel": "web"}', id="invalid-utf8"),
+]
+DEEP = [
+    pytest.param(_nested(100_000).encode(), id="top-level"),
+    pytest.param(b'{"customer_id": "c-1", "channel": "web", "context": {"x": ' + _nested(20_000).encode() + b"}}",
+                 id="in-context"),
+]
+
+INVALID_DECIDE = [
+    pytest.param(json.dumps({"channel": "web"}).encode(), "customer_id", id="missing-customer-id"),
+    pytest.param(json.dumps({"customer_id": "c-1"}).encode(), "channel", id="missing-channel"),
+    pytest.param(b"[]", "body", id="array-body"),
+    pytest.param(b"null", "body", id="null-body"),
+    pytest.param(_body(surprise=1), "surprise", id="unknown-field"),
+    pytest.param(json.dumps({"customer_id": 1042, "channel": "web"}).encode(), "customer_id", id="customer-id-number"),
+    pytest.param(_body(channel=["web"]), "channel", id="channel-list"),
+    pytest.param(_body(slots="2"), "slots", id="slots-string"),
+    pytest.param(_body(slots=1.5), "slots", id="slots-float"),
+    pytest.param(_body(slots=True), "slots", id="slots-bool"),
+    pytest.param(_body(slots=0), "slots", id="slots-0"),
+    pytest.param(_body(slots=11), "slots", id="slots-11"),
+    pytest.param(_body(defer_activation="true"), "defer_activation", id="defer-activation-string"),
+    pytest.param(_body(candidates="offer-10pct"), "candidates", id="candidates-string"),
+    pytest.param(_body(candidates=["no-such-action"]), "candidates", id="unknown-candidate"),
+    pytest.param(_body(candidates=["offer-10pct", "no-such-action"]), "candidates", id="one-unknown-candidate"),
+    pytest.param(_body(candidates=["offer 10pct"]), "candidates", id="candidate-with-space"),
+    pytest.param(_body(channel="sms"), "channel", id="channel-without-policy"),
+    pytest.param(_body(customer_id="c 1"), "customer_id", id="id-with-space"),
+    pytest.param(_body(customer_id="c-ü"), "customer_id", id="id-with-unicode"),
+    pytest.param(_body(customer_id="c" * 129), "customer_id", id="id-129-chars"),
+    pytest.param(_body(customer_id=""), "customer_id", id="id-empty"),
+    pytest.param(_body(request_id="web 7f3a"), "request_id", id="request-id-with-space"),
+    pytest.param(_body(context=["returning"]), "context", id="context-list"),
+    pytest.param(_body(context={"cart": {"value": 84.5}}), "context", id="context-nested-object"),
+    pytest.param(_body(context={"x": json.loads(_nested(64))}), "context", id="context-nested-64-deep"),
+    pytest.param(_body(context={"tags": [1, 2]}), "context", id="context-list-of-numbers"),
+    pytest.param(_body(context={f"k{i}": i for i in range(257)}), "context", id="context-257-keys"),
+    pytest.param(b'{"customer_id": "c-1", "channel": "web", "context": {"x": 1e999}}', "context", id="number-1e999"),
+]
+
+
+@pytest.fixture
+def store_url(sqlite_url: str) -> str:
+    """Input is rejected before the store is asked anything: one backend is enough here."""
+    return sqlite_url
+
+
+@pytest.fixture
+def before(app: Litestar, client: Client) -> int:
+    decide(client, "c-0")
+    return decision_count(app)
+
+
+@pytest.mark.parametrize("body", NOT_JSON)
+def test_decide_body_that_is_not_json_is_400(app: Litestar, client: Client, before: int, body: bytes) -> None:
+    assert_problem(client.post("/v1/decide", content=body, headers=JSON_HEADERS), 400)
+    assert decision_count(app) == before
+
+
+@pytest.mark.parametrize("body", DEEP)
+def test_decide_body_nested_past_any_parser_limit_is_a_client_error(
+    app: Litestar, client: Client, before: int, body: bytes
+) -> None:
+    """A parser may refuse deep nesting (RFC 8259 §9): then the body cannot be read, a 400. A decoder that checks the
+    schema as it goes stops at the first value that is not flat, a 422. Either keeps API.md; a 500 does not."""
+    response = client.post("/v1/decide", content=body, headers=JSON_HEADERS)
+    assert response.status_code in (400, 422), response.text[:500]
+    assert_problem(response, response.status_code)
+    assert decision_count(app) == before
+
+
+@pytest.mark.parametrize(("body", "field"), INVALID_DECIDE)
+def test_decide_invalid_json_is_422_naming_the_field(
+    app: Litestar, client: Client, before: int, body: bytes, field: str
+) -> None:
+    assert_problem(client.post("/v1/decide", content=body, headers=JSON_HEADERS), 422, field)
+    assert decision_count(app) == before
+
+
+def test_decide_at_the_limits_is_accepted(app: Litestar, client: Client, before: int) -> None:
+    """The boundaries next to the rejected values above are fine, so those rejections are about the values."""
+    decide(client, "c" * 128, slots=10, context={f"k{i}": i for i in range(256)}, request_id="r." + "x" * 126)
+    decide(client, "c-1.a_b:C", slots=1, context={"tags": ["a", "b"], "ok": True, "n": 1e308})
+    assert decision_count(app) == before + 2
+
+
+def test_body_over_the_size_limit_is_413(app: Litestar, client: Client, before: int) -> None:
+    body = _body(context={"note": "x" * 2_100_000})
+    assert len(body) > 2_000_000
+    assert_problem(client.post("/v1/decide", content=body, headers=JSON_HEADERS), 413)
+    assert decision_count(app) == before
+
+
+BAD_REWARDS = [
+    pytest.param(b'{"value": NaN}', 400, None, id="nan"),
+    pytest.param(b'{"value": -Infinity}', 400, None, id="infinity"),
+    pytest.param(b'{"value": 1.0', 400, None, id="truncated"),
+    pytest.param(b'{"value": "1.0"}', 422, "value", id="numeric-string"),
+    pytest.param(b'{"value": "high"}', 422, "value", id="word"),
+    pytest.param(b'{"value": true}', 422, "value", id="bool"),
+    pytest.param(b'{"value": null}', 422, "value", id="null"),
+    pytest.param(b'{"value": [1.0]}', 422, "value", id="list"),
+    pytest.param(b"{}", 422, "value", id="missing-value"),
+    pytest.param(b'{"value": 1e999}', 422, "value", id="number-1e999"),
+    pytest.param(b'{"value": 1.0, "slot": 1}', 422, "slot", id="slot-not-filled"),
+    pytest.param(b'{"value": 1.0, "slot": -1}', 422, "slot", id="slot-negative"),
+    pytest.param(b'{"value": 1.0, "slot": 10}', 422, "slot", id="slot-10"),
+    pytest.param(b'{"value": 1.0, "bonus": 1}', 422, "bonus", id="unknown-field"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "field"), BAD_REWARDS)
+def test_rejected_reward_changes_nothing(
+    app: Litestar, client: Client, body: bytes, status: int, field: str | None
+) -> None:
+    decision_id = decide(client)["decision_id"]
+    assert client.post(f"/v1/decisions/{decision_id}/reward", json={"value": 0.5}, headers=CHANNEL).status_code == 202
+    rewards, count = rewards_of(client, decision_id), decision_count(app)
+
+    response = client.post(f"/v1/decisions/{decision_id}/reward", content=body, headers=JSON_HEADERS)
+
+    assert_problem(response, status, field)
+    assert rewards_of(client, decision_id) == rewards
+    assert decision_count(app) == count
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("POST", "/v1/decisions/d-01UNKNOWN/reward", id="reward"),
+        pytest.param("POST", "/v1/decisions/d-01UNKNOWN/activate", id="activate"),
+        pytest.param("GET", "/v1/decisions/d-01UNKNOWN", id="read"),
+    ],
+)
+def test_unknown_decision_is_404(app: Litestar, client: Client, before: int, method: str, path: str) -> None:
+    headers = ANALYST if method == "GET" else CHANNEL
+    body = {"value": 1.0} if path.endswith("reward") else None
+    assert_problem(client.request(method, path, json=body, headers=headers), 404)
+    assert decision_count(app) == before

@@ -1,0 +1,154 @@
+"""`POST /v1/events`: one event or a list of up to 1,000; answers one entry per event; events shape decisions."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from litestar import Litestar
+
+from nba.clock import ManualClock
+from nba.ids import is_valid_id
+from tests.conftest import ADMIN, ANALYST, CHANNEL
+from tests.serving.helpers import Client, assert_problem, decide, decision_count, excluded_rules, ranked, send_events
+
+
+def customer(client: Client, customer_id: str) -> dict[str, Any] | None:
+    response = client.get(f"/v1/customers/{customer_id}", headers=ANALYST)
+    if response.status_code == 404:
+        return None
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+def test_single_event_answers_a_list_of_one(client: Client) -> None:
+    event = {"customer_id": "c-1042", "type": "payment_failed", "timestamp": "2026-11-24T09:14:58Z",
+             "properties": {"amount": 84.5, "method": "card"}, "event_id": "evt-991"}
+    answers = send_events(client, event)
+    assert answers == [{"event_id": "evt-991", "duplicate": False, "triggered": [], "cancelled": []}]
+
+
+def test_list_answers_one_entry_per_event_in_order(client: Client) -> None:
+    events = [
+        {"customer_id": "c-1", "type": "page_view", "event_id": "e-1", "properties": {"page": "home"}},
+        {"customer_id": "c-2", "type": "purchase", "properties": {"amount": 12.0}},
+        {"customer_id": "c-1", "type": "cart_abandoned", "event_id": "e-3", "properties": {"cart_value": 40.0}},
+    ]
+    answers = send_events(client, events)
+    assert len(answers) == 3
+    assert all(set(a) == {"event_id", "duplicate", "triggered", "cancelled"} for a in answers)
+    assert [answers[0]["event_id"], answers[2]["event_id"]] == ["e-1", "e-3"]
+    assert is_valid_id(answers[1]["event_id"]) and answers[1]["event_id"] not in ("e-1", "e-3")
+    assert [a["duplicate"] for a in answers] == [False, False, False]
+
+
+def test_repeated_event_id_is_a_duplicate_and_changes_nothing(client: Client) -> None:
+    event = {"customer_id": "c-1", "type": "profile_updated", "event_id": "evt-1", "properties": {"age": 30}}
+    send_events(client, event)
+    state = customer(client, "c-1")
+    repeat = {**event, "properties": {"age": 99}}
+    assert send_events(client, repeat) == [{"event_id": "evt-1", "duplicate": True, "triggered": [], "cancelled": []}]
+    answers = send_events(client, [repeat, {**event, "event_id": "evt-2"}])
+    assert [(a["event_id"], a["duplicate"]) for a in answers] == [("evt-1", True), ("evt-2", False)]
+    after = customer(client, "c-1")
+    assert state is not None and after is not None
+    assert after["state"]["attributes"] == state["state"]["attributes"] == {"age": 30}
+
+
+def test_up_to_1000_events_in_one_call(client: Client) -> None:
+    answers = send_events(client, [{"customer_id": f"c-{i % 7}", "type": "page_view"} for i in range(1000)])
+    assert len(answers) == 1000
+    assert len({a["event_id"] for a in answers}) == 1000
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param({"customer_id": "c-1", "type": "teleported"}, "type", id="unknown-type"),
+        pytest.param([{"customer_id": "c-1", "type": "page_view"}, {"customer_id": "c-1", "type": "teleported"}],
+                     "type", id="unknown-type-in-list"),
+        pytest.param({"customer_id": "c-1", "type": "payment_failed", "properties": {"amount": "84.5"}}, "amount",
+                     id="property-of-wrong-type"),
+        pytest.param({"customer_id": "c-1", "type": "payment_failed", "properties": {"method": "card"}}, "amount",
+                     id="required-property-missing"),
+        pytest.param({"customer_id": "c-1", "type": "cart_abandoned", "properties": {"cart_value": 1, "items": [1]}},
+                     "items", id="list-property-of-numbers"),
+        pytest.param({"customer_id": "c-1", "type": "page_view", "properties": {"page": {"path": "/"}}},
+                     "properties", id="nested-property"),
+        pytest.param({"customer_id": "c 1", "type": "page_view"}, "customer_id", id="customer-id-with-space"),
+        pytest.param({"customer_id": "c-1", "type": "page_view", "event_id": "e" * 129}, "event_id",
+                     id="event-id-129-chars"),
+        pytest.param({"customer_id": "c-1", "type": "page_view", "timestamp": "yesterday"}, "timestamp",
+                     id="timestamp-not-rfc3339"),
+        pytest.param({"customer_id": "c-1", "type": "page_view", "colour": "red"}, "colour", id="unknown-field"),
+        pytest.param({"type": "page_view"}, "customer_id", id="missing-customer-id"),
+        pytest.param([{"customer_id": "c-1", "type": "page_view"}] * 1001, "body", id="1001-events"),
+    ],
+)
+def test_invalid_events_are_422_and_change_nothing(client: Client, body: Any, field: str) -> None:
+    assert_problem(client.post("/v1/events", json=body, headers=CHANNEL), 422, field)
+    assert customer(client, "c-1") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        pytest.param(b'{"customer_id": "c-1", "type": "purchase", "properties": {"amount": NaN}}', 400, None,
+                     id="nan"),
+        pytest.param(b'[{"customer_id": "c-1", "type": "purchase", "properties": {"amount": 1}', 400, None,
+                     id="truncated"),
+        pytest.param(b'{"customer_id": "c-1", "type": "purchase", "properties": {"amount": 1e999}}', 422,
+                     "properties", id="number-1e999"),
+    ],
+)
+def test_event_body_that_is_not_json_or_out_of_range(client: Client, body: bytes, status: int,
+                                                     field: str | None) -> None:
+    headers = {**CHANNEL, "content-type": "application/json"}
+    assert_problem(client.post("/v1/events", content=body, headers=headers), status, field)
+    assert customer(client, "c-1") is None
+
+
+def test_registered_event_type_is_validated(client: Client) -> None:
+    assert_problem(client.post("/v1/events", json={"customer_id": "c-1", "type": "signup"}, headers=CHANNEL), 422,
+                   "type")
+    spec = {"properties": {"plan": "string", "seats": "integer"}, "required": ["plan"]}
+    assert client.put("/v1/event-types/signup", json=spec, headers=ADMIN).status_code in (200, 201)
+    bad = {"customer_id": "c-1", "type": "signup", "properties": {"plan": "team", "seats": 2.5}}
+    assert_problem(client.post("/v1/events", json=bad, headers=CHANNEL), 422, "seats")
+    send_events(client, {**bad, "properties": {"plan": "team", "seats": 3}})
+    found = customer(client, "c-1")
+    assert found is not None and found["state"]["attributes"]["plan"] == "team"
+
+
+def test_complaint_suppresses_the_offer_in_the_next_decision(client: Client) -> None:
+    before = decide(client, "c-1", candidates=["offer-10pct", "service-callback"])
+    assert "offer-10pct" in ranked(before)
+    assert excluded_rules(before).get("service-callback", "").startswith("eligibility")
+    send_events(client, {"customer_id": "c-2", "type": "complaint_filed", "properties": {"topic": "delivery"}})
+    after = decide(client, "c-2", candidates=["offer-10pct", "service-callback"])
+    assert excluded_rules(after) == {"offer-10pct": "suppressed_by:complaint_filed"}
+    assert ranked(after) == ["service-callback"]
+
+
+def test_suppression_runs_from_the_events_timestamp(client: Client, clock: ManualClock) -> None:
+    fifteen_days_ago = (clock.now() - timedelta(days=15)).isoformat().replace("+00:00", "Z")
+    send_events(client, {"customer_id": "c-1", "type": "complaint_filed", "timestamp": fifteen_days_ago})
+    decision = decide(client, "c-1", channel="email", candidates=["offer-10pct", "credit-upsell"])
+    rules = excluded_rules(decision)
+    assert "offer-10pct" in ranked(decision)  # suppressed for 14d: over
+    assert rules["credit-upsell"] == "suppressed_by:complaint_filed"  # suppressed for 30d: still on
+
+
+def test_events_without_timestamp_happen_at_receipt(client: Client, clock: ManualClock) -> None:
+    send_events(client, {"customer_id": "c-1", "type": "page_view", "properties": {"page": "home"}})
+    found = customer(client, "c-1")
+    assert found is not None
+    assert datetime.fromisoformat(found["state"]["last_event_at"]["page_view"]) == clock.now()
+
+
+def test_rejected_events_do_not_touch_the_decision_log(app: Litestar, client: Client) -> None:
+    count = decision_count(app)
+    assert_problem(client.post("/v1/events", json={"customer_id": "c-1", "type": "teleported"}, headers=CHANNEL), 422)
+    assert decision_count(app) == count
