@@ -39,6 +39,16 @@ def _type_ok(kind: str, value: Any) -> bool:
     return False
 
 
+def _flat_value(value: Any) -> bool:
+    if isinstance(value, bool | str):
+        return len(value) <= 1024 if isinstance(value, str) else True
+    if isinstance(value, int | float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return len(value) <= 100 and all(isinstance(v, str) and len(v) <= 1024 for v in value)
+    return False
+
+
 def validate_event(
     event_type: str, properties: Mapping[str, Any], registry: Mapping[str, EventType], field_prefix: str = ""
 ) -> None:
@@ -57,6 +67,11 @@ def validate_event(
         if name not in properties:
             raise InvalidInput(f"required property {name!r} is missing", field=f"{field_prefix}properties.{name}")
     for name, value in properties.items():
+        if not _flat_value(value):
+            raise InvalidInput(
+                f"property {name!r} must be a string, number, bool or list of strings",
+                field=f"{field_prefix}properties.{name}",
+            )
         kind = schema.properties.get(name)
         if kind is not None and not _type_ok(kind, value):
             raise InvalidInput(f"property {name!r} must be a {kind}", field=f"{field_prefix}properties.{name}")

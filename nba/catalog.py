@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nba.durations import parse_duration
 from nba.ids import ID_PATTERN
@@ -172,12 +180,14 @@ class EventType(_Model):
     properties: dict[Name, PropertyType] = Field(default_factory=dict, max_length=256)
     required: list[Name] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _required_are_declared(self) -> EventType:
-        missing = [name for name in self.required if name not in self.properties]
+    @field_validator("required")
+    @classmethod
+    def _required_are_declared(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        declared = info.data.get("properties", {})
+        missing = [name for name in value if name not in declared]
         if missing:
             raise ValueError(f"required properties {missing} are not declared in properties")
-        return self
+        return value
 
 
 class CatalogFile(_Model):

@@ -20,7 +20,7 @@ def parse_duration(text: str) -> timedelta:
     ...
     ValueError: '7 days' is not a duration: use <n>s, <n>m, <n>h or <n>d, e.g. '24h'
     """
-    match = _DURATION_RE.match(text)
+    match = _DURATION_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not a duration: use <n>s, <n>m, <n>h or <n>d, e.g. '24h'")
     delta = timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])

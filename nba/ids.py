@@ -6,18 +6,21 @@ import os
 import re
 import time
 
+# `$` for pydantic's Rust regex (end of text); `\Z` for Python's `re`, where `$` also matches before a newline.
 ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
-_ID_RE = re.compile(ID_PATTERN)
+ID_REGEX = r"^[A-Za-z0-9._:\-]{1,128}\Z"
+NAME_REGEX = r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,63}\Z"
+_ID_RE = re.compile(ID_REGEX)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 def is_valid_id(value: str) -> bool:
     """Whether `value` is an acceptable opaque id (API.md: 1-128 of letters, digits, `-_.:`).
 
-    >>> is_valid_id("c-1042"), is_valid_id("bad id"), is_valid_id("")
-    (True, False, False)
+    >>> is_valid_id("c-1042"), is_valid_id("bad id"), is_valid_id(""), is_valid_id("c-1\\n")
+    (True, False, False, False)
     """
-    return bool(_ID_RE.match(value))
+    return _ID_RE.fullmatch(value) is not None
 
 
 def new_id(prefix: str) -> str:

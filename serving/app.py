@@ -8,6 +8,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from serving.body import check_body
 from serving.problems import HANDLERS
 from serving.routes import catalog, customers, decide, decisions, events, health
 from serving.runtime import Runtime
@@ -41,6 +42,7 @@ def create_app(runtime: Runtime) -> Litestar:
     app = Litestar(
         route_handlers=ROUTES,
         exception_handlers=HANDLERS,
+        before_request=check_body,
         on_startup=[lambda: runtime.start()],
         on_shutdown=[lambda: runtime.stop()],
         request_max_body_size=runtime.settings.max_body_bytes,

@@ -59,7 +59,7 @@ def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     for kind, status, slug in _STATUS:
         if isinstance(exc, kind):
             if kind is ActionNotFound and exc.field is None:
-                status = 404
+                status, slug = 404, "not-found"
             errors = [{"field": exc.field, "message": exc.message}] if exc.field and status == 422 else None
             headers = {"Retry-After": "1"} if status == 503 else None
             return problem(status, exc.message, slug, errors, headers)
@@ -67,6 +67,7 @@ def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 
 
 _MISSING = re.compile(r"missing required field `([^`]+)`")
+_MISSING_PARAM = re.compile(r"Missing required \w+ parameter '([^']+)'")
 _UNKNOWN = re.compile(r"unknown field `([^`]+)`")
 _PATH = re.compile(r"at `\$([^`]*)`")
 
@@ -86,9 +87,14 @@ def validation_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
             message = str(item.get("message", "invalid"))
+            param = _MISSING_PARAM.search(message) or _MISSING_PARAM.search(str(exc.detail))
+            if param:
+                errors.append({"field": param.group(1), "message": message})
+                continue
             errors.append({"field": _field(str(item.get("key", "")), message), "message": message})
     if not errors:
-        errors = [{"field": "body", "message": str(exc.detail)}]
+        param = _MISSING_PARAM.search(str(exc.detail))
+        errors = [{"field": param.group(1) if param else "body", "message": str(exc.detail)}]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return problem(422, detail, "validation", errors)
 

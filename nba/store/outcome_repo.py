@@ -63,7 +63,7 @@ def _finalise_slot(conn: Connection, row: Any, slot: int, reward: float, now_ms:
 
 
 def add_reward(conn: Connection, decision_id: str, slot: int, value: float, now_ms: int) -> str:
-    """Record a reward and return its status: `accepted`, `late` or `ignored` (after a final `first`)."""
+    """Record a reward and return its status: `accepted` (in the window) or `late` (stored, never learned)."""
     row = _decision_row(conn, decision_id)
     slot_row = conn.execute(
         select(t.decision_slots).where(
@@ -77,7 +77,7 @@ def add_reward(conn: Connection, decision_id: str, slot: int, value: float, now_
     if not in_window:
         status = "late"
     elif slot_row.final or (spec.aggregation == "first" and slot_row.reward_count > 0):
-        status = "ignored"
+        status = "accepted"  # stored; under `first` only the first reward is learned from
     else:
         status = "accepted"
         conn.execute(
@@ -107,6 +107,10 @@ def activate(conn: Connection, decision_id: str, now_ms: int) -> str:
                        field="decision_id")
     if row.activated_ms is not None:
         return "activated"
+    if row.release_ms is not None and row.release_ms <= now_ms:
+        # Expired but not yet swept: the reservation is as good as released (the sweeper will release it).
+        raise Conflict(f"decision {decision_id!r} was not activated in time; its reservation was released",
+                       field="decision_id")
     spec = _reward_spec(row)
     window_end = now_ms + int(spec.window_delta.total_seconds() * 1000)
     conn.execute(

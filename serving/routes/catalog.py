@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from anyio import to_thread
 from litestar import Request, Response, delete, get, put
 from litestar.params import Parameter
 
@@ -11,11 +12,12 @@ from bandits.vw_args import build_args
 from bandits.vw_policy import ModelLoadError, VWPolicy
 from nba.catalog import Action, EventType, Policy
 from nba.errors import ActionNotFound, InvalidInput, PolicyNotFound
+from nba.ids import ID_REGEX, NAME_REGEX
 from serving.auth import require
 from serving.runtime import Runtime
 
-ActionId = Annotated[str, Parameter(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
-PolicyName = Annotated[str, Parameter(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,63}$")]
+ActionId = Annotated[str, Parameter(pattern=ID_REGEX)]
+PolicyName = Annotated[str, Parameter(pattern=NAME_REGEX)]
 
 
 def _runtime(request: Request[Any, Any, Any]) -> Runtime:
@@ -27,12 +29,11 @@ def _dump(model: Any, **extra: Any) -> dict[str, Any]:
     return {**extra, **model.model_dump(mode="json", by_alias=True)}
 
 
-@put("/v1/actions/{action_id:str}", guards=[require("admin")], sync_to_thread=True, tags=["catalog"],
-     summary="Create or replace an action")
-def put_action(request: Request[Any, Any, Any], action_id: ActionId, data: Action) -> Response[dict[str, Any]]:
+@put("/v1/actions/{action_id:str}", guards=[require("admin")], tags=["catalog"], summary="Create or replace an action")
+async def put_action(request: Request[Any, Any, Any], action_id: ActionId, data: Action) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
-    created = runtime.store.put_action(action_id, data, runtime.clock.now())
-    runtime.refresh_catalog()
+    created = await to_thread.run_sync(runtime.store.put_action, action_id, data, runtime.clock.now())
+    await to_thread.run_sync(runtime.refresh_catalog)
     return Response(_dump(data, action_id=action_id), status_code=201 if created else 200)
 
 
@@ -51,13 +52,13 @@ def get_action(request: Request[Any, Any, Any], action_id: ActionId) -> dict[str
     return _dump(action, action_id=action_id)
 
 
-@delete("/v1/actions/{action_id:str}", guards=[require("admin")], sync_to_thread=True, tags=["catalog"],
+@delete("/v1/actions/{action_id:str}", guards=[require("admin")], tags=["catalog"],
         summary="Remove an action (its counters are kept)")
-def delete_action(request: Request[Any, Any, Any], action_id: ActionId) -> None:
+async def delete_action(request: Request[Any, Any, Any], action_id: ActionId) -> None:
     runtime = _runtime(request)
-    if not runtime.store.delete_action(action_id):
+    if not await to_thread.run_sync(runtime.store.delete_action, action_id):
         raise ActionNotFound(f"action {action_id!r} not found")
-    runtime.refresh_catalog()
+    await to_thread.run_sync(runtime.refresh_catalog)
 
 
 def _check_learner(policy: Policy) -> None:
@@ -67,13 +68,13 @@ def _check_learner(policy: Policy) -> None:
         raise InvalidInput(str(exc), field="learner") from exc
 
 
-@put("/v1/policies/{name:str}", guards=[require("admin")], sync_to_thread=True, tags=["policies"],
+@put("/v1/policies/{name:str}", guards=[require("admin")], tags=["policies"],
      summary="Create or replace a policy; a changed policy gets a new version")
-def put_policy(request: Request[Any, Any, Any], name: PolicyName, data: Policy) -> Response[dict[str, Any]]:
+async def put_policy(request: Request[Any, Any, Any], name: PolicyName, data: Policy) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
     _check_learner(data)
-    version, created = runtime.store.put_policy(name, data, runtime.clock.now())
-    runtime.refresh_catalog()
+    version, created = await to_thread.run_sync(runtime.store.put_policy, name, data, runtime.clock.now())
+    await to_thread.run_sync(runtime.refresh_catalog)
     return Response(_dump(data, name=name, version=str(version)), status_code=201 if created else 200)
 
 
@@ -92,13 +93,15 @@ def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, A
     return _dump(entry[1], name=name, version=str(entry[0]))
 
 
-@put("/v1/event-types/{name:str}", guards=[require("admin")], sync_to_thread=True, tags=["events"],
+@put("/v1/event-types/{type:str}", guards=[require("admin")], tags=["events"],
      summary="Register or replace an event type's schema")
-def put_event_type(request: Request[Any, Any, Any], name: PolicyName, data: EventType) -> Response[dict[str, Any]]:
+async def put_event_type(
+    request: Request[Any, Any, Any], type: PolicyName, data: EventType  # noqa: A002 - the API names it `type`
+) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
-    created = runtime.store.put_event_type(name, data, runtime.clock.now())
-    runtime.refresh_catalog()
-    return Response(_dump(data, type=name), status_code=201 if created else 200)
+    created = await to_thread.run_sync(runtime.store.put_event_type, type, data, runtime.clock.now())
+    await to_thread.run_sync(runtime.refresh_catalog)
+    return Response(_dump(data, type=type), status_code=201 if created else 200)
 
 
 @get("/v1/event-types", guards=[require("analyst")], sync_to_thread=False, tags=["events"],

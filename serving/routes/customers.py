@@ -9,6 +9,7 @@ from litestar.params import Parameter
 
 from nba.clock import to_rfc3339
 from nba.errors import CustomerNotFound
+from nba.ids import ID_REGEX
 from serving.auth import require
 from serving.runtime import Runtime
 
@@ -16,7 +17,7 @@ from serving.runtime import Runtime
 @get("/v1/customers/{customer_id:str}", guards=[require("analyst")], sync_to_thread=True, tags=["read"],
      summary="A customer's state and up to 50 recent decisions, newest first")
 def get_customer(
-    request: Request[Any, Any, Any], customer_id: Annotated[str, Parameter(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
+    request: Request[Any, Any, Any], customer_id: Annotated[str, Parameter(pattern=ID_REGEX)]
 ) -> dict[str, Any]:
     runtime: Runtime = request.app.state.runtime
     canonical = runtime.store.resolve_customer(customer_id)

@@ -14,6 +14,7 @@ from litestar.params import Parameter
 from nba.clock import to_rfc3339
 from nba.decide import DecideRequest
 from nba.errors import InvalidInput
+from nba.ids import ID_REGEX, NAME_REGEX
 from nba.types import Decision
 from serving.auth import require
 from serving.metrics import DECIDE_LATENCY, DECISIONS
@@ -111,6 +112,7 @@ def _decide(runtime: Runtime, body: DecideBody) -> DecisionOut:
 
 
 @post("/v1/decide", status_code=200, guards=[require("channel")], sync_to_thread=True, tags=["decide"],
+      opt={"body": DecideBody},
       summary="Decide the next best action(s) for a customer on a channel")
 def decide(request: Request[Any, Any, Any], data: DecideBody) -> DecisionOut:
     return _decide(request.app.state.runtime, data)
@@ -120,7 +122,7 @@ def decide(request: Request[Any, Any, Any], data: DecideBody) -> DecisionOut:
      summary="The current next best action for a channel that polls (logged like any decision)")
 def next_action(
     request: Request[Any, Any, Any],
-    customer_id: Annotated[str, Parameter(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")],
-    channel: Annotated[str, Parameter(query="channel", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,63}$")],
+    customer_id: Annotated[str, Parameter(pattern=ID_REGEX)],
+    channel: Annotated[str, Parameter(query="channel", pattern=NAME_REGEX)],
 ) -> DecisionOut:
     return _decide(request.app.state.runtime, DecideBody(customer_id=customer_id, channel=channel))

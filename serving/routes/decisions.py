@@ -11,12 +11,13 @@ from litestar.params import Parameter
 
 from nba.clock import to_rfc3339
 from nba.errors import DecisionNotFound, InvalidInput
+from nba.ids import ID_REGEX
 from serving.auth import require
 from serving.metrics import REWARDS
 from serving.routes.decide import DecisionOut, decision_out
 from serving.runtime import Runtime
 
-DecisionId = Annotated[str, Parameter(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
+DecisionId = Annotated[str, Parameter(pattern=ID_REGEX)]
 
 
 class RewardBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -49,7 +50,7 @@ class LoggedDecisionOut(DecisionOut, kw_only=True):
 
 
 @post("/v1/decisions/{decision_id:str}/reward", status_code=202, guards=[require("channel")], sync_to_thread=True,
-      tags=["outcomes"], summary="Report the outcome of a decision")
+      tags=["outcomes"], opt={"body": RewardBody}, summary="Report the outcome of a decision")
 def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data: RewardBody) -> Accepted:
     runtime: Runtime = request.app.state.runtime
     if not math.isfinite(data.value):

@@ -14,15 +14,18 @@ from nba.ids import new_id
 from nba.types import Event
 from serving.auth import require
 from serving.metrics import EVENTS
-from serving.routes.types import FlatMap, Id, Name
+from serving.routes.types import Id, Key, Name
 from serving.runtime import Runtime
+
+# Values are checked by `validate_event`, which names the property at fault.
+Properties = Annotated[dict[Key, Any], msgspec.Meta(max_length=256)]
 
 
 class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     customer_id: Id
     type: Name
     timestamp: datetime | None = None
-    properties: FlatMap = msgspec.field(default_factory=dict)
+    properties: Properties = msgspec.field(default_factory=dict)
     event_id: Id | None = None
 
 
@@ -37,6 +40,7 @@ EventsBody = EventIn | Annotated[list[EventIn], msgspec.Meta(min_length=1, max_l
 
 
 @post("/v1/events", status_code=202, guards=[require("channel")], sync_to_thread=True, tags=["events"],
+      opt={"body": EventsBody},
       summary="Ingest one event or a list of up to 1,000")
 def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[EventResult]:
     runtime: Runtime = request.app.state.runtime

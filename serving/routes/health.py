@@ -11,7 +11,8 @@ from nba.errors import StoreUnavailable
 from serving.runtime import Runtime
 
 
-@get("/health", sync_to_thread=True, tags=["ops"], summary="200 when the store and the models are usable")
+@get("/health", sync_to_thread=True, tags=["ops"], security=[{}],
+     summary="200 when the store and the models are usable")
 def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     runtime: Runtime = request.app.state.runtime
     store_ok, store_msg = True, "ok"
@@ -29,7 +30,7 @@ def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response(body, status_code=200 if store_ok else 503)
 
 
-@get("/metrics", sync_to_thread=False, tags=["ops"], summary="Prometheus metrics of this process",
+@get("/metrics", sync_to_thread=False, tags=["ops"], security=[{}], summary="Prometheus metrics of this process",
      media_type=MediaType.TEXT)
 def metrics() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -6,10 +6,10 @@ from typing import Annotated
 
 import msgspec
 
-from nba.ids import ID_PATTERN
+from nba.ids import ID_REGEX, NAME_REGEX
 
-Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, description="1-128 letters, digits, - _ . :")]
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,63}$")]
+Id = Annotated[str, msgspec.Meta(pattern=ID_REGEX, description="1-128 letters, digits, - _ . :")]
+Name = Annotated[str, msgspec.Meta(pattern=NAME_REGEX)]
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 TextList = Annotated[list[Text], msgspec.Meta(max_length=100)]
