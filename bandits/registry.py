@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from bandits.vw_args import build_args
 from bandits.vw_policy import ModelLoadError, VWPolicy
 from nba.catalog import Policy
-from nba.errors import StoreUnavailable
+from nba.errors import InvalidInput, StoreUnavailable
 from nba.store import Store
 from nba.types import Context, CustomerState
 
@@ -75,12 +75,19 @@ class PolicyModels:
             entry = self._models.get((name, version))
             if entry is not None:
                 return entry
-            args = build_args(policy.learner)
+            try:
+                args = build_args(policy.learner)
+                model = VWPolicy(args)
+            except (InvalidInput, ModelLoadError) as exc:
+                log.error("policy %s v%d: its learner cannot be built, serving fallback: %s", name, version, exc)
+                entry = (VWPolicy(["--cb_explore_adf", "--quiet"]),
+                         ModelStatus(name, version, 0, 0, False, f"learner cannot be built, serving fallback: {exc}"))
+                self._models[(name, version)] = entry
+                return entry
             try:
                 snapshot = self._store.latest_snapshot(name, version)
             except StoreUnavailable:
                 snapshot = None
-            model = VWPolicy(args)
             status = ModelStatus(name, version, 0, 0, True, "new model (no snapshot yet)")
             if snapshot is not None:
                 try:

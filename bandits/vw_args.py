@@ -18,12 +18,12 @@ DEFAULT_LAMBDA = 10.0
 # Options that only shape learning. Anything that reads or writes files, or changes the reduction stack, is
 # refused: the server owns the model's lifecycle.
 _FLAGS = {"--noconstant", "--normalized", "--invariant", "--adaptive", "--sgd", "--coin", "--ftrl", "--elim",
-          "--nounif", "--first_only", "--mellowness_is_unused"}
+          "--nounif", "--first_only"}
 _WITH_VALUE = {"-q", "--quadratic", "--interactions", "--cubic", "--cb_type", "-l", "--learning_rate",
                "--power_t", "-b", "--bit_precision", "--l1", "--l2", "--initial_t", "--decay_learning_rate",
-               "--cb_min_cost", "--cb_max_cost", "--mellowness", "--ignore", "--ignore_linear", "--keep",
+               "--cb_min_cost", "--cb_max_cost", "--mellowness", "--ignore_linear",
                "--random_seed", "--hash_seed", "--psi", "--first", "--bag", "--cover", "--regcb", "--regcbopt",
-               "--ftrl_alpha", "--ftrl_beta", "--clip_p", "--squarecb_gamma_scale"}
+               "--ftrl_alpha", "--ftrl_beta", "--clip_p"}
 _EXPLORATION = {"--epsilon", "--squarecb", "--softmax", "--lambda", "--gamma_scale", "--cb_explore_adf",
                 "--first", "--bag", "--cover", "--regcb", "--regcbopt"}
 

@@ -16,12 +16,20 @@ def escape(name: str) -> str:
     """
     escaped = name.translate(_TRANSLATE)
     if not escaped.isprintable():
-        escaped = "".join(ch if ch.isprintable() else f"%{ord(ch):02X}" for ch in escaped)
-    return escaped or "%00"
+        # Each UTF-8 byte of a non-printable character becomes %XX: fixed width, so distinct names stay distinct.
+        escaped = "".join(
+            ch if ch.isprintable() else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+            for ch in escaped
+        )
+    return escaped or "%"  # a lone '%' is never produced by escaping a non-empty name
+
+
+_FLOAT32_MAX = 3.4028234e38
 
 
 def _format_value(value: float) -> str:
-    return repr(value) if abs(value) < 1e15 else f"{value:.6e}"
+    """VW reads values as 32-bit floats: clamp to their range and write 9 significant digits."""
+    return f"{max(-_FLOAT32_MAX, min(_FLOAT32_MAX, value)):.9g}"
 
 
 def namespaces_line(namespaces: Mapping[str, Mapping[str, float]], prefix: str = "") -> str:
@@ -31,6 +39,8 @@ def namespaces_line(namespaces: Mapping[str, Mapping[str, float]], prefix: str =
     'shared |C device=mobile cart:84.5'
     """
     parts = [prefix] if prefix else []
+    if prefix and not namespaces:
+        parts.append("|")  # a bare `shared` line would be read as one more action
     for namespace, features in namespaces.items():
         items = [namespace_header(namespace)]
         for name, value in features.items():
@@ -42,6 +52,7 @@ def namespaces_line(namespaces: Mapping[str, Mapping[str, float]], prefix: str =
 
 
 def namespace_header(namespace: str) -> str:
-    if not namespace or not namespace.isalnum():
-        raise ValueError(f"namespace {namespace!r} must be alphanumeric")
+    """VW keys a namespace by its first byte, so a namespace is one ASCII letter or digit."""
+    if len(namespace) != 1 or not namespace.isascii() or not namespace.isalnum():
+        raise ValueError(f"namespace {namespace!r} must be alphanumeric: a single ASCII letter or digit")
     return "|" + namespace

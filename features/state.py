@@ -31,8 +31,10 @@ def apply_event(state: CustomerState, event: Event) -> CustomerState:
         opt_outs=list(state.opt_outs),
     )
     new.event_counts[event.type] = new.event_counts.get(event.type, 0) + 1
-    previous = new.last_event_at.get(event.type)
-    is_latest = previous is None or datetime.fromisoformat(previous) <= event.timestamp
+    # Consent events are ordered against each other: a late opt_in older than the last opt_out changes nothing.
+    related = (OPT_OUT, OPT_IN) if event.type in (OPT_OUT, OPT_IN) else (event.type,)
+    previous = [datetime.fromisoformat(new.last_event_at[t]) for t in related if t in new.last_event_at]
+    is_latest = not previous or max(previous) <= event.timestamp
     if is_latest:
         new.last_event_at[event.type] = event.timestamp.isoformat()
         if event.type in (OPT_OUT, OPT_IN):

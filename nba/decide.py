@@ -189,10 +189,10 @@ class DecisionEngine:
         ids: list[str],
         attributes: dict[str, dict[str, Any]],
     ) -> tuple[list[float], PolicyMode]:
-        scorer = self._scorers.scorer(name, version, policy)
-        if scorer is None:
-            return uniform(len(ids)), "fallback"
         try:
+            scorer = self._scorers.scorer(name, version, policy)
+            if scorer is None:
+                return uniform(len(ids)), "fallback"
             raw = scorer.score(request.context, customer, [(aid, attributes[aid]) for aid in ids])
             return check_distribution(raw, len(ids)), "online"
         except (InvalidDistribution, RuntimeError, ValueError) as exc:

@@ -199,6 +199,8 @@ def insert_decision(
             body=dumps(_body(decision, reward)),
         )
     )
+    if not decision.actions:
+        decision.state = "final"
     if decision.actions:
         conn.execute(
             t.decision_slots.insert(),

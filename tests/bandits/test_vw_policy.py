@@ -43,11 +43,6 @@ def test_a_new_policy_scores_a_distribution_over_the_actions() -> None:
     assert policy.examples_learned == 0
 
 
-@pytest.mark.xfail(
-    strict=True, raises=IndexError,
-    reason="with no shared namespaces vw_text.namespaces_line writes the bare line 'shared', which VW reads "
-    "as one more action; VWPolicy.score then raises IndexError (learn silently misaligns the label)",
-)
 def test_no_shared_namespaces_at_all_still_scores_the_actions() -> None:
     _assert_distribution(VWPolicy(EPSILON).score({}, ACTIONS), 3)
 

@@ -35,8 +35,8 @@ def _groups(line: str) -> dict[int, list[float]]:
 @pytest.mark.parametrize(
     ("raw", "escaped"),
     [("a|b", "a%7Cb"), ("a:b", "a%3Ab"), ("a b", "a%20b"), ("a\tb", "a%09b"), ("a\nb", "a%0Ab"),
-     ("a\rb", "a%0Db"), ("100%", "100%25"), ("a\x00b", "a%00b"), ("\x7f", "%7F"), ("a\u2028b", "a%2028b"),
-     ("café=ü", "café=ü"), ("", "%00")],
+     ("a\rb", "a%0Db"), ("100%", "100%25"), ("a\x00b", "a%00b"), ("\x7f", "%7F"), ("a\u2028b", "a%E2%80%A8b"),
+     ("café=ü", "café=ü"), ("", "%")],
 )
 def test_escape(raw: str, escaped: str) -> None:
     assert escape(raw) == escaped
@@ -57,11 +57,6 @@ def test_printable_names_without_syntax_are_left_alone(name: str) -> None:
         assert escape(name) == name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bandits/vw_text.py escapes non-printables as %XX with a variable number of hex digits, so "
-    "'\\u2028' and ' 28' (and '' and '\\x00') become the same feature",
-)
 @pytest.mark.parametrize(("one", "other"), [("\u2028", " 28"), ("\u200b", " 0B"), ("", "\x00")])
 def test_distinct_names_stay_distinct(one: str, other: str) -> None:
     assert escape(one) != escape(other)
@@ -106,15 +101,10 @@ def test_zero_valued_features_are_left_out() -> None:
 
 def test_large_values_use_exponent_notation() -> None:
     line = namespaces_line({"A": {"big": 2.5e20, "small": 3e-9, "neg": -1e15}})
-    assert line == "|A big:2.500000e+20 small:3e-09 neg:-1.000000e+15"
+    assert line == "|A big:2.5e+20 small:3e-09 neg:-1e+15"
     assert _groups(line)[ord("A")] == pytest.approx([2.5e20, 3e-9, -1e15], rel=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bandits/vw_text.py writes finite values beyond float32's range (|v| > 3.4e38); VW reads them "
-    "as inf and the policy then scores NaN for every action",
-)
 def test_every_finite_value_reaches_vw_as_a_finite_value() -> None:
     parsed = _groups(namespaces_line({"C": {"cart_value": 1e39}}))[ord("C")]
     assert all(math.isfinite(v) for v in parsed)
@@ -126,11 +116,6 @@ def test_namespace_names_must_be_alphanumeric(namespace: str) -> None:
         namespace_header(namespace)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bandits/vw_text.py namespace_header accepts multi-character names, but VW keys a namespace by "
-    "its first byte: 'Ab' and 'Ac' silently become one namespace",
-)
 def test_distinct_namespaces_stay_distinct() -> None:
     try:
         line = namespaces_line({"Ab": {"x": 1.0}, "Ac": {"y": 1.0}})

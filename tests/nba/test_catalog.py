@@ -82,12 +82,10 @@ TRAILING_NEWLINE = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=TRAILING_NEWLINE)
 def test_an_id_with_a_trailing_newline_is_invalid() -> None:
     assert not ids.is_valid_id("c-1042\n")
 
 
-@pytest.mark.xfail(strict=True, reason=TRAILING_NEWLINE)
 def test_a_duration_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(ValueError):
         parse_duration("7d\n")

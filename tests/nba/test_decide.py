@@ -146,12 +146,6 @@ def test_a_real_vw_policy_serves_online(store: Store, clock: ManualClock) -> Non
     assert math.fsum(p for _, p in decision.ranking) == pytest.approx(1.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a learner whose vw_args pass the whitelist but that VW refuses (here --ignore) makes "
-    "bandits/registry.py PolicyModels._load raise ModelLoadError outside any guard, and nba/decide.py "
-    "_score calls scorer() outside its try: decide fails instead of falling back",
-)
 def test_a_policy_whose_model_cannot_be_built_falls_back(store: Store, clock: ManualClock) -> None:
     _seed(store, clock, THREE, learner=Learner(vw_args="--ignore U"))
     engine = DecisionEngine(store, store.load_catalog, PolicyModels(store, NamespaceFeaturizer()), clock)
