@@ -51,6 +51,7 @@ def test_online_policy_learns_best_action_per_segment(start_server: Any) -> None
         health = client.get("/health").json()
     share_learned = sum(learned[-1000:]) / 1000
     share_uniform = sum(uniform) / len(uniform)
+    print(f"best-action share: learning {share_learned:.3f} (last 1,000 of 5,000), uniform {share_uniform:.3f}")
     assert share_learned >= 0.80, f"best-action share in the last 1,000 decisions: {share_learned:.3f}"
     # Chance is 1/4; 2,000 uniform draws have a standard deviation of about 0.01.
     assert abs(share_uniform - 0.25) < 0.05, share_uniform
