@@ -88,14 +88,18 @@ class DecisionEngine:
 
     def _decide(self, request: DecideRequest, catalog: CatalogView) -> DecideResult:
         now = self._clock.now()
-        customer_id = self._store.resolve_customer(request.customer_id)
-        if request.request_id is not None:
-            replay = self._replay(request, now)
+        candidate_ids = catalog.candidates(request.channel, request.candidates)
+        candidates = {aid: catalog.actions[aid] for aid in candidate_ids}
+        lookback = longest_counter_window(list(candidates.values()))
+        customer_id, hit, state, counters = self._store.decision_inputs(
+            request.customer_id, request.channel, request.request_id, candidates, now, lookback
+        )
+        if hit is not None:
+            replay = self._replay(request, hit)
             if replay is not None:
                 return DecideResult(replay, True)
         name, version, policy = catalog.policy_for(request.channel)
-        candidate_ids = catalog.candidates(request.channel, request.candidates)
-        customer = self._store.load_customer(customer_id) or CustomerState(customer_id)
+        customer = state or CustomerState(customer_id)
         variables = cel_variables(customer, request.context, now)
         excluded: list[Exclusion] = []
         remaining: dict[str, Action] = {}
@@ -108,8 +112,6 @@ class DecisionEngine:
                 remaining[action_id] = action
             else:
                 excluded.append(exclusion)
-        lookback = longest_counter_window(list(remaining.values()))
-        counters = self._store.load_counters(customer_id, remaining, now, lookback)
         eligible: dict[str, Action] = {}
         for action_id, action in remaining.items():
             exclusion = counter_exclusion(action_id, action, request.channel, counters, now)
@@ -133,11 +135,8 @@ class DecisionEngine:
                 self._on_decision(stored)
             return DecideResult(stored, replayed)
 
-    def _replay(self, request: DecideRequest, now: Any) -> Decision | None:
+    def _replay(self, request: DecideRequest, found: tuple[str, str]) -> Decision | None:
         assert request.request_id is not None
-        found = self._store.find_idempotent(request.channel, request.request_id, now)
-        if found is None:
-            return None
         body_hash, decision_id = found
         if body_hash != request.body_hash:
             raise IdempotencyConflict(

@@ -10,9 +10,11 @@ from nba.errors import Conflict
 from nba.store import schema as t
 from nba.store.codec import dumps, loads
 
+_CATALOG_VERSION = select(t.meta_kv.c.value).where(t.meta_kv.c.key == "catalog_version")
+
 
 def catalog_version(conn: Connection) -> int:
-    value = conn.execute(select(t.meta_kv.c.value).where(t.meta_kv.c.key == "catalog_version")).scalar()
+    value = conn.execute(_CATALOG_VERSION).scalar()
     return int(value) if value is not None else 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from nba.clock import epoch_ms
 from nba.store import schema as t
@@ -14,9 +14,13 @@ from nba.types import CustomerState, Event, EventOutcome
 Reducer = Callable[[CustomerState, Event], CustomerState]
 
 
+_RESOLVE = select(t.aliases.c.customer_id).where(t.aliases.c.alias == bindparam("alias"))
+_STATE = select(t.customers.c.state).where(t.customers.c.customer_id == bindparam("customer_id"))
+
+
 def resolve(conn: Connection, customer_id: str) -> str:
     """The canonical id for an id or alias (an id nobody aliased is its own canonical id)."""
-    canonical = conn.execute(select(t.aliases.c.customer_id).where(t.aliases.c.alias == customer_id)).scalar()
+    canonical = conn.execute(_RESOLVE, {"alias": customer_id}).scalar()
     return str(canonical) if canonical is not None else customer_id
 
 
@@ -26,10 +30,10 @@ def aliases_of(conn: Connection, customer_id: str) -> list[str]:
 
 
 def load_state(conn: Connection, customer_id: str, for_update: bool = False) -> CustomerState | None:
-    query = select(t.customers.c.state).where(t.customers.c.customer_id == customer_id)
+    query = _STATE
     if for_update and conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    raw = conn.execute(query).scalar()
+    raw = conn.execute(query, {"customer_id": customer_id}).scalar()
     return None if raw is None else CustomerState.from_json(customer_id, loads(raw))
 
 

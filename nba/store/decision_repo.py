@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection, and_, bindparam, select, update
 
 from nba.catalog import Action, RewardSpec
 from nba.clock import epoch_ms, from_epoch_ms, to_rfc3339
@@ -28,14 +28,30 @@ class ReservationFailed(NBAError):
         self.exclusion = exclusion
 
 
+# Statements on the decide path are built once; per call only parameters change (no per-call compile work).
+_CONTACTS = select(t.contacts.c.action_id, t.contacts.c.channel, t.contacts.c.at_ms).where(
+    t.contacts.c.customer_id == bindparam("customer_id"),
+    t.contacts.c.at_ms > bindparam("since_ms"),
+    t.contacts.c.status.in_(ACTIVE_CONTACT),
+)
+_BUDGET_KEY = and_(
+    t.budget_counters.c.action_id == bindparam("b_action_id"),
+    t.budget_counters.c.window_s == bindparam("b_window_s"),
+    t.budget_counters.c.window_start_ms == bindparam("b_window_start_ms"),
+)
+_BUDGET_USED = select(t.budget_counters.c.used).where(_BUDGET_KEY)
+_BUDGET_BUMP = update(t.budget_counters).where(_BUDGET_KEY).values(used=t.budget_counters.c.used + 1)
+_BUDGET_NEW = t.budget_counters.insert()
+_CONTACT_NEW = t.contacts.insert()
+_DECISION_NEW = t.decisions.insert()
+_SLOTS_NEW = t.decision_slots.insert()
+_IDEMPOTENCY = select(t.idempotency.c.body_hash, t.idempotency.c.decision_id, t.idempotency.c.created_ms).where(
+    t.idempotency.c.channel == bindparam("i_channel"), t.idempotency.c.request_id == bindparam("i_request_id")
+)
+
+
 def load_contacts(conn: Connection, customer_id: str, since_ms: int) -> list[Contact]:
-    rows = conn.execute(
-        select(t.contacts.c.action_id, t.contacts.c.channel, t.contacts.c.at_ms).where(
-            t.contacts.c.customer_id == customer_id,
-            t.contacts.c.at_ms > since_ms,
-            t.contacts.c.status.in_(ACTIVE_CONTACT),
-        )
-    )
+    rows = conn.execute(_CONTACTS, {"customer_id": customer_id, "since_ms": since_ms})
     return [Contact(r.action_id, r.channel, from_epoch_ms(r.at_ms)) for r in rows]
 
 
@@ -48,11 +64,8 @@ def load_budget_used(conn: Connection, actions: Mapping[str, Action], now_ms: in
         window = action.budget.window_delta
         start_ms = epoch_ms(budget_window_start(now, window))
         value = conn.execute(
-            select(t.budget_counters.c.used).where(
-                t.budget_counters.c.action_id == action_id,
-                t.budget_counters.c.window_s == int(window.total_seconds()),
-                t.budget_counters.c.window_start_ms == start_ms,
-            )
+            _BUDGET_USED,
+            {"b_action_id": action_id, "b_window_s": int(window.total_seconds()), "b_window_start_ms": start_ms},
         ).scalar()
         used[action_id] = int(value or 0)
     return used
@@ -68,11 +81,7 @@ def load_counters(
 
 def find_idempotent(conn: Connection, channel: str, request_id: str, now_ms: int) -> tuple[str, str] | None:
     """(body hash, decision id) of a fresh decision made under this key, if any."""
-    row = conn.execute(
-        select(t.idempotency.c.body_hash, t.idempotency.c.decision_id, t.idempotency.c.created_ms).where(
-            t.idempotency.c.channel == channel, t.idempotency.c.request_id == request_id
-        )
-    ).first()
+    row = conn.execute(_IDEMPOTENCY, {"i_channel": channel, "i_request_id": request_id}).first()
     if row is None or now_ms - row.created_ms > IDEMPOTENCY_TTL.total_seconds() * 1000:
         return None
     return str(row.body_hash), str(row.decision_id)
@@ -96,20 +105,15 @@ def _reserve(
             window = action.budget.window_delta
             window_s = int(window.total_seconds())
             window_ms = epoch_ms(budget_window_start(now, window))
-            key = and_(
-                t.budget_counters.c.action_id == choice.action_id,
-                t.budget_counters.c.window_s == window_s,
-                t.budget_counters.c.window_start_ms == window_ms,
-            )
-            bumped = conn.execute(update(t.budget_counters).where(key).values(used=t.budget_counters.c.used + 1))
-            if not bumped.rowcount:
+            key = {"b_action_id": choice.action_id, "b_window_s": window_s, "b_window_start_ms": window_ms}
+            if not conn.execute(_BUDGET_BUMP, key).rowcount:
                 conn.execute(
-                    t.budget_counters.insert().values(
-                        action_id=choice.action_id, window_s=window_s, window_start_ms=window_ms, used=1
-                    )
+                    _BUDGET_NEW,
+                    {"action_id": choice.action_id, "window_s": window_s, "window_start_ms": window_ms, "used": 1},
                 )
         conn.execute(
-            t.contacts.insert().values(
+            _CONTACT_NEW,
+            dict(
                 customer_id=decision.customer_id,
                 action_id=choice.action_id,
                 channel=decision.channel,
@@ -182,7 +186,8 @@ def insert_decision(
     _reserve(conn, decision, actions, lookback, now_ms)
     window_ms = int(reward.window_delta.total_seconds() * 1000)
     conn.execute(
-        t.decisions.insert().values(
+        _DECISION_NEW,
+        dict(
             decision_id=decision.decision_id,
             customer_id=decision.customer_id,
             channel=decision.channel,
@@ -203,7 +208,7 @@ def insert_decision(
         decision.state = "final"
     if decision.actions:
         conn.execute(
-            t.decision_slots.insert(),
+            _SLOTS_NEW,
             [
                 {
                     "decision_id": decision.decision_id,

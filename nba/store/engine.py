@@ -7,7 +7,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 
 def is_sqlite(url: str) -> bool:
@@ -31,10 +30,13 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL") -> Engin
     if not is_sqlite(url):
         return create_engine(url, pool_size=2 if writer else 16, max_overflow=4 if writer else 16,
                              pool_pre_ping=True)
+    # The writer keeps one connection for its thread (no reconnect and PRAGMAs per batch); readers get a pool
+    # large enough for every request thread.
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30.0},
-        poolclass=NullPool if writer else None,
+        pool_size=1 if writer else 32,
+        max_overflow=0 if writer else 32,
     )
 
     @event.listens_for(engine, "connect")

@@ -115,6 +115,27 @@ class Store:
     ) -> CounterState:
         return self.read(lambda c: decision_repo.load_counters(c, customer_id, actions, epoch_ms(now), lookback))
 
+    def decision_inputs(
+        self,
+        customer_id: str,
+        channel: str,
+        request_id: str | None,
+        actions: Mapping[str, Action],
+        now: datetime,
+        lookback: timedelta,
+    ) -> tuple[str, tuple[str, str] | None, CustomerState | None, CounterState]:
+        """Everything a decision reads, in one round trip: canonical id, idempotency hit, state and counters."""
+        ms = epoch_ms(now)
+
+        def read(conn: Connection) -> tuple[str, tuple[str, str] | None, CustomerState | None, CounterState]:
+            canonical = customer_repo.resolve(conn, customer_id)
+            hit = decision_repo.find_idempotent(conn, channel, request_id, ms) if request_id else None
+            state = customer_repo.load_state(conn, canonical)
+            counters = decision_repo.load_counters(conn, canonical, actions, ms, lookback)
+            return canonical, hit, state, counters
+
+        return self.read(read)
+
     def find_idempotent(self, channel: str, request_id: str, now: datetime) -> tuple[str, str] | None:
         return self.read(lambda c: decision_repo.find_idempotent(c, channel, request_id, epoch_ms(now)))
 
