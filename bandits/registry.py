@@ -86,8 +86,10 @@ class PolicyModels:
                 return entry
             try:
                 snapshot = self._store.latest_snapshot(name, version)
-            except StoreUnavailable:
-                snapshot = None
+            except StoreUnavailable as exc:
+                # Not cached: a blank model must not be pinned because the store blinked; serve fallback now and
+                # load the snapshot on the next request.
+                return model, ModelStatus(name, version, 0, 0, False, f"store unavailable, serving fallback: {exc}")
             status = ModelStatus(name, version, 0, 0, True, "new model (no snapshot yet)")
             if snapshot is not None:
                 try:

@@ -118,6 +118,10 @@ def http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return problem(status, detail, kinds.get(status), headers=headers)
 
 
+def too_deep(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    return problem(400, "the body is not valid JSON: nested too deeply", "malformed")
+
+
 def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error", exc_info=exc)
     return problem(500, "an internal error occurred; it has been logged", "internal")
@@ -127,5 +131,6 @@ HANDLERS: dict[type[Exception], Any] = {
     NBAError: domain_error,
     ValidationException: validation_error,
     HTTPException: http_error,
+    RecursionError: too_deep,
     Exception: internal_error,
 }

@@ -1,0 +1,175 @@
+"""Decide over real HTTP against the production server, as a ratio of the bare-route ceiling.
+
+For each worker count: the ceiling server (bench/ceiling.py) under wrk, then the service (`training.cli serve`,
+granian, decisions committed to SQLite before each answer) under the same wrk script at 20 and 200 candidates,
+then an open-loop run at half of decide's own closed-loop rate (bench/loadgen.py) for p99 at a fixed load.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import (
+    BENCH,
+    CHANNEL_AUTH,
+    CHANNEL_KEY,
+    CHANNELS,
+    CpuWatch,
+    Server,
+    ceiling_server,
+    decide_body,
+    log,
+    nba_server,
+    post_events,
+    profile_events,
+    run_wrk,
+    wait_for_quiet,
+    write_catalog,
+)
+
+CUSTOMERS = 10_000  # customers with a stored state that the decide load picks from at random
+CONNECTIONS = 32  # wrk connections (NOTES.md measured the ceiling with 1 thread and 32 connections)
+TARGET_SHARE = 0.5  # decide at 20 candidates must reach this share of the ceiling's req/s
+TARGET_P99_MS = 10.0  # ... and keep p99 under this at half its own maximum rate
+OTHER_LOAD_LIMIT = 0.15  # cores used by processes outside the bench above which a run is flagged
+
+
+def wrk_env(channel: str, token: str) -> dict[str, str]:
+    return {"BENCH_LUA_DIR": str(BENCH), "BENCH_CHANNEL": channel, "BENCH_CUSTOMERS": str(CUSTOMERS),
+            "BENCH_TOKEN": token, "BENCH_PATH": "/v1/decide"}
+
+
+def fixed_rate(server: Server, channel: str, rate: float, seconds: float, connections: int = 64) -> dict[str, Any]:
+    """Open-loop load at `rate` req/s from a second process; latency counted from each request's due time."""
+    argv = [sys.executable, "-m", "bench.loadgen", "--port", str(server.port), "--token", CHANNEL_KEY,
+            "--channel", channel, "--customers", str(CUSTOMERS), "--rate", f"{rate:.1f}", "--duration", str(seconds),
+            "--connections", str(connections)]
+    with CpuWatch(server) as watch:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, cwd=BENCH.parent)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["cpu"] = watch.result
+    return result
+
+
+def _other(result: dict[str, Any]) -> str:
+    other = result.get("cpu", {}).get("other_cores", 0.0)
+    return f" [WARNING: other processes used {other:.2f} cores meanwhile]" if other > OTHER_LOAD_LIMIT else ""
+
+
+def check_decide(url: str, channel: str, candidates: int) -> dict[str, Any]:
+    """One decide, to be sure the load below is what it claims (all candidates considered, policy online)."""
+    body = decide_body(1, channel, random.Random(1))
+    response = httpx.post(url + "/v1/decide", json=body, headers=CHANNEL_AUTH, timeout=30)
+    response.raise_for_status()
+    data = response.json()
+    considered = len(data["ranking"]) + len(data["excluded"])
+    if considered != candidates:
+        raise RuntimeError(f"{channel}: expected {candidates} candidates, the decision considered {considered}")
+    return {"eligible": len(data["ranking"]), "excluded": len(data["excluded"]), "mode": data["policy"]["mode"],
+            "response_bytes": len(response.content)}
+
+
+def seed_customers(url: str) -> float:
+    started = time.perf_counter()
+    post_events(url, profile_events("c-", 0, CUSTOMERS, random.Random(3)))
+    return time.perf_counter() - started
+
+
+def run(workdir: Path, seconds: float = 10.0, warmup: float = 3.0, fixed_seconds: float = 10.0,
+        workers_list: tuple[int, ...] = (1, 2), candidates: tuple[int, ...] = (20, 200)) -> dict[str, Any]:
+    database = workdir / "http.db"
+    catalog = write_catalog(workdir)
+    runs: list[dict[str, Any]] = []
+    seeded = False
+    for workers in workers_list:
+        log(f"ceiling: bare Litestar route, {workers} worker(s)")
+        with ceiling_server(workdir, workers) as server:
+            run_wrk(server.url, BENCH / "decide.lua", wrk_env(CHANNELS[20], ""), warmup, CONNECTIONS)
+            quiet = wait_for_quiet()
+            ceiling = run_wrk(server.url, BENCH / "decide.lua", wrk_env(CHANNELS[20], ""), seconds, CONNECTIONS,
+                              server=server)
+        log(f"  ceiling {ceiling['rps']:.0f} req/s, p50 {ceiling['p50_ms']:.2f} ms, p99 {ceiling['p99_ms']:.2f} ms"
+            f"{_other(ceiling)}")
+        ceiling["before"] = quiet
+        with nba_server(workdir, database, catalog, workers, f"decide-w{workers}") as server:
+            if not seeded:
+                took = seed_customers(server.url)
+                log(f"  stored state for {CUSTOMERS} customers in {took:.1f} s")
+                seeded = True
+            for n in candidates:
+                channel = CHANNELS[n]
+                check = check_decide(server.url, channel, n)
+                log(f"decide: {n} candidates, {workers} worker(s) ({check['eligible']} eligible)")
+                run_wrk(server.url, BENCH / "decide.lua", wrk_env(channel, CHANNEL_KEY), warmup, CONNECTIONS)
+                quiet = wait_for_quiet()
+                closed = run_wrk(server.url, BENCH / "decide.lua", wrk_env(channel, CHANNEL_KEY), seconds,
+                                 CONNECTIONS, server=server)
+                ok = closed["statuses"].get("200", 0)
+                if ok != closed["requests"]:
+                    log(f"  WARNING: {closed['requests'] - ok} non-200 answers: {closed['statuses']}")
+                closed["before"] = quiet
+                rate = closed["rps"] * 0.5
+                quiet = wait_for_quiet()
+                fixed = fixed_rate(server, channel, rate, fixed_seconds)
+                fixed["before"] = quiet
+                entry = {
+                    "workers": workers,
+                    "candidates": n,
+                    "check": check,
+                    "ceiling": ceiling,
+                    "max_rate": closed,
+                    "ratio_to_ceiling": round(closed["rps"] / ceiling["rps"], 3),
+                    "fixed_rate": fixed,
+                }
+                runs.append(entry)
+                log(f"  decide {closed['rps']:.0f} req/s ({entry['ratio_to_ceiling']:.0%} of ceiling), "
+                    f"p50 {closed['p50_ms']:.2f} ms, p99 {closed['p99_ms']:.2f} ms; at {rate:.0f} req/s fixed: "
+                    f"p50 {fixed['p50_ms']:.2f} ms, p99 {fixed['p99_ms']:.2f} ms{_other(closed)}{_other(fixed)}")
+            decisions = _count_decisions(database)
+    targets = []
+    for entry in runs:
+        if entry["candidates"] != 20:
+            continue
+        targets.append({
+            "workers": entry["workers"],
+            "share_of_ceiling": entry["ratio_to_ceiling"],
+            "share_target": TARGET_SHARE,
+            "share_met": entry["ratio_to_ceiling"] >= TARGET_SHARE,
+            "p99_at_half_rate_ms": entry["fixed_rate"]["p99_ms"],
+            "p99_target_ms": TARGET_P99_MS,
+            "p99_met": entry["fixed_rate"]["p99_ms"] < TARGET_P99_MS
+            and entry["fixed_rate"]["completed"] >= 0.99 * entry["fixed_rate"]["due"],
+            "other_load_cores": max(entry["ceiling"]["cpu"]["other_cores"], entry["max_rate"]["cpu"]["other_cores"],
+                                    entry["fixed_rate"]["cpu"]["other_cores"]),
+        })
+    return {
+        "setup": {
+            "server": "python -m training.cli serve (granian ASGI, no access log), online learner on",
+            "store": "SQLite WAL, fresh file per bench run, group commit; each answer waits for its COMMIT",
+            "customers_with_state": CUSTOMERS,
+            "wrk": {"threads": 1, "connections": CONNECTIONS, "seconds": seconds, "warmup_seconds": warmup},
+            "fixed_rate": {"client": "bench/loadgen.py (open loop, latency from due time)", "connections": 64,
+                           "seconds": fixed_seconds, "rate": "half of decide's closed-loop req/s"},
+            "ceiling": "bench/ceiling.py: async Litestar POST parsing the same body into a msgspec Struct",
+            "decisions_logged": decisions,
+        },
+        "runs": runs,
+        "targets": targets,
+    }
+
+
+def _count_decisions(database: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM decisions").fetchone()[0])

@@ -1,0 +1,167 @@
+"""A corrupt or incompatible model, at start or at hot-swap: the server keeps the last good model or falls back
+to the baseline, never serves the bad one, and says so in `/health` and in its log."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import TestClient
+
+from bandits.vw_policy import VWPolicy
+from features.namespaces import NamespaceFeaturizer
+from nba.catalog import CatalogFile
+from nba.clock import ManualClock
+from nba.store import Store
+from tests.conftest import CHANNEL
+from tests.faults.conftest import SIM, SIM_CATALOG, AppFactory, probe_context, top_action, train_snapshot
+from tests.serving.helpers import decide
+from training.online import OnlineLearner
+
+
+def _model_trained_with_other_arguments() -> bytes:
+    """A sound Vowpal Wabbit model of the same problem, trained without the policy's interaction terms."""
+    featurizer = NamespaceFeaturizer()
+    model = VWPolicy(["--cb_explore_adf", "--quiet", "--epsilon", "0.05", "--cb_type", "mtr"])
+    actions = [featurizer.action(a, SIM.action_attributes(a)) for a in SIM.action_ids]
+    rng = random.Random(5)
+    for _ in range(400):
+        segment = f"s{rng.randrange(SIM.segments)}"
+        chosen = rng.randrange(len(actions))
+        reward = float(SIM.action_ids[chosen] == SIM.best_action(segment))
+        model.learn(featurizer.shared(probe_context(segment), {}), actions, chosen, reward, 1 / len(actions))
+    return model.serialize()
+
+
+CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
+    "garbage": lambda good: b"this is not a Vowpal Wabbit model",
+    "empty": lambda good: b"",
+    "header-damaged": lambda good: good[:8] + bytes(b ^ 0xFF for b in good[8:24]) + good[24:],
+    "truncated": lambda good: good[: len(good) // 2],
+    "incompatible": lambda good: _model_trained_with_other_arguments(),
+}
+SILENTLY_LOADED = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bandits/vw_policy.py:33 and bandits/registry.py:89/103 rely on Vowpal Wabbit to refuse a bad model, but VW "
+    "loads a truncated model (weights lost) and a model trained with other arguments (features hashed "
+    "differently) without complaint; no checksum or argument fingerprint is stored with a snapshot"))
+KINDS = [
+    pytest.param("garbage"),
+    pytest.param("empty"),
+    pytest.param("header-damaged"),
+    pytest.param("truncated", marks=SILENTLY_LOADED),
+    pytest.param("incompatible", marks=SILENTLY_LOADED),
+]
+
+
+def _save_bad_snapshot(store: Store, kind: str, clock: ManualClock) -> int:
+    """Write a bad snapshot newer than the good one, as a broken disk or a bad restore would leave it."""
+    good = store.latest_snapshot("web", 1)
+    assert good is not None
+    return store.save_snapshot("web", 1, CORRUPTIONS[kind](good.model), good.examples + 10, [], clock.now())
+
+
+def _registry_errors(records: list[logging.LogRecord]) -> list[str]:
+    return [r.getMessage() for r in records if r.name == "bandits.registry" and r.levelno >= logging.ERROR]
+
+
+def _says_rejected(message: str, snapshot_id: int) -> bool:
+    text = message.lower()
+    return any(word in text for word in ("reject", "unusable", "corrupt", "incompatible")) or str(snapshot_id) in text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_model_at_start_is_never_served(
+    sqlite_url: str, clock: ManualClock, make_app: AppFactory, service_log: list[logging.LogRecord], kind: str
+) -> None:
+    good_id = train_snapshot(sqlite_url, clock, make_app)
+    store = Store(sqlite_url)
+    bad_id = _save_bad_snapshot(store, kind, clock)
+    store.close()
+    app = make_app(sqlite_url, SIM_CATALOG)
+    with TestClient(app) as client:
+        decision = decide(client, "c-1", context=probe_context("s1"))
+        health = client.get("/health").json()
+    (model,) = health["models"]
+    if decision["policy"]["mode"] == "fallback":
+        assert [r["probability"] for r in decision["ranking"]] == pytest.approx([0.25] * 4)
+        assert model["healthy"] is False and health["status"] == "degraded"
+    else:  # the last good snapshot was loaded instead
+        assert model["snapshot_id"] == good_id, model
+        assert top_action(decision)[0] == SIM.best_action("s1")
+    assert _says_rejected(model["message"], bad_id), model
+    assert any(str(bad_id) in message for message in _registry_errors(service_log)), "the log does not name it"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_model_at_hot_swap_keeps_the_last_good_one(
+    sqlite_url: str, clock: ManualClock, make_app: AppFactory, service_log: list[logging.LogRecord], kind: str
+) -> None:
+    good_id = train_snapshot(sqlite_url, clock, make_app)
+    app = make_app(sqlite_url, SIM_CATALOG)
+    runtime = app.state.runtime
+    with TestClient(app) as client:
+        before = decide(client, "c-1", context=probe_context("s1"))
+        assert before["policy"]["mode"] == "online" and top_action(before)[0] == SIM.best_action("s1")
+        bad_id = _save_bad_snapshot(runtime.store, kind, clock)  # as another process's learner would write it
+        runtime.models.refresh(runtime.catalog().policies)  # what a worker without the learner lease runs
+        after = decide(client, "c-2", context=probe_context("s1"))
+        health = client.get("/health").json()
+    assert after["policy"]["mode"] == "online"
+    assert after["ranking"] == before["ranking"], "the serving model changed"
+    (model,) = health["models"]
+    assert model["healthy"] is True and model["snapshot_id"] == good_id, model
+    assert _says_rejected(model["message"], bad_id), model
+    assert _registry_errors(service_log), "the rejected hot-swap was not logged"
+
+
+def test_learner_replaces_an_unusable_model_with_a_relearned_one(
+    sqlite_url: str, clock: ManualClock, make_app: AppFactory
+) -> None:
+    store = Store(sqlite_url)
+    store.seed_catalog(CatalogFile.model_validate(SIM_CATALOG), clock.now())
+    store.save_snapshot("web", 1, b"this is not a Vowpal Wabbit model", 100, [], clock.now())
+    store.close()
+    app = make_app(sqlite_url, SIM_CATALOG)
+    runtime = app.state.runtime
+    learner = OnlineLearner(runtime.store, runtime.models, runtime.featurizer, runtime.catalog, runtime.clock)
+    with TestClient(app) as client:
+        for index in range(30):
+            decision = decide(client, f"c-{index}", context=probe_context(f"s{index % 3}"))
+            assert decision["policy"]["mode"] == "fallback"
+            reward = client.post(f"/v1/decisions/{decision['decision_id']}/reward", json={"value": 1.0},
+                                 headers=CHANNEL)
+            assert reward.status_code == 202
+        assert learner.learn_pending() == 30
+        learner.publish_all()
+        recovered = decide(client, "c-after", context=probe_context("s0"))
+        health = client.get("/health").json()
+    assert recovered["policy"]["mode"] == "online"
+    (model,) = health["models"]
+    assert model["healthy"] is True and model["examples_learned"] == 30 and health["status"] == "ok"
+
+
+@pytest.mark.e2e
+def test_server_started_on_a_corrupt_model_says_so_in_health_and_log(
+    start_server: Any, tmp_path: Path, clock: ManualClock
+) -> None:
+    database = f"sqlite:///{tmp_path / 'nba.db'}"
+    store = Store(database)
+    store.seed_catalog(CatalogFile.model_validate(SIM_CATALOG), clock.now())
+    bad_id = store.save_snapshot("web", 1, b"this is not a Vowpal Wabbit model", 100, [], clock.now())
+    store.close()
+    server = start_server(SIM_CATALOG, database_url=database)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        response = client.post("/v1/decide", headers=CHANNEL, json={
+            "customer_id": "c-1", "channel": "web", "context": probe_context("s1")})
+        health = client.get("/health")
+    assert response.status_code == 200 and response.json()["policy"]["mode"] == "fallback"
+    assert health.status_code == 200
+    (model,) = health.json()["models"]
+    assert model["healthy"] is False and health.json()["status"] == "degraded"
+    log = server.log_path.read_text()
+    assert "ERROR" in log and f"snapshot {bad_id} is unusable" in log, log[-2000:]
