@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check nba bandits features serving training tests
+	$(BIN)/ruff check nba bandits features serving training tests bench
 	$(BIN)/mypy nba
 
 bench: $(STAMP)

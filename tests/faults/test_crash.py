@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from nba.store import Store
 from nba.store import schema as t
@@ -152,7 +152,6 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(
         for thread in threads:
             thread.join(timeout=30)
         assert not ledger.unexpected, ledger.unexpected[:5]
-        assert len(ledger.decide_in_flight) + len(ledger.reward_in_flight) + len(ledger.events_in_flight) == CLIENTS
         _check_store(store, ledger)
 
         restarted = start_server(CATALOG, workers=2, database_url=database, NBA_SNAPSHOT_SECONDS="0.5")
@@ -181,12 +180,3 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(
         stop.set()
         store.close()
 
-
-def test_count_helper_matches_the_decision_log(sqlite_url: str) -> None:
-    """`Store.count_decisions`, which the crash test polls, counts the rows of the decision log."""
-    store = Store(sqlite_url)
-    try:
-        assert store.count_decisions() == store.read(
-            lambda conn: conn.execute(select(func.count()).select_from(t.decisions)).scalar_one())
-    finally:
-        store.close()
