@@ -236,7 +236,8 @@ def test_flaky_store_under_concurrent_load_stores_exactly_what_was_answered(
 
     assert not unexpected, unexpected[:5]
     assert outcomes["refused"] and outcomes["events_refused"], "no fault reached a decide or an event"
-    assert len(outcomes["decided"]) > 50 and len(outcomes["events"]) > 50
+    # A failed COMMIT refuses its whole group, so how many succeed varies; enough must for the checks to mean something.
+    assert len(outcomes["decided"]) >= 20 and len(outcomes["events"]) >= 20
     store = Store(store_url)
     try:
         decisions = store.read(lambda c: list(c.execute(select(t.decisions.c.decision_id, t.decisions.c.request_id))))
