@@ -38,6 +38,9 @@ from tests.conftest import ADMIN, ANALYST, CHANNEL, DEMO_CATALOG, KEYS
 from tests.serving.helpers import PROBLEM_JSON
 from training.service import build_app
 
+# One xdist worker runs the whole module, so the fuzz (a module fixture) runs once.
+pytestmark = pytest.mark.xdist_group("openapi-fuzz")
+
 SEED = 20261124
 MAX_EXAMPLES = 40  # per operation and generation mode: about 1,400 requests, some 15 s on two cores
 DEMO: dict[str, Any] = yaml.safe_load(DEMO_CATALOG.read_text())
