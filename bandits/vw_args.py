@@ -55,7 +55,22 @@ def parse_extra(vw_args: str) -> list[str]:
                 raise InvalidInput(f"{option} needs a value", field="learner.vw_args")
         else:
             raise InvalidInput(f"{token!r} is not an allowed Vowpal Wabbit option here", field="learner.vw_args")
+    _check_interactions(out)
     return out
+
+
+_MAX_INTERACTION_ORDER = 3  # higher orders multiply features combinatorially and can stall a decide
+
+
+def _check_interactions(args: list[str]) -> None:
+    for option, value in zip(args, args[1:], strict=False):
+        if option in ("-q", "--quadratic", "--interactions", "--cubic"):
+            terms = value  # one character per namespace; ":" is the wildcard for "any namespace"
+            if len(terms) > _MAX_INTERACTION_ORDER or len(terms) < 2:
+                raise InvalidInput(
+                    f"{option} {value!r}: interactions combine 2 or 3 namespaces (e.g. CA or CUA)",
+                    field="learner.vw_args",
+                )
 
 
 def build_args(learner: Learner) -> list[str]:

@@ -57,4 +57,6 @@ async def check_body(request: Request[Any, Any, Any]) -> None:
         detail = str(exc) or exc.__class__.__name__
         if not raw.strip():
             detail = "the body is empty"
-        raise ClientException(f"JSON is malformed: {detail}") from exc
+        if not detail.startswith("JSON is malformed"):
+            detail = f"JSON is malformed: {detail}"
+        raise ClientException(detail) from exc

@@ -29,12 +29,13 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL") -> Engin
     url = _normalise(url)
     if not is_sqlite(url):
         return create_engine(url, pool_size=2 if writer else 16, max_overflow=4 if writer else 16,
-                             pool_pre_ping=True)
+                             pool_pre_ping=True, hide_parameters=True)
     # The writer keeps one connection for its thread (no reconnect and PRAGMAs per batch); readers get a pool
     # large enough for every request thread.
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30.0},
+        hide_parameters=True,  # errors are logged; customer data must not be
         pool_size=1 if writer else 32,
         max_overflow=0 if writer else 32,
     )

@@ -136,9 +136,10 @@ def test_unbalanced_quotes_are_refused() -> None:
         parse_extra("-q 'CA")
 
 
+INTERACTIONS = {"-q", "--quadratic", "--interactions", "--cubic"}  # order-checked: see the tests below
 allowed = st.one_of(
     st.sampled_from(sorted(vw_args._FLAGS)).map(lambda flag: [flag]),
-    st.tuples(st.sampled_from(sorted(vw_args._WITH_VALUE - vw_args._EXPLORATION)),
+    st.tuples(st.sampled_from(sorted(vw_args._WITH_VALUE - vw_args._EXPLORATION - INTERACTIONS)),
               st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=8)
               .filter(lambda v: not v.startswith("-") or v[1:].replace(".", "").isdigit()))
     .map(list),
@@ -162,3 +163,14 @@ def test_a_refused_option_anywhere_refuses_the_whole_string(
     tokens = [t for option in before for t in option] + [bad, "x"] + [t for option in after for t in option]
     with pytest.raises(InvalidInput):
         parse_extra(shlex.join(tokens))
+
+
+@pytest.mark.parametrize("extra", ["--interactions CCCCCC", "--cubic CUAA", "-q C"])
+def test_interaction_orders_beyond_three_or_below_two_are_refused(extra: str) -> None:
+    with pytest.raises(InvalidInput, match="interactions combine 2 or 3"):
+        build_args(Learner(vw_args=extra))
+
+
+@pytest.mark.parametrize("extra", ["-q ::", "--interactions CUA", "--cubic CUA"])
+def test_pairwise_wildcards_and_third_order_interactions_build(extra: str) -> None:
+    vw.Workspace(build_args(Learner(vw_args=extra)))

@@ -252,9 +252,9 @@ EXTREME = [*UNSCORABLE, 1e20, 5e-324, -0.0]
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "features/namespaces.py:36 passes any finite number on and bandits/vw_text.py:27-30 only clamps to float32's "
+    "features/namespaces.py:37 passes any finite number on and bandits/vw_text.py:30-32 only clamps to float32's "
     "range: a large value times an action attribute overflows under -q CA/UA, and values near 1e-160 parse "
-    "badly, so Vowpal Wabbit scores NaN and the request silently falls back (nba/decide.py:197, a WARNING each)"))
+    "badly, so Vowpal Wabbit scores NaN and the request silently falls back (nba/decide.py:198, a WARNING each)"))
 @pytest.mark.parametrize("value", UNSCORABLE, ids=str)
 def test_extreme_numbers_are_refused_or_scored_online(client: TestClient[Litestar], value: float) -> None:
     response = client.post("/v1/decide", headers=CHANNEL, json={

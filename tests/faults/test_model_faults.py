@@ -46,7 +46,7 @@ CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
     "incompatible": lambda good: _model_trained_with_other_arguments(),
 }
 SILENTLY_LOADED = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bandits/vw_policy.py:33 and bandits/registry.py:89/103 rely on Vowpal Wabbit to refuse a bad model, but VW "
+    "bandits/vw_policy.py:34 and bandits/registry.py:96/109 rely on Vowpal Wabbit to refuse a bad model, but VW "
     "loads a truncated model (weights lost) and a model trained with other arguments (features hashed "
     "differently) without complaint; no checksum or argument fingerprint is stored with a snapshot"))
 KINDS = [

@@ -258,7 +258,7 @@ def test_2xx_bodies_match_the_openapi_document(exchanges: list[Exchange]) -> Non
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "the generated OpenAPI document lists only the success status and 400 for each route: the 401, 403, 404, 409, "
     "413, 422 and 503 problems of API.md, and 201 for a created action, policy or event type, are undocumented "
-    "(serving/app.py:40 and the route decorators declare no responses)"))
+    "(serving/app.py:42 and the route decorators declare no responses)"))
 def test_every_status_answered_is_in_the_openapi_document(exchanges: list[Exchange]) -> None:
     found = _violations(exchanges, status_code_conformance)
     assert not found, "\n".join(sorted(set(found))[:20])
