@@ -63,8 +63,3 @@ def epoch_ms(when: datetime) -> int:
 def from_epoch_ms(ms: int) -> datetime:
     """The inverse of `epoch_ms`."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def since(now: datetime, delta: timedelta) -> datetime:
-    """The start of a window of length `delta` that ends at `now`."""
-    return now - delta

@@ -13,6 +13,7 @@ from nba.clock import epoch_ms, from_epoch_ms, to_rfc3339
 from nba.constraints import CounterState, budget_window_start, counter_exclusion
 from nba.errors import CatalogChanged, IdempotencyConflict, NBAError
 from nba.store import schema as t
+from nba.store.catalog_repo import catalog_version as current_catalog
 from nba.store.codec import dumps, loads
 from nba.types import Contact, Decision, Exclusion, PolicyRef, SlotChoice
 
@@ -155,8 +156,6 @@ def insert_decision(
     """
     now_ms = epoch_ms(decision.created_at)
     if catalog_version is not None:
-        from nba.store.catalog_repo import catalog_version as current_catalog
-
         if current_catalog(conn) != catalog_version:
             raise CatalogChanged("the catalog changed during the decision")
     if decision.request_id is not None and body_hash is not None:

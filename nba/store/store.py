@@ -110,11 +110,6 @@ class Store:
         return self.write(lambda c: customer_repo.ingest_events(c, batch, reducer, epoch_ms(now)), keys)
 
     # -- decisions -------------------------------------------------------------------------------------
-    def load_counters(
-        self, customer_id: str, actions: Mapping[str, Action], now: datetime, lookback: timedelta
-    ) -> CounterState:
-        return self.read(lambda c: decision_repo.load_counters(c, customer_id, actions, epoch_ms(now), lookback))
-
     def decision_inputs(
         self,
         customer_id: str,

@@ -44,6 +44,17 @@ def _decide(client: httpx.Client, customer: str, slots: int) -> dict[str, Any]:
     return response.json()
 
 
+def _decide_with_16_clients(url: str) -> list[dict[str, Any]]:
+    """1,000 decisions from 16 concurrent clients over 40 customers, so the same customers race each other."""
+    customers = [f"cust-{i}" for i in range(40)]
+    with httpx.Client(base_url=url, timeout=60,
+                      limits=httpx.Limits(max_connections=16, max_keepalive_connections=16)) as client:
+        _seed_customers(client, customers)
+        plan = [(customers[i % len(customers)], 1 + i % 3) for i in range(DECISIONS)]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return list(pool.map(lambda item: _decide(client, *item), plan))
+
+
 def _check(answers: list[dict[str, Any]]) -> None:
     assert len(answers) == DECISIONS
     capped_by_customer: Counter[str] = Counter()
@@ -85,13 +96,7 @@ def test_constraints_hold_for_sequential_clients(start_server: Any) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_constraints_hold_for_16_concurrent_clients(start_server: Any, workers: int) -> None:
     server = start_server(CATALOG, workers=workers)
-    customers = [f"cust-{i}" for i in range(40)]
-    with httpx.Client(base_url=server.url, timeout=60,
-                      limits=httpx.Limits(max_connections=16, max_keepalive_connections=16)) as client:
-        _seed_customers(client, customers)
-        plan = [(customers[i % len(customers)], 1 + i % 3) for i in range(DECISIONS)]
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            answers = list(pool.map(lambda item: _decide(client, *item), plan))
+    answers = _decide_with_16_clients(server.url)
     _check(answers)
     per_customer: defaultdict[str, int] = defaultdict(int)
     for answer in answers:
@@ -102,11 +107,5 @@ def test_constraints_hold_for_16_concurrent_clients(start_server: Any, workers: 
 @pytest.mark.postgres
 def test_constraints_hold_on_postgres_with_two_workers(start_server: Any, postgres_url: str) -> None:
     server = start_server(CATALOG, workers=2, database_url=postgres_url)
-    customers = [f"cust-{i}" for i in range(40)]
-    with httpx.Client(base_url=server.url, timeout=60,
-                      limits=httpx.Limits(max_connections=16, max_keepalive_connections=16)) as client:
-        _seed_customers(client, customers)
-        plan = [(customers[i % len(customers)], 1 + i % 3) for i in range(DECISIONS)]
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            answers = list(pool.map(lambda item: _decide(client, *item), plan))
+    answers = _decide_with_16_clients(server.url)
     _check(answers)

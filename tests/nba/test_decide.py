@@ -230,7 +230,13 @@ def test_a_decision_drafted_on_stale_counters_is_made_again(
     engine = _engine(store, clock, FixedScorer({"capped": 1.0, "free": 0.0}))
     assert _decide(engine).actions[0].action_id == "capped"
 
-    monkeypatch.setattr(store, "load_counters", lambda *args, **kwargs: CounterState([], {}))
+    fresh_inputs = store.decision_inputs
+
+    def stale_inputs(*args: Any, **kwargs: Any) -> Any:  # the read path misses the contact just logged
+        customer_id, hit, state, _ = fresh_inputs(*args, **kwargs)
+        return customer_id, hit, state, CounterState([], {})
+
+    monkeypatch.setattr(store, "decision_inputs", stale_inputs)
     decision = _decide(engine)
     assert [c.action_id for c in decision.actions] == ["free"]
     assert [(e.action_id, e.rule) for e in decision.excluded] == [("capped", "cap:customer:1d")]
