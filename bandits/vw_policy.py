@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import shlex
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import vowpal_wabbit_next as vw
 
@@ -11,9 +14,72 @@ from bandits.vw_text import namespaces_line
 
 Namespaces = Mapping[str, Mapping[str, float]]
 
+# Part of every model's fingerprint. Vowpal Wabbit hashes feature names, so a model's weights only mean something
+# for the names it was trained on: bump this when `features/namespaces.py` or `bandits/vw_text.py` change how a
+# feature is named or escaped, and older snapshots are refused as incompatible instead of served.
+FEATURE_ENCODING = "namespaces/1"
+
 
 class ModelLoadError(RuntimeError):
     """A model file that Vowpal Wabbit cannot load with the policy's arguments."""
+
+
+class CorruptModel(ModelLoadError):
+    """Model bytes that are not the ones their writer recorded: damaged on disk, truncated, badly restored."""
+
+
+class IncompatibleModel(ModelLoadError):
+    """A sound model trained with other arguments or another feature encoding than the policy's.
+
+    Vowpal Wabbit loads such a model without complaint and scores with features hashed differently.
+    """
+
+
+def model_checksum(model: bytes) -> str:
+    """The checksum stored with a snapshot, computed by the learner from the bytes it serialized.
+
+    >>> model_checksum(b"")
+    'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+    """
+    return "sha256:" + hashlib.sha256(model).hexdigest()
+
+
+def model_fingerprint(args: Sequence[str]) -> str:
+    """What a model was trained with: the feature encoding and the exact Vowpal Wabbit arguments.
+
+    Readable rather than hashed, so a refusal can say what differs.
+
+    >>> model_fingerprint(["--cb_explore_adf", "-q", "CA"])
+    'namespaces/1 --cb_explore_adf -q CA'
+    """
+    return f"{FEATURE_ENCODING} {shlex.join(args)}"
+
+
+def verify_model(model: bytes, args: Sequence[str], checksum: str | None, fingerprint: str | None) -> None:
+    """Raise `CorruptModel` or `IncompatibleModel` unless `model` is what its snapshot recorded, trained as `args`.
+
+    A legacy snapshot records neither (it predates checksums) and passes unverified: only Vowpal Wabbit's own
+    checks stand between it and serving. One that records only one of the two is refused.
+
+    >>> verify_model(b"model", ["--quiet"], model_checksum(b"model"), model_fingerprint(["--quiet"]))
+    >>> verify_model(b"mod", ["--quiet"], model_checksum(b"model"), model_fingerprint(["--quiet"]))
+    Traceback (most recent call last):
+    ...
+    bandits.vw_policy.CorruptModel: corrupt: its 3 bytes hash to sha256:e55cffc81a5a..., not to sha256:9372c470eead...
+    """
+    if checksum is None and fingerprint is None:
+        return
+    if checksum is None:
+        raise CorruptModel("corrupt: it records what it was trained with but no checksum to verify its bytes")
+    actual = model_checksum(model)
+    if actual != checksum:
+        raise CorruptModel(f"corrupt: its {len(model)} bytes hash to {actual[:19]}..., not to {checksum[:19]}..., "
+                           "recorded when it was saved")
+    if fingerprint is None:
+        raise IncompatibleModel("incompatible: it does not record the arguments it was trained with")
+    expected = model_fingerprint(args)
+    if fingerprint != expected:
+        raise IncompatibleModel(f"incompatible: trained with `{fingerprint}`, the policy runs `{expected}`")
 
 
 class VWPolicy:
@@ -26,10 +92,23 @@ class VWPolicy:
     >>> policy.learn({"C": {"x": 1.0}}, [{"A": {"id=a": 1.0}}, {"A": {"id=b": 1.0}}], 1, 1.0, 0.5)
     >>> VWPolicy(policy.args, policy.serialize(), examples_learned=1).examples_learned
     1
+
+    A model from a snapshot is checked against what the snapshot recorded before Vowpal Wabbit sees it:
+
+    >>> model = policy.serialize()
+    >>> VWPolicy(policy.args, model[:-9], checksum=model_checksum(model), fingerprint=model_fingerprint(policy.args))
+    Traceback (most recent call last):
+    ...
+    bandits.vw_policy.CorruptModel: corrupt: ...
     """
 
-    def __init__(self, args: Sequence[str], model: bytes | None = None, examples_learned: int = 0) -> None:
+    def __init__(
+        self, args: Sequence[str], model: bytes | None = None, examples_learned: int = 0, *,
+        checksum: str | None = None, fingerprint: str | None = None,
+    ) -> None:
         self.args = list(args)
+        if model is not None:
+            verify_model(model, self.args, checksum, fingerprint)
         try:
             self._ws = vw.Workspace(self.args, model_data=model) if model is not None else vw.Workspace(self.args)
         except RuntimeError as exc:
@@ -37,6 +116,10 @@ class VWPolicy:
         self._parser = vw.TextFormatParser(self._ws)
         self._lock = threading.Lock()
         self._action_lines: dict[str, tuple[Namespaces, str]] = {}
+        self._action_examples: dict[str, tuple[object, Any]] = {}
+        # The workspace's own multi-example predict, without the wrapper's per-example label-type check: every
+        # example here comes from this workspace's parser, so the labels always match.
+        self._predict_raw = getattr(getattr(self._ws, "_workspace", None), "predict_multi_ex_one", None)
         self.examples_learned = examples_learned
 
     def _lines(self, shared: Namespaces, actions: Sequence[Namespaces], keys: Sequence[str] | None) -> list[str]:
@@ -59,14 +142,41 @@ class VWPolicy:
         self, shared: Namespaces, actions: Sequence[Namespaces], keys: Sequence[str] | None = None
     ) -> list[float]:
         """The probability of each action, in the order given (VW answers sorted by probability)."""
-        lines = self._lines(shared, actions, keys)
+        if keys is None:
+            lines = self._lines(shared, actions, None)
+            with self._lock:
+                ranked: Any = self._ws.predict_one([self._parser.parse_line(line) for line in lines])
+            return _in_order(ranked, len(actions))
+        return self.score_keyed(shared, [(key, action, _constant(action)) for key, action in zip(keys, actions,
+                                                                                                 strict=True)])
+
+    def score_keyed(
+        self, shared: Namespaces, actions: Sequence[tuple[str, object, Callable[[], Namespaces]]]
+    ) -> list[float]:
+        """Score actions given as (key, token, namespaces): an action's parsed example is kept per key and
+        reused while its token is the same object (or equal), so an unchanged catalog action is featurized
+        and parsed once, not once per request. Reusing parsed action examples leaves predictions unchanged
+        (tests/bandits/test_vw_policy.py checks it against freshly parsed ones)."""
+        shared_line = namespaces_line(shared, prefix="shared")
         with self._lock:
-            example = [self._parser.parse_line(line) for line in lines]
-            ranked = self._ws.predict_one(example)
-        probabilities = [0.0] * len(actions)
-        for index, probability in ranked:
-            probabilities[index] = float(probability)
-        return probabilities
+            examples = [self._parser.parse_line(shared_line)]
+            examples.extend(self._action_example(key, token, build) for key, token, build in actions)
+            ranked: Any
+            if self._predict_raw is not None:
+                ranked = self._predict_raw([example._example for example in examples])
+            else:
+                ranked = self._ws.predict_one(examples)
+        return _in_order(ranked, len(actions))
+
+    def _action_example(self, key: str, token: object, build: Callable[[], Namespaces]) -> Any:
+        cached = self._action_examples.get(key)
+        if cached is not None and (cached[0] is token or cached[0] == token):
+            return cached[1]
+        example = self._parser.parse_line(namespaces_line(build()))
+        if len(self._action_examples) > 10_000:
+            self._action_examples.clear()
+        self._action_examples[key] = (token, example)
+        return example
 
     def learn(
         self,
@@ -88,3 +198,14 @@ class VWPolicy:
     def serialize(self) -> bytes:
         with self._lock:
             return bytes(self._ws.serialize())
+
+
+def _in_order(ranked: Sequence[tuple[int, float]], count: int) -> list[float]:
+    probabilities = [0.0] * count
+    for index, probability in ranked:
+        probabilities[index] = float(probability)
+    return probabilities
+
+
+def _constant(namespaces: Namespaces) -> Callable[[], Namespaces]:
+    return lambda: namespaces

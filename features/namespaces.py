@@ -1,8 +1,10 @@
 """Request context, customer state and action attributes as model namespaces.
 
-A namespace is a plain dict of feature name to value: numbers keep their value, strings become the
-categorical feature `name=value`, lists become a bag of `name=item`, booleans become 1 or 0. The learner
-does not know where features came from; escaping for Vowpal Wabbit's text format happens in `bandits/`.
+A namespace is a plain dict of feature name to value: finite numbers keep their value (NaN and infinities are
+dropped), strings become the categorical feature `name=value`, lists become a bag of `name=item`, booleans
+become 1 or 0. The learner does not know where features came from; escaping for Vowpal Wabbit's text format,
+and the bound on values that keeps every finite number scorable under interactions, happen in
+`bandits/vw_text.py`, once for all three namespaces.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 from nba.catalog import Action
 from nba.clock import to_rfc3339
-from nba.rules import CompiledRule
+from nba.rules import CompiledRule, RuleInputs
 from nba.types import Contact, Context, CustomerState, Exclusion
 
 
@@ -55,7 +55,7 @@ def static_exclusion(
     rule: CompiledRule | None,
     channel: str,
     customer: CustomerState,
-    variables: dict[str, Any],
+    variables: RuleInputs | Mapping[str, Any],
     now: datetime,
 ) -> Exclusion | None:
     """The first request- or state-based rule that excludes the action, or None."""
@@ -77,7 +77,8 @@ def static_exclusion(
                     f"{suppression.event} at {to_rfc3339(seen_at)} is within {suppression.for_}",
                 )
     if rule is not None:
-        result = rule.evaluate({**variables, "action": action.attributes})
+        inputs = variables if isinstance(variables, RuleInputs) else RuleInputs(variables)
+        result = rule.evaluate_for(inputs, action.attributes)
         if not result.passed:
             return Exclusion(action_id, "eligibility", result.detail)
     return None

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from nba.catalog import Action, Policy
 from nba.catalog_view import CatalogView
 from nba.clock import Clock
-from nba.constraints import cel_variables, counter_exclusion, longest_counter_window, static_exclusion
+from nba.constraints import CounterState, cel_variables, counter_exclusion, longest_counter_window, static_exclusion
 from nba.errors import CatalogChanged, IdempotencyConflict
 from nba.ids import new_id
+from nba.rules import RuleInputs
 from nba.sampling import InvalidDistribution, check_distribution, sample_slots, uniform
 from nba.store.decision_repo import ReservationFailed
-from nba.store.store import Store
+from nba.store.store import Store, WriteJob
 from nba.types import Context, CustomerState, Decision, Exclusion, PolicyMode, PolicyRef
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Scorer(Protocol):
@@ -35,6 +38,17 @@ class ScorerProvider(Protocol):
     """Finds the live scorer for a policy version; None when the learning policy is unavailable."""
 
     def scorer(self, name: str, version: int, policy: Policy) -> Scorer | None: ...
+
+
+@dataclass(frozen=True)
+class Read(Generic[T]):
+    """A step that reads the store (or refreshes the catalog from it)."""
+
+    fn: Callable[[], T]
+
+
+Steps = Generator["Read[Any] | WriteJob[Any]", Any, T]
+DecisionInputs = tuple[str, "tuple[str, str] | None", "CustomerState | None", CounterState]
 
 
 @dataclass(frozen=True)
@@ -79,28 +93,73 @@ class DecisionEngine:
         self._refresh_catalog = refresh_catalog or catalog
 
     def decide(self, request: DecideRequest) -> DecideResult:
+        """Decide in the calling thread, blocking on the store."""
+        steps = self._steps(request)
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.throw(error) if error is not None else steps.send(value)
+            except StopIteration as done:
+                result: DecideResult = done.value
+                return result
+            value, error = None, None
+            try:
+                value = step.fn() if isinstance(step, Read) else self._store.write(step.fn, step.keys)
+            except Exception as exc:
+                error = exc
+
+    async def decide_async(self, request: DecideRequest) -> DecideResult:
+        """Decide in an event loop: the CPU work runs inline, the request awaits its group commit.
+
+        Reads run inline on a local store (SQLite answers in microseconds) and in a worker thread otherwise,
+        so a network database never stalls the loop.
+        """
+        steps = self._steps(request)
+        inline_reads = self._store.local
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.throw(error) if error is not None else steps.send(value)
+            except StopIteration as done:
+                result: DecideResult = done.value
+                return result
+            value, error = None, None
+            try:
+                if isinstance(step, Read):
+                    value = step.fn() if inline_reads else await asyncio.to_thread(step.fn)
+                else:
+                    value = await self._store.write_async(step.fn, step.keys)
+            except Exception as exc:
+                error = exc
+
+    def _steps(self, request: DecideRequest) -> Steps[DecideResult]:
+        """The decision as a sequence of store steps, so one pipeline serves threads and event loops."""
         for _ in range(5):
             try:
-                return self._decide(request, self._catalog())
+                return (yield from self._decide(request, self._catalog()))
             except CatalogChanged:
-                self._refresh_catalog()
-        return self._decide(request, self._refresh_catalog())
+                yield Read(self._refresh_catalog)
+        catalog: CatalogView = yield Read(self._refresh_catalog)
+        return (yield from self._decide(request, catalog))
 
-    def _decide(self, request: DecideRequest, catalog: CatalogView) -> DecideResult:
+    def _decide(self, request: DecideRequest, catalog: CatalogView) -> Steps[DecideResult]:
         now = self._clock.now()
         candidate_ids = catalog.candidates(request.channel, request.candidates)
         candidates = {aid: catalog.actions[aid] for aid in candidate_ids}
         lookback = longest_counter_window(list(candidates.values()))
-        customer_id, hit, state, counters = self._store.decision_inputs(
+        inputs: DecisionInputs = yield Read(lambda: self._store.decision_inputs(
             request.customer_id, request.channel, request.request_id, candidates, now, lookback
-        )
+        ))
+        customer_id, hit, state, counters = inputs
         if hit is not None:
-            replay = self._replay(request, hit)
+            replay: Decision | None = yield Read(lambda: self._replay(request, hit))
             if replay is not None:
                 return DecideResult(replay, True)
         name, version, policy = catalog.policy_for(request.channel)
         customer = state or CustomerState(customer_id)
-        variables = cel_variables(customer, request.context, now)
+        variables = RuleInputs(cel_variables(customer, request.context, now))
         excluded: list[Exclusion] = []
         remaining: dict[str, Action] = {}
         for action_id in candidate_ids:
@@ -122,7 +181,7 @@ class DecisionEngine:
         while True:
             decision = self._draft(request, customer, name, version, policy, eligible, excluded, now)
             try:
-                stored = self._store.commit_decision(
+                stored: Decision = yield self._store.decision_write(
                     decision, eligible, policy.reward, lookback, request.body_hash, catalog.version
                 )
             except ReservationFailed as failed:
@@ -156,7 +215,7 @@ class DecisionEngine:
         now: Any,
     ) -> Decision:
         ids = list(eligible)
-        attributes = {aid: dict(eligible[aid].attributes) for aid in ids}
+        attributes = {aid: eligible[aid].attributes for aid in ids}  # the catalog's own (scorers cache by it)
         mode: PolicyMode = policy.mode
         probabilities = uniform(len(ids))
         if ids and mode == "online":

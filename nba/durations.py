@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import lru_cache
 
 _DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = timedelta(days=3660)
 
 
+@lru_cache(maxsize=4096)  # rules read their windows on every decision; the catalog has few distinct ones
 def parse_duration(text: str) -> timedelta:
     """Parse a duration such as `30s`, `15m`, `24h` or `7d`.
 

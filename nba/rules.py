@@ -41,7 +41,8 @@ class CompiledRule:
             self._program = cel.compile(source)
         except ValueError as exc:
             raise RuleCompileError(f"does not compile: {exc}") from exc
-        unknown = set(self._program.variables()) - variables
+        self.names = frozenset(self._program.variables())
+        unknown = self.names - variables
         if unknown:
             raise RuleCompileError(
                 f"unknown variable(s) {sorted(unknown)}: use only {sorted(variables)}"
@@ -49,8 +50,23 @@ class CompiledRule:
         self.source = source
 
     def evaluate(self, variables: Mapping[str, Any]) -> RuleResult:
+        return self._run(dict(variables))
+
+    def evaluate_for(self, inputs: RuleInputs, action: Mapping[str, Any]) -> RuleResult:
+        """Evaluate for one action; a rule that does not read `action` uses the decision's shared inputs."""
+        if "action" not in self.names:
+            try:
+                shared = inputs.shared()
+            except Exception as exc:  # a value CEL cannot represent: fail closed, as for any evaluation error
+                return RuleResult(False, f"{self.source} could not be evaluated: {exc}")
+            return self._run(shared)
+        values = {name: inputs.variables[name] for name in self.names if name in inputs.variables}
+        values["action"] = action
+        return self._run(values)
+
+    def _run(self, variables: dict[str, Any] | cel.Context) -> RuleResult:
         try:
-            value = self._program.execute(dict(variables))
+            value = self._program.execute(variables)
         except KeyError as exc:
             return RuleResult(False, f"{self.source} could not be evaluated: no such key {exc}")
         except Exception as exc:  # CEL runtime errors are not a stable exception type
@@ -60,3 +76,20 @@ class CompiledRule:
         if value is False:
             return RuleResult(False, f"{self.source} is false")
         return RuleResult(False, f"{self.source} evaluated to {value!r}, not a bool")
+
+
+class RuleInputs:
+    """One decision's rule variables (`customer`, `context`, `now`), converted to CEL at most once.
+
+    Converting variables costs far more than evaluating a compiled rule, so every rule that does not read
+    `action` shares one converted context; a rule that does gets only the variables it names.
+    """
+
+    def __init__(self, variables: Mapping[str, Any]) -> None:
+        self.variables = variables
+        self._shared: cel.Context | None = None
+
+    def shared(self) -> cel.Context:
+        if self._shared is None:
+            self._shared = cel.Context(variables=dict(self.variables))
+        return self._shared

@@ -9,6 +9,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from serving.body import check_body
+from serving.openapi import StrictBodies
 from serving.problems import HANDLERS
 from serving.routes import catalog, customers, decide, decisions, events, health
 from serving.runtime import Runtime
@@ -46,6 +47,7 @@ def create_app(runtime: Runtime) -> Litestar:
         on_startup=[lambda: runtime.start()],
         on_shutdown=[lambda: runtime.stop()],
         request_max_body_size=runtime.settings.max_body_bytes,
+        plugins=[StrictBodies()],
         openapi_config=OpenAPIConfig(
             title="Next-best-action service",
             version="1",

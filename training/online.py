@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from bandits.registry import Featurizer, PolicyModels
+from bandits.registry import Featurizer, PolicyModels, newest_usable
 from bandits.vw_args import build_args
-from bandits.vw_policy import ModelLoadError, VWPolicy
+from bandits.vw_policy import VWPolicy, model_checksum, model_fingerprint
 from nba.catalog import Policy
 from nba.catalog_view import CatalogView
 from nba.clock import Clock
@@ -130,16 +130,14 @@ class OnlineLearner:
         track = self._tracks.get((name, version))
         if track is None:
             args = build_args(policy.learner)
-            snapshot = self._store.latest_snapshot(name, version)
-            model = VWPolicy(args)
-            snapshot_id = 0
-            if snapshot is not None:
-                try:
-                    model = VWPolicy(args, snapshot.model, examples_learned=snapshot.examples)
-                    snapshot_id = snapshot.snapshot_id
-                except ModelLoadError as exc:
-                    log.error("learner: snapshot %d of %s v%d unusable, starting fresh: %s",
-                              snapshot.snapshot_id, name, version, exc)
+            found, rejected = newest_usable(self._store, name, version, args)
+            for refusal in rejected:
+                log.error("learner: snapshot %d of %s v%d unusable, not resuming from it: %s",
+                          refusal.snapshot_id, name, version, refusal.reason)
+            # Examples already counted in a refused snapshot are not relearned: they are lost with it.
+            model, snapshot_id = (found[0], found[1].snapshot_id) if found is not None else (VWPolicy(args), 0)
+            if found is None and rejected:
+                log.error("learner: no usable snapshot of %s v%d, starting fresh", name, version)
             track = _Track(model, published_examples=model.examples_learned, snapshot_id=snapshot_id)
             self._tracks[(name, version)] = track
         return track
@@ -175,8 +173,10 @@ class OnlineLearner:
             if not track.unsnapshotted:
                 continue
             seqs = list(track.unsnapshotted)
+            model = track.model.serialize()
             track.snapshot_id = self._store.save_snapshot(
-                name, version, track.model.serialize(), track.model.examples_learned, seqs, self._clock.now()
+                name, version, model, track.model.examples_learned, seqs, self._clock.now(),
+                checksum=model_checksum(model), fingerprint=model_fingerprint(track.model.args),
             )
             del track.unsnapshotted[: len(seqs)]
 

@@ -9,17 +9,32 @@ from nba.catalog_view import CatalogView
 from nba.errors import Conflict
 from nba.store import schema as t
 from nba.store.codec import dumps, loads
+from nba.store.prepared import Prepared, transaction_cache
 
-_CATALOG_VERSION = select(t.meta_kv.c.value).where(t.meta_kv.c.key == "catalog_version")
+_CATALOG_VERSION = Prepared(select(t.meta_kv.c.value).where(t.meta_kv.c.key == "catalog_version"))
 
 
 def catalog_version(conn: Connection) -> int:
-    value = conn.execute(_CATALOG_VERSION).scalar()
-    return int(value) if value is not None else 0
+    row = _CATALOG_VERSION.first(conn, {})
+    return int(row[0]) if row is not None and row[0] is not None else 0
+
+
+def catalog_version_in_transaction(conn: Connection) -> int:
+    """The catalog version, read once per group-commit transaction (which holds the catalog stable)."""
+    cache = transaction_cache(conn)
+    if cache is None:
+        return catalog_version(conn)
+    version = cache.get("catalog_version")
+    if version is None:
+        version = cache["catalog_version"] = catalog_version(conn)
+    return int(version)
 
 
 def bump_version(conn: Connection) -> int:
     version = catalog_version(conn) + 1
+    cache = transaction_cache(conn)
+    if cache is not None:
+        cache["catalog_version"] = version
     changed = conn.execute(
         update(t.meta_kv).where(t.meta_kv.c.key == "catalog_version").values(value=str(version))
     ).rowcount

@@ -4,24 +4,42 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, String, bindparam, func, select, update
 
 from nba.clock import epoch_ms
 from nba.store import schema as t
 from nba.store.codec import dumps, loads
+from nba.store.prepared import Prepared
 from nba.types import CustomerState, Event, EventOutcome
 
 Reducer = Callable[[CustomerState, Event], CustomerState]
 
 
-_RESOLVE = select(t.aliases.c.customer_id).where(t.aliases.c.alias == bindparam("alias"))
+_RESOLVE = select(t.aliases.c.customer_id).where(t.aliases.c.alias == bindparam("alias", type_=String))
 _STATE = select(t.customers.c.state).where(t.customers.c.customer_id == bindparam("customer_id"))
+# The canonical id and its state in one statement (the decide path's first read).
+_CANONICAL = func.coalesce(
+    select(t.aliases.c.customer_id).where(t.aliases.c.alias == bindparam("alias", type_=String)).scalar_subquery(),
+    bindparam("alias", type_=String),
+)
+_IDENTITY = Prepared(
+    select(
+        _CANONICAL.label("canonical"),
+        select(t.customers.c.state).where(t.customers.c.customer_id == _CANONICAL).scalar_subquery(),
+    )
+)
 
 
 def resolve(conn: Connection, customer_id: str) -> str:
     """The canonical id for an id or alias (an id nobody aliased is its own canonical id)."""
     canonical = conn.execute(_RESOLVE, {"alias": customer_id}).scalar()
     return str(canonical) if canonical is not None else customer_id
+
+
+def identity(conn: Connection, customer_id: str) -> tuple[str, CustomerState | None]:
+    """The canonical id for an id or alias, and that customer's state if events made one."""
+    canonical, raw = _IDENTITY.first(conn, {"alias": customer_id})
+    return str(canonical), None if raw is None else CustomerState.from_json(str(canonical), loads(raw))
 
 
 def aliases_of(conn: Connection, customer_id: str) -> list[str]:

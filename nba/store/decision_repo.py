@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, select, update
+from sqlalchemy import Connection, and_, bindparam, or_, select, update
 
 from nba.catalog import Action, RewardSpec
 from nba.clock import epoch_ms, from_epoch_ms, to_rfc3339
-from nba.constraints import CounterState, budget_window_start, counter_exclusion
+from nba.constraints import CounterState, counter_exclusion
 from nba.errors import CatalogChanged, IdempotencyConflict, NBAError
 from nba.store import schema as t
-from nba.store.catalog_repo import catalog_version as current_catalog
+from nba.store.catalog_repo import catalog_version_in_transaction as current_catalog
 from nba.store.codec import dumps, loads
+from nba.store.prepared import Prepared
 from nba.types import Contact, Decision, Exclusion, PolicyRef, SlotChoice
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -29,46 +30,83 @@ class ReservationFailed(NBAError):
         self.exclusion = exclusion
 
 
-# Statements on the decide path are built once; per call only parameters change (no per-call compile work).
-_CONTACTS = select(t.contacts.c.action_id, t.contacts.c.channel, t.contacts.c.at_ms).where(
-    t.contacts.c.customer_id == bindparam("customer_id"),
-    t.contacts.c.at_ms > bindparam("since_ms"),
-    t.contacts.c.status.in_(ACTIVE_CONTACT),
+# Statements on the decide path are compiled once per dialect and run on the driver (see prepared.py).
+_CONTACTS = Prepared(
+    select(t.contacts.c.action_id, t.contacts.c.channel, t.contacts.c.at_ms).where(
+        t.contacts.c.customer_id == bindparam("customer_id"),
+        t.contacts.c.at_ms > bindparam("since_ms"),
+        or_(*(t.contacts.c.status == status for status in ACTIVE_CONTACT)),
+    )
 )
 _BUDGET_KEY = and_(
     t.budget_counters.c.action_id == bindparam("b_action_id"),
     t.budget_counters.c.window_s == bindparam("b_window_s"),
     t.budget_counters.c.window_start_ms == bindparam("b_window_start_ms"),
 )
-_BUDGET_USED = select(t.budget_counters.c.used).where(_BUDGET_KEY)
-_BUDGET_BUMP = update(t.budget_counters).where(_BUDGET_KEY).values(used=t.budget_counters.c.used + 1)
-_BUDGET_NEW = t.budget_counters.insert()
-_CONTACT_NEW = t.contacts.insert()
-_DECISION_NEW = t.decisions.insert()
-_SLOTS_NEW = t.decision_slots.insert()
-_IDEMPOTENCY = select(t.idempotency.c.body_hash, t.idempotency.c.decision_id, t.idempotency.c.created_ms).where(
-    t.idempotency.c.channel == bindparam("i_channel"), t.idempotency.c.request_id == bindparam("i_request_id")
+_BUDGET_USED = Prepared(select(t.budget_counters.c.used).where(_BUDGET_KEY))
+# Take one unit only while some are left: the check and the increment are one statement.
+_BUDGET_TAKE = Prepared(
+    update(t.budget_counters)
+    .where(_BUDGET_KEY, t.budget_counters.c.used < bindparam("b_limit"))
+    .values(used=t.budget_counters.c.used + 1)
 )
+_BUDGET_NEW = Prepared(t.budget_counters.insert())
+_CONTACT_NEW = Prepared(
+    t.contacts.insert().values({c.name: bindparam(c.name) for c in t.contacts.columns if c.name != "id"})
+)
+_DECISION_NEW = Prepared(t.decisions.insert())
+_SLOT_NEW = Prepared(t.decision_slots.insert())
+_IDEMPOTENCY = Prepared(
+    select(t.idempotency.c.body_hash, t.idempotency.c.decision_id, t.idempotency.c.created_ms).where(
+        t.idempotency.c.channel == bindparam("i_channel"), t.idempotency.c.request_id == bindparam("i_request_id")
+    )
+)
+_IDEMPOTENCY_DROP = Prepared(
+    t.idempotency.delete().where(
+        t.idempotency.c.channel == bindparam("i_channel"), t.idempotency.c.request_id == bindparam("i_request_id")
+    )
+)
+_IDEMPOTENCY_NEW = Prepared(t.idempotency.insert())
+_budget_reads: dict[int, Prepared] = {}
+
+
+def _budget_read(count: int) -> Prepared:
+    """Current use of `count` budget windows in one statement (one prepared statement per count)."""
+    found = _budget_reads.get(count)
+    if found is None:
+        c = t.budget_counters.c
+        keys = [
+            and_(c.action_id == bindparam(f"a{i}"), c.window_s == bindparam(f"s{i}"),
+                 c.window_start_ms == bindparam(f"w{i}"))
+            for i in range(count)
+        ]
+        found = _budget_reads[count] = Prepared(select(c.action_id, c.used).where(or_(*keys)))
+    return found
 
 
 def load_contacts(conn: Connection, customer_id: str, since_ms: int) -> list[Contact]:
-    rows = conn.execute(_CONTACTS, {"customer_id": customer_id, "since_ms": since_ms})
-    return [Contact(r.action_id, r.channel, from_epoch_ms(r.at_ms)) for r in rows]
+    rows = _CONTACTS.rows(conn, {"customer_id": customer_id, "since_ms": since_ms})
+    return [Contact(action_id, channel, from_epoch_ms(at_ms)) for action_id, channel, at_ms in rows]
+
+
+def _budget_window(action: Action, now_ms: int) -> tuple[int, int]:
+    """(window length in seconds, window start in epoch ms) of the budget window containing now."""
+    assert action.budget is not None
+    window_s = int(action.budget.window_delta.total_seconds())
+    return window_s, now_ms // (window_s * 1000) * window_s * 1000
 
 
 def load_budget_used(conn: Connection, actions: Mapping[str, Action], now_ms: int) -> dict[str, int]:
-    used: dict[str, int] = {}
-    now = from_epoch_ms(now_ms)
-    for action_id, action in actions.items():
-        if action.budget is None:
-            continue
-        window = action.budget.window_delta
-        start_ms = epoch_ms(budget_window_start(now, window))
-        value = conn.execute(
-            _BUDGET_USED,
-            {"b_action_id": action_id, "b_window_s": int(window.total_seconds()), "b_window_start_ms": start_ms},
-        ).scalar()
-        used[action_id] = int(value or 0)
+    budgeted = [(action_id, action) for action_id, action in actions.items() if action.budget is not None]
+    if not budgeted:
+        return {}
+    params: dict[str, Any] = {}
+    for index, (action_id, action) in enumerate(budgeted):
+        params[f"s{index}"], params[f"w{index}"] = _budget_window(action, now_ms)
+        params[f"a{index}"] = action_id
+    used = {action_id: 0 for action_id, _ in budgeted}
+    for action_id, value in _budget_read(len(budgeted)).rows(conn, params):
+        used[action_id] = int(value)
     return used
 
 
@@ -82,49 +120,54 @@ def load_counters(
 
 def find_idempotent(conn: Connection, channel: str, request_id: str, now_ms: int) -> tuple[str, str] | None:
     """(body hash, decision id) of a fresh decision made under this key, if any."""
-    row = conn.execute(_IDEMPOTENCY, {"i_channel": channel, "i_request_id": request_id}).first()
-    if row is None or now_ms - row.created_ms > IDEMPOTENCY_TTL.total_seconds() * 1000:
+    row = _IDEMPOTENCY.first(conn, {"i_channel": channel, "i_request_id": request_id})
+    if row is None or now_ms - row[2] > IDEMPOTENCY_TTL.total_seconds() * 1000:
         return None
-    return str(row.body_hash), str(row.decision_id)
+    return str(row[0]), str(row[1])
 
 
 def _reserve(
     conn: Connection, decision: Decision, actions: Mapping[str, Action], lookback: timedelta, now_ms: int
 ) -> None:
-    chosen = {c.action_id: actions[c.action_id] for c in decision.actions}
-    counters = load_counters(conn, decision.customer_id, chosen, now_ms, lookback)
+    """Re-check the chosen actions' counter rules in the writing transaction, then take their units."""
+    chosen = [(c, actions[c.action_id]) for c in decision.actions]
     now = from_epoch_ms(now_ms)
+    if any(action.caps or action.cooldown_delta is not None for _, action in chosen):
+        since_ms = now_ms - int(lookback.total_seconds() * 1000)
+        counters = CounterState(load_contacts(conn, decision.customer_id, since_ms), {})
+        for choice, action in chosen:
+            exclusion = counter_exclusion(choice.action_id, action, decision.channel, counters, now)
+            if exclusion is not None:
+                raise ReservationFailed(exclusion)
     status = "reserved" if decision.deferred else "counted"
-    for choice in decision.actions:
-        action = chosen[choice.action_id]
-        exclusion = counter_exclusion(choice.action_id, action, decision.channel, counters, now)
-        if exclusion is not None:
-            raise ReservationFailed(exclusion)
+    for choice, action in chosen:
         window_s: int | None = None
         window_ms: int | None = None
         if action.budget is not None:
-            window = action.budget.window_delta
-            window_s = int(window.total_seconds())
-            window_ms = epoch_ms(budget_window_start(now, window))
-            key = {"b_action_id": choice.action_id, "b_window_s": window_s, "b_window_start_ms": window_ms}
-            if not conn.execute(_BUDGET_BUMP, key).rowcount:
-                conn.execute(
-                    _BUDGET_NEW,
-                    {"action_id": choice.action_id, "window_s": window_s, "window_start_ms": window_ms, "used": 1},
-                )
-        conn.execute(
-            _CONTACT_NEW,
-            dict(
-                customer_id=decision.customer_id,
-                action_id=choice.action_id,
-                channel=decision.channel,
-                at_ms=now_ms,
-                decision_id=decision.decision_id,
-                status=status,
-                budget_window_s=window_s,
-                budget_window_ms=window_ms,
-            )
-        )
+            window_s, window_ms = _budget_window(action, now_ms)
+            _take_budget(conn, choice.action_id, action, window_s, window_ms, now)
+        _CONTACT_NEW.execute(conn, {
+            "customer_id": decision.customer_id, "action_id": choice.action_id,
+            "channel": decision.channel, "at_ms": now_ms, "decision_id": decision.decision_id, "status": status,
+            "budget_window_s": window_s, "budget_window_ms": window_ms,
+        })
+
+
+def _take_budget(conn: Connection, action_id: str, action: Action, window_s: int, window_ms: int,
+                 now: datetime) -> None:
+    assert action.budget is not None
+    key = {"b_action_id": action_id, "b_window_s": window_s, "b_window_start_ms": window_ms}
+    if _BUDGET_TAKE.execute(conn, {**key, "b_limit": action.budget.limit}).rowcount:
+        return
+    row = _BUDGET_USED.first(conn, key)
+    if row is None and action.budget.limit > 0:
+        _BUDGET_NEW.execute(conn, {"action_id": action_id, "window_s": window_s, "window_start_ms": window_ms,
+                                   "used": 1})
+        return
+    used = int(row[0]) if row is not None else 0
+    exclusion = counter_exclusion(action_id, action, "", CounterState((), {action_id: used}), now)
+    assert exclusion is not None
+    raise ReservationFailed(exclusion)
 
 
 def _body(decision: Decision, reward: RewardSpec) -> dict[str, Any]:
@@ -159,6 +202,7 @@ def insert_decision(
         if current_catalog(conn) != catalog_version:
             raise CatalogChanged("the catalog changed during the decision")
     if decision.request_id is not None and body_hash is not None:
+        key = {"i_channel": decision.channel, "i_request_id": decision.request_id}
         existing = find_idempotent(conn, decision.channel, decision.request_id, now_ms)
         if existing is not None:
             if existing[0] != body_hash:
@@ -168,59 +212,36 @@ def insert_decision(
             found = get_decision(conn, existing[1])
             if found is not None:
                 return found
-        conn.execute(
-            t.idempotency.delete().where(
-                t.idempotency.c.channel == decision.channel, t.idempotency.c.request_id == decision.request_id
-            )
-        )
-        conn.execute(
-            t.idempotency.insert().values(
-                channel=decision.channel,
-                request_id=decision.request_id,
-                body_hash=body_hash,
-                decision_id=decision.decision_id,
-                created_ms=now_ms,
-            )
-        )
+        _IDEMPOTENCY_DROP.execute(conn, key)
+        _IDEMPOTENCY_NEW.execute(conn, {
+            "channel": decision.channel, "request_id": decision.request_id, "body_hash": body_hash,
+            "decision_id": decision.decision_id, "created_ms": now_ms,
+        })
     _reserve(conn, decision, actions, lookback, now_ms)
     window_ms = int(reward.window_delta.total_seconds() * 1000)
-    conn.execute(
-        _DECISION_NEW,
-        dict(
-            decision_id=decision.decision_id,
-            customer_id=decision.customer_id,
-            channel=decision.channel,
-            policy_name=decision.policy.name,
-            policy_version=decision.policy.version,
-            mode=decision.policy.mode,
-            created_ms=now_ms,
-            request_id=decision.request_id,
-            deferred=decision.deferred,
-            activated_ms=None,
-            window_end_ms=None if decision.deferred or not decision.actions else now_ms + window_ms,
-            release_ms=now_ms + window_ms if decision.deferred and decision.actions else None,
-            state="open" if decision.actions else "final",
-            body=dumps(_body(decision, reward)),
-        )
-    )
+    _DECISION_NEW.execute(conn, {
+        "decision_id": decision.decision_id,
+        "customer_id": decision.customer_id,
+        "channel": decision.channel,
+        "policy_name": decision.policy.name,
+        "policy_version": decision.policy.version,
+        "mode": decision.policy.mode,
+        "created_ms": now_ms,
+        "request_id": decision.request_id,
+        "deferred": decision.deferred,
+        "activated_ms": None,
+        "window_end_ms": None if decision.deferred or not decision.actions else now_ms + window_ms,
+        "release_ms": now_ms + window_ms if decision.deferred and decision.actions else None,
+        "state": "open" if decision.actions else "final",
+        "body": dumps(_body(decision, reward)),
+    })
     if not decision.actions:
         decision.state = "final"
-    if decision.actions:
-        conn.execute(
-            _SLOTS_NEW,
-            [
-                {
-                    "decision_id": decision.decision_id,
-                    "slot": c.slot,
-                    "action_id": c.action_id,
-                    "probability": c.probability,
-                    "reward_sum": 0.0,
-                    "reward_count": 0,
-                    "final": False,
-                }
-                for c in decision.actions
-            ],
-        )
+    for c in decision.actions:
+        _SLOT_NEW.execute(conn, {
+            "decision_id": decision.decision_id, "slot": c.slot, "action_id": c.action_id,
+            "probability": c.probability, "reward_sum": 0.0, "reward_count": 0, "final": False,
+        })
     return decision
 
 

@@ -61,12 +61,20 @@ def lock_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+SHARED = "shared:"
+
+
 def lock_keys(conn: Connection, keys: list[str]) -> None:
     """Take transaction-scoped advisory locks (PostgreSQL) in a fixed order, so batches never deadlock.
 
-    On SQLite the write transaction already excludes every other writer, so this does nothing.
+    A key written `shared:<key>` takes the lock in shared mode (readers of something that `<key>` writers
+    change); a batch that needs both modes of one key takes it exclusively. On SQLite the write transaction
+    already excludes every other writer, so this does nothing.
     """
     if conn.dialect.name != "postgresql":
         return
-    for key_id in sorted({lock_id(k) for k in keys}):
-        conn.execute(select(func.pg_advisory_xact_lock(key_id)))
+    exclusive = {lock_id(k) for k in keys if not k.startswith(SHARED)}
+    shared = {lock_id(k[len(SHARED):]) for k in keys if k.startswith(SHARED)} - exclusive
+    for key_id in sorted(exclusive | shared):
+        lock = func.pg_advisory_xact_lock_shared if key_id in shared else func.pg_advisory_xact_lock
+        conn.execute(select(lock(key_id)))

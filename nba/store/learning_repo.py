@@ -25,9 +25,14 @@ class JoinedExample:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """A stored model with what its writer recorded to verify it by: the checksum of `model` as serialized and
+    the fingerprint of what it was trained with. Both are None on legacy snapshots (saved before schema v2)."""
+
     snapshot_id: int
     examples: int
     model: bytes
+    checksum: str | None = None
+    fingerprint: str | None = None
 
 
 def pending_examples(
@@ -52,12 +57,17 @@ def pending_examples(
 
 def save_snapshot(
     conn: Connection, policy: str, version: int, model: bytes, examples: int, seqs: Sequence[int], now_ms: int,
-    keep: int = 5,
+    keep: int = 5, *, checksum: str | None = None, fingerprint: str | None = None,
 ) -> int:
-    """Store a model snapshot and mark the examples it contains, in one transaction."""
+    """Store a model snapshot and mark the examples it contains, in one transaction.
+
+    `checksum` and `fingerprint` are stored as given, not computed here: only the writer knows what the bytes
+    should be, and a store that hashed whatever it received would vouch for bytes damaged on the way in.
+    """
     inserted = conn.execute(
         t.model_snapshots.insert().values(
-            policy_name=policy, policy_version=version, created_ms=now_ms, examples=examples, model=model
+            policy_name=policy, policy_version=version, created_ms=now_ms, examples=examples, model=model,
+            checksum=checksum, fingerprint=fingerprint,
         )
     ).inserted_primary_key
     assert inserted is not None
@@ -82,18 +92,23 @@ def save_snapshot(
     return int(snapshot_id)
 
 
-def latest_snapshot(conn: Connection, policy: str, version: int, newer_than: int = 0) -> Snapshot | None:
-    row = conn.execute(
-        select(t.model_snapshots.c.id, t.model_snapshots.c.examples, t.model_snapshots.c.model)
-        .where(
-            t.model_snapshots.c.policy_name == policy,
-            t.model_snapshots.c.policy_version == version,
-            t.model_snapshots.c.id > newer_than,
-        )
-        .order_by(t.model_snapshots.c.id.desc())
+def latest_snapshot(
+    conn: Connection, policy: str, version: int, newer_than: int = 0, older_than: int | None = None
+) -> Snapshot | None:
+    """The newest snapshot with `newer_than < id`, and `id < older_than` when given (to step back past one)."""
+    s = t.model_snapshots.c
+    query = (
+        select(s.id, s.examples, s.model, s.checksum, s.fingerprint)
+        .where(s.policy_name == policy, s.policy_version == version, s.id > newer_than)
+        .order_by(s.id.desc())
         .limit(1)
-    ).first()
-    return None if row is None else Snapshot(int(row.id), int(row.examples), bytes(row.model))
+    )
+    if older_than is not None:
+        query = query.where(s.id < older_than)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    return Snapshot(int(row.id), int(row.examples), bytes(row.model), row.checksum, row.fingerprint)
 
 
 def try_lease(conn: Connection, name: str, holder: str, now_ms: int, ttl_ms: int) -> bool:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
     select,
 )
 
@@ -190,6 +191,11 @@ model_snapshots = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("examples", BigInteger, nullable=False),
     Column("model", LargeBinary, nullable=False),
+    # Written by the learner from the bytes it serialized, so damage after the save is detectable; NULL on
+    # snapshots saved before schema v2 (legacy: nothing to verify them against).
+    Column("checksum", String(80)),
+    # What the model was trained with (feature encoding and Vowpal Wabbit arguments); NULL on legacy snapshots.
+    Column("fingerprint", Text),
     Index("ix_snapshots_policy", "policy_name", "policy_version", "id"),
 )
 
@@ -206,7 +212,24 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]
+def _add_missing_columns(conn: Connection, table: Table, names: list[str]) -> None:
+    """`ALTER TABLE ... ADD COLUMN` for each named (nullable) column the table lacks.
+
+    A database created at this code's version already has them: `_v1` creates tables from the current metadata.
+    """
+    present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in present:
+            column = table.c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+
+
+def _v2(conn: Connection) -> None:
+    _add_missing_columns(conn, model_snapshots, ["checksum", "fingerprint"])
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
 
 
 def current_version(conn: Connection) -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,11 +20,20 @@ from nba.errors import StoreUnavailable
 from nba.store import catalog_repo, customer_repo, decision_repo, learning_repo, outcome_repo
 from nba.store.batcher import WriteBatcher
 from nba.store.customer_repo import Reducer
-from nba.store.engine import make_engine
+from nba.store.engine import SHARED, make_engine
+from nba.store.prepared import AUTOCOMMIT_READS
 from nba.store.schema import migrate
 from nba.types import CustomerState, Decision, Event, EventOutcome
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WriteJob(Generic[T]):
+    """A write for the group-commit writer: `fn` runs in the shared transaction under the advisory `keys`."""
+
+    fn: Callable[[Connection], T]
+    keys: Sequence[str]
 
 
 class Store:
@@ -31,6 +43,7 @@ class Store:
         self.url = url
         self._reader = make_engine(url, writer=False, synchronous=synchronous)
         self._writer_engine = make_engine(url, writer=True, synchronous=synchronous)
+        self._thread_reader = threading.local()
         self._migrate()
         self._batcher = WriteBatcher(self._writer_engine, max_batch=max_batch)
 
@@ -56,8 +69,43 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"the store could not be read: {exc.__class__.__name__}") from exc
 
+    def read_now(self, fn: Callable[[Connection], T]) -> T:
+        """A read on the decide path: on SQLite, on this thread's own connection and without a transaction.
+
+        A pool checkout and a BEGIN cost more than SQLite takes to answer the few statements a decision
+        reads. Each statement then sees its own snapshot, which the decide path accepts: the statements
+        it reads with are self-contained, and every counter rule is checked again when the decision is
+        written. Elsewhere (PostgreSQL) this is `read`.
+        """
+        if not self.local:
+            return self.read(fn)
+        conn: Connection | None = getattr(self._thread_reader, "conn", None)
+        try:
+            if conn is None:
+                conn = self._reader.connect()
+                conn.info[AUTOCOMMIT_READS] = True
+                self._thread_reader.conn = conn
+            result = fn(conn)
+            if conn.in_transaction():  # a statement run through SQLAlchemy began one: do not pin a snapshot
+                conn.rollback()
+            return result
+        except SQLAlchemyError as exc:
+            self._thread_reader.conn = None
+            if conn is not None:
+                conn.invalidate()
+            raise StoreUnavailable(f"the store could not be read: {exc.__class__.__name__}") from exc
+
     def write(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> T:
         return self._batcher.submit(fn, keys)
+
+    def write_async(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> asyncio.Future[T]:
+        """`write` for a coroutine running in an event loop: await the committed result."""
+        return self._batcher.submit_async(fn, keys)
+
+    @property
+    def local(self) -> bool:
+        """Whether the database is a local file (SQLite): its reads take microseconds and may run inline."""
+        return self._reader.dialect.name == "sqlite"
 
     def ping(self) -> None:
         self.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
@@ -123,16 +171,34 @@ class Store:
         ms = epoch_ms(now)
 
         def read(conn: Connection) -> tuple[str, tuple[str, str] | None, CustomerState | None, CounterState]:
-            canonical = customer_repo.resolve(conn, customer_id)
+            canonical, state = customer_repo.identity(conn, customer_id)
             hit = decision_repo.find_idempotent(conn, channel, request_id, ms) if request_id else None
-            state = customer_repo.load_state(conn, canonical)
             counters = decision_repo.load_counters(conn, canonical, actions, ms, lookback)
             return canonical, hit, state, counters
 
-        return self.read(read)
+        return self.read_now(read)
 
     def find_idempotent(self, channel: str, request_id: str, now: datetime) -> tuple[str, str] | None:
         return self.read(lambda c: decision_repo.find_idempotent(c, channel, request_id, epoch_ms(now)))
+
+    def decision_write(
+        self,
+        decision: Decision,
+        actions: Mapping[str, Action],
+        reward: RewardSpec,
+        lookback: timedelta,
+        body_hash: str | None,
+        catalog_version: int | None = None,
+    ) -> WriteJob[Decision]:
+        """The write that reserves a decision's units and logs it (run it with `write` or `write_async`)."""
+        keys = [f"customer:{decision.customer_id}", f"{SHARED}catalog"]  # the catalog stays as checked
+        keys += [f"budget:{c.action_id}" for c in decision.actions if actions[c.action_id].budget is not None]
+        if decision.request_id is not None:
+            keys.append(f"idem:{decision.channel}:{decision.request_id}")
+        return WriteJob(
+            lambda c: decision_repo.insert_decision(c, decision, actions, reward, lookback, body_hash, catalog_version),
+            keys,
+        )
 
     def commit_decision(
         self,
@@ -143,14 +209,8 @@ class Store:
         body_hash: str | None,
         catalog_version: int | None = None,
     ) -> Decision:
-        keys = [f"customer:{decision.customer_id}"]
-        keys += [f"budget:{c.action_id}" for c in decision.actions if actions[c.action_id].budget is not None]
-        if decision.request_id is not None:
-            keys.append(f"idem:{decision.channel}:{decision.request_id}")
-        return self.write(
-            lambda c: decision_repo.insert_decision(c, decision, actions, reward, lookback, body_hash, catalog_version),
-            keys,
-        )
+        job = self.decision_write(decision, actions, reward, lookback, body_hash, catalog_version)
+        return self.write(job.fn, job.keys)
 
     def get_decision(self, decision_id: str, with_rewards: bool = True) -> Decision | None:
         return self.read(lambda c: decision_repo.get_decision(c, decision_id, with_rewards))
@@ -189,15 +249,20 @@ class Store:
         return self.read(lambda c: learning_repo.pending_examples(c, policy, version, after_seq, limit))
 
     def save_snapshot(
-        self, policy: str, version: int, model: bytes, examples: int, seqs: Sequence[int], now: datetime
+        self, policy: str, version: int, model: bytes, examples: int, seqs: Sequence[int], now: datetime, *,
+        checksum: str | None = None, fingerprint: str | None = None,
     ) -> int:
+        """Store a model; `checksum` and `fingerprint` come from the learner that serialized it (None: legacy)."""
         return self.write(
-            lambda c: learning_repo.save_snapshot(c, policy, version, model, examples, seqs, epoch_ms(now)),
+            lambda c: learning_repo.save_snapshot(c, policy, version, model, examples, seqs, epoch_ms(now),
+                                                  checksum=checksum, fingerprint=fingerprint),
             [f"snapshot:{policy}"],
         )
 
-    def latest_snapshot(self, policy: str, version: int, newer_than: int = 0) -> learning_repo.Snapshot | None:
-        return self.read(lambda c: learning_repo.latest_snapshot(c, policy, version, newer_than))
+    def latest_snapshot(
+        self, policy: str, version: int, newer_than: int = 0, older_than: int | None = None
+    ) -> learning_repo.Snapshot | None:
+        return self.read(lambda c: learning_repo.latest_snapshot(c, policy, version, newer_than, older_than))
 
     def try_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
         return self.write(

@@ -14,6 +14,7 @@ from nba.catalog import Action, EventType, Policy
 from nba.errors import ActionNotFound, InvalidInput, PolicyNotFound
 from nba.ids import ID_REGEX, NAME_REGEX
 from serving.auth import require
+from serving.openapi import NO_ROUTE, ProblemOperation, answers
 from serving.runtime import Runtime
 
 ActionId = Annotated[str, Parameter(pattern=ID_REGEX)]
@@ -29,7 +30,8 @@ def _dump(model: Any, **extra: Any) -> dict[str, Any]:
     return {**extra, **model.model_dump(mode="json", by_alias=True)}
 
 
-@put("/v1/actions/{action_id:str}", guards=[require("admin")], tags=["catalog"], summary="Create or replace an action")
+@put("/v1/actions/{action_id:str}", guards=[require("admin")], tags=["catalog"], summary="Create or replace an action",
+     responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
 async def put_action(request: Request[Any, Any, Any], action_id: ActionId, data: Action) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
     created = await to_thread.run_sync(runtime.store.put_action, action_id, data, runtime.clock.now())
@@ -37,14 +39,16 @@ async def put_action(request: Request[Any, Any, Any], action_id: ActionId, data:
     return Response(_dump(data, action_id=action_id), status_code=201 if created else 200)
 
 
-@get("/v1/actions", guards=[require("analyst")], sync_to_thread=False, tags=["catalog"], summary="The catalog")
+@get("/v1/actions", guards=[require("analyst")], sync_to_thread=False, tags=["catalog"], summary="The catalog",
+     responses=answers(401, 403))
 def list_actions(request: Request[Any, Any, Any]) -> dict[str, Any]:
     view = _runtime(request).catalog()
     return {"items": [_dump(a, action_id=aid) for aid, a in sorted(view.actions.items())]}
 
 
 @get("/v1/actions/{action_id:str}", guards=[require("analyst")], sync_to_thread=False, tags=["catalog"],
-     summary="One action")
+     summary="One action", operation_class=ProblemOperation,
+     responses=answers(401, 403, (404, "No action with this id"), 422))
 def get_action(request: Request[Any, Any, Any], action_id: ActionId) -> dict[str, Any]:
     action = _runtime(request).catalog().actions.get(action_id)
     if action is None:
@@ -53,7 +57,8 @@ def get_action(request: Request[Any, Any, Any], action_id: ActionId) -> dict[str
 
 
 @delete("/v1/actions/{action_id:str}", guards=[require("admin")], tags=["catalog"],
-        summary="Remove an action (its counters are kept)")
+        summary="Remove an action (its counters are kept)", operation_class=ProblemOperation,
+        responses=answers(401, 403, (404, "No action with this id"), 422, 503))
 async def delete_action(request: Request[Any, Any, Any], action_id: ActionId) -> None:
     runtime = _runtime(request)
     if not await to_thread.run_sync(runtime.store.delete_action, action_id):
@@ -69,7 +74,9 @@ def _check_learner(policy: Policy) -> None:
 
 
 @put("/v1/policies/{name:str}", guards=[require("admin")], tags=["policies"],
-     summary="Create or replace a policy; a changed policy gets a new version")
+     summary="Create or replace a policy; a changed policy gets a new version",
+     responses=answers(201, 400, 401, 403, NO_ROUTE, (409, "A channel it names is served by another policy"), 413,
+                       422, 503, body=dict[str, Any]))
 async def put_policy(request: Request[Any, Any, Any], name: PolicyName, data: Policy) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
     _check_learner(data)
@@ -78,14 +85,16 @@ async def put_policy(request: Request[Any, Any, Any], name: PolicyName, data: Po
     return Response(_dump(data, name=name, version=str(version)), status_code=201 if created else 200)
 
 
-@get("/v1/policies", guards=[require("analyst")], sync_to_thread=False, tags=["policies"], summary="All policies")
+@get("/v1/policies", guards=[require("analyst")], sync_to_thread=False, tags=["policies"], summary="All policies",
+     responses=answers(401, 403))
 def list_policies(request: Request[Any, Any, Any]) -> dict[str, Any]:
     view = _runtime(request).catalog()
     return {"items": [_dump(p, name=n, version=str(v)) for n, (v, p) in sorted(view.policies.items())]}
 
 
 @get("/v1/policies/{name:str}", guards=[require("analyst")], sync_to_thread=False, tags=["policies"],
-     summary="One policy")
+     summary="One policy", operation_class=ProblemOperation,
+     responses=answers(401, 403, (404, "No policy with this name"), 422))
 def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, Any]:
     entry = _runtime(request).catalog().policies.get(name)
     if entry is None:
@@ -94,7 +103,8 @@ def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, A
 
 
 @put("/v1/event-types/{type:str}", guards=[require("admin")], tags=["events"],
-     summary="Register or replace an event type's schema")
+     summary="Register or replace an event type's schema",
+     responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
 async def put_event_type(
     request: Request[Any, Any, Any], type: PolicyName, data: EventType  # noqa: A002 - the API names it `type`
 ) -> Response[dict[str, Any]]:
@@ -105,7 +115,7 @@ async def put_event_type(
 
 
 @get("/v1/event-types", guards=[require("analyst")], sync_to_thread=False, tags=["events"],
-     summary="The event-type registry")
+     summary="The event-type registry", responses=answers(401, 403))
 def list_event_types(request: Request[Any, Any, Any]) -> dict[str, Any]:
     view = _runtime(request).catalog()
     return {"items": [_dump(e, type=n) for n, e in sorted(view.event_types.items())]}

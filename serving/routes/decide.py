@@ -18,6 +18,7 @@ from nba.ids import ID_REGEX, NAME_REGEX
 from nba.types import Decision
 from serving.auth import require
 from serving.metrics import DECIDE_LATENCY, DECISIONS
+from serving.openapi import NO_ROUTE, ProblemOperation, answers
 from serving.routes.types import FlatMap, Id, Name
 from serving.runtime import Runtime
 
@@ -113,13 +114,17 @@ def _decide(runtime: Runtime, body: DecideBody) -> DecisionOut:
 
 @post("/v1/decide", status_code=200, guards=[require("channel")], sync_to_thread=True, tags=["decide"],
       opt={"body": DecideBody},
-      summary="Decide the next best action(s) for a customer on a channel")
+      summary="Decide the next best action(s) for a customer on a channel",
+      responses=answers(400, 401, 403, (409, "The request_id was used with a different body within 24 h"), 413,
+                        422, 503))
 def decide(request: Request[Any, Any, Any], data: DecideBody) -> DecisionOut:
     return _decide(request.app.state.runtime, data)
 
 
 @get("/v1/customers/{customer_id:str}/next", guards=[require("channel")], sync_to_thread=True, tags=["decide"],
-     summary="The current next best action for a channel that polls (logged like any decision)")
+     summary="The current next best action for a channel that polls (logged like any decision)",
+     operation_class=ProblemOperation,
+     responses=answers(401, 403, NO_ROUTE, 422, 503))
 def next_action(
     request: Request[Any, Any, Any],
     customer_id: Annotated[str, Parameter(pattern=ID_REGEX)],

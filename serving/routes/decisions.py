@@ -14,6 +14,7 @@ from nba.errors import DecisionNotFound, InvalidInput
 from nba.ids import ID_REGEX
 from serving.auth import require
 from serving.metrics import REWARDS
+from serving.openapi import ProblemOperation, answers
 from serving.routes.decide import DecisionOut, decision_out
 from serving.runtime import Runtime
 
@@ -50,7 +51,8 @@ class LoggedDecisionOut(DecisionOut, kw_only=True):
 
 
 @post("/v1/decisions/{decision_id:str}/reward", status_code=202, guards=[require("channel")], sync_to_thread=True,
-      tags=["outcomes"], opt={"body": RewardBody}, summary="Report the outcome of a decision")
+      tags=["outcomes"], opt={"body": RewardBody}, summary="Report the outcome of a decision",
+      responses=answers(400, 401, 403, (404, "No decision with this id"), 413, 422, 503))
 def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data: RewardBody) -> Accepted:
     runtime: Runtime = request.app.state.runtime
     if not math.isfinite(data.value):
@@ -61,14 +63,18 @@ def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data: Rewar
 
 
 @post("/v1/decisions/{decision_id:str}/activate", status_code=202, guards=[require("channel")],
-      sync_to_thread=True, tags=["outcomes"], summary="A deferred decision's action was shown after all")
+      sync_to_thread=True, tags=["outcomes"], summary="A deferred decision's action was shown after all",
+      operation_class=ProblemOperation,
+      responses=answers(401, 403, (404, "No decision with this id"),
+                        (409, "The decision was not deferred, or its reservation was already released"), 422, 503))
 def activate(request: Request[Any, Any, Any], decision_id: DecisionId) -> Accepted:
     runtime: Runtime = request.app.state.runtime
     return Accepted(decision_id, runtime.store.activate(decision_id, runtime.clock.now()))
 
 
 @get("/v1/decisions/{decision_id:str}", guards=[require("analyst")], sync_to_thread=True, tags=["read"],
-     summary="The whole logged decision with its rewards")
+     summary="The whole logged decision with its rewards", operation_class=ProblemOperation,
+     responses=answers(401, 403, (404, "No decision with this id"), 422, 503))
 def get_decision(request: Request[Any, Any, Any], decision_id: DecisionId) -> LoggedDecisionOut:
     runtime: Runtime = request.app.state.runtime
     decision = runtime.store.get_decision(decision_id)

@@ -14,6 +14,7 @@ from nba.ids import new_id
 from nba.types import Event
 from serving.auth import require
 from serving.metrics import EVENTS
+from serving.openapi import answers
 from serving.routes.types import Id, Key, Name
 from serving.runtime import Runtime
 
@@ -41,7 +42,7 @@ EventsBody = EventIn | Annotated[list[EventIn], msgspec.Meta(min_length=1, max_l
 
 @post("/v1/events", status_code=202, guards=[require("channel")], sync_to_thread=True, tags=["events"],
       opt={"body": EventsBody},
-      summary="Ingest one event or a list of up to 1,000")
+      summary="Ingest one event or a list of up to 1,000", responses=answers(400, 401, 403, 413, 422, 503))
 def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[EventResult]:
     runtime: Runtime = request.app.state.runtime
     items = data if isinstance(data, list) else [data]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import MediaType, Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nba.errors import StoreUnavailable
@@ -12,7 +13,9 @@ from serving.runtime import Runtime
 
 
 @get("/health", sync_to_thread=True, tags=["ops"], security=[{}],
-     summary="200 when the store and the models are usable")
+     summary="200 when the store and the models are usable",
+     responses={503: ResponseSpec(dict[str, Any], generate_examples=False,
+                                  description="The store is unusable; the body says so, as for 200")})
 def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     runtime: Runtime = request.app.state.runtime
     store_ok, store_msg = True, "ok"

@@ -124,3 +124,23 @@ def test_concurrent_scoring_and_learning_stay_consistent() -> None:
     for probabilities in results:
         _assert_distribution(probabilities, 3)
     assert policy.examples_learned == 50
+
+
+# Finite numbers that once made Vowpal Wabbit score NaN: a product of features beyond float32, or a tiny magnitude
+# its parser reads as infinity. `bandits/vw_text.py` bounds every value, so each is scored and learned from.
+EXTREMES = [1e308, -1e308, 1.7976931348623157e308, 3.4e38, 1e20, 1e-160, -1e-200, 5e-324]
+
+
+@pytest.mark.parametrize("vw_args", ["", "--interactions CUA", "--interactions CCA --interactions UAA -q CA"],
+                         ids=["default order 2", "order 3", "order 3 with repeats"])
+@pytest.mark.parametrize("value", EXTREMES, ids=str)
+def test_extreme_numbers_in_every_namespace_are_scored_and_learned(vw_args: str, value: float) -> None:
+    policy = VWPolicy(build_args(Learner(vw_args=vw_args)))
+    shared = {"C": {"amount": value, "x": 1.0}, "U": {"balance": value, "n_visit": 2.0}}
+    actions = [{"A": {"id=a": 1.0, "price": value}}, {"A": {"id=b": 1.0, "price": -value}}, {"A": {"id=c": 1.0}}]
+    for chosen in range(len(actions)):
+        probabilities = policy.score(shared, actions)
+        _assert_distribution(probabilities, len(actions))
+        policy.learn(shared, actions, chosen, float(chosen == 0), probabilities[chosen])
+    _assert_distribution(policy.score(shared, actions), len(actions))
+    _assert_distribution(policy.score({"C": {"amount": 42.0}, "U": {"balance": 7.0}}, actions), len(actions))

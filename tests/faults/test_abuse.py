@@ -245,25 +245,33 @@ def test_escaping_keeps_tricky_segments_apart_so_the_model_learns_each(
     assert all(probability > 0.5 for _, probability in learned.values()), learned
 
 
-# Finite JSON numbers that Vowpal Wabbit cannot score under the policy's interactions: float32 overflow of a
-# context value times an action attribute, and (a VW parsing quirk) magnitudes between about 1e-217 and 1e-129.
+# Finite JSON numbers that Vowpal Wabbit could not score when written as they are: float32 overflow of a context
+# value times an action attribute under the policy's interactions, and (a VW parsing quirk) magnitudes between
+# about 1e-217 and 1e-129. `bandits/vw_text.py` bounds every feature value, so each is scored online.
 UNSCORABLE = [1e308, -1e308, 3.4e38, 1e-160, -1e-200]
 EXTREME = [*UNSCORABLE, 1e20, 5e-324, -0.0]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "features/namespaces.py:37 passes any finite number on and bandits/vw_text.py:30-32 only clamps to float32's "
-    "range: a large value times an action attribute overflows under -q CA/UA, and values near 1e-160 parse "
-    "badly, so Vowpal Wabbit scores NaN and the request silently falls back (nba/decide.py:198, a WARNING each)"))
 @pytest.mark.parametrize("value", UNSCORABLE, ids=str)
-def test_extreme_numbers_are_refused_or_scored_online(client: TestClient[Litestar], value: float) -> None:
+def test_extreme_numbers_are_scored_online(
+    client: TestClient[Litestar], service_log: list[logging.LogRecord], value: float
+) -> None:
+    """The API accepts any finite number, in the request context, the customer's state (an event property) or an
+    action's attributes, and the model scores it: no silent fallback to the uniform policy."""
+    action = client.put("/v1/actions/extreme", headers=ADMIN, json={
+        "channels": ["web"], "attributes": {"price": value}})
+    assert action.status_code == 201, action.text
+    event = client.post("/v1/events", headers=CHANNEL, json={
+        "customer_id": "c-1", "type": "page_view", "properties": {"balance": value}})
+    assert event.status_code == 202, event.text
     response = client.post("/v1/decide", headers=CHANNEL, json={
         "customer_id": "c-1", "channel": "web", "context": {"amount": value}})
-    if response.status_code == 422:
-        assert_problem(response, 422, "context.amount")
-    else:
-        assert response.status_code == 200
-        assert response.json()["policy"]["mode"] == "online", "a valid number made the learning policy fail"
+    assert response.status_code == 200, response.text
+    decision = response.json()
+    assert decision["policy"]["mode"] == "online", "a valid number made the learning policy fail"
+    assert_distribution(decision)
+    assert "extreme" in {a["action_id"] for a in decision["ranking"]}
+    assert not [r.getMessage() for r in service_log if r.levelno >= logging.WARNING]
 
 
 def test_learning_from_extreme_numbers_does_not_corrupt_the_model(

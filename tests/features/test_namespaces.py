@@ -35,6 +35,12 @@ def test_values_that_are_not_features_are_dropped() -> None:
                                                                   "mixed=1.5": 1.0}
 
 
+def test_finite_numbers_pass_on_unchanged_however_extreme() -> None:
+    # The featurizer is learner-agnostic: Vowpal Wabbit's bound on values is applied in `bandits/vw_text.py`.
+    extremes = {"huge": 1e308, "negative": -1.7976931348623157e308, "tiny": 5e-324, "small": -1e-160}
+    assert to_namespace(extremes) == extremes
+
+
 def test_a_prefix_is_put_before_every_name() -> None:
     assert to_namespace({"a": 1, "b": "x", "c": ["y"]}, prefix="ctx_") == {"ctx_a": 1.0, "ctx_b=x": 1.0,
                                                                            "ctx_c=y": 1.0}

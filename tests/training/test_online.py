@@ -6,6 +6,8 @@ import random
 from datetime import timedelta
 
 from bandits.registry import PolicyModels
+from bandits.vw_args import build_args
+from bandits.vw_policy import model_checksum, model_fingerprint
 from features.namespaces import NamespaceFeaturizer
 from nba.catalog import Action, Policy, RewardSpec
 from nba.clock import ManualClock
@@ -99,3 +101,36 @@ def test_example_from_log_rebuilds_conditional_slots(store: Store, clock: Manual
         assert len(actions) == 4 - example.slot  # slots above are not candidates for this one
         assert keys[chosen] == taken.action_id and probability == taken.probability and reward == 1.0
     clock.advance(timedelta(hours=2))
+
+
+def test_snapshots_record_the_checksum_and_fingerprint_of_the_model(store: Store, clock: ManualClock) -> None:
+    sim = SegmentSimulator(seed=10)
+    engine, models = _setup(store, clock, sim)
+    learner = _learner(store, models, clock)
+    _play(engine, store, sim, clock, 20)
+    learner.learn_pending()
+    learner.snapshot_all()
+    snapshot = store.latest_snapshot("web", 1)
+    assert snapshot is not None
+    assert snapshot.checksum == model_checksum(snapshot.model)
+    assert snapshot.fingerprint == model_fingerprint(build_args(Policy(channels=["web"]).learner))
+
+
+def test_learner_resumes_from_the_newest_snapshot_that_passes_its_checks(store: Store, clock: ManualClock) -> None:
+    sim = SegmentSimulator(seed=12)
+    engine, models = _setup(store, clock, sim)
+    learner = _learner(store, models, clock)
+    _play(engine, store, sim, clock, 40)
+    learner.learn_pending()
+    learner.snapshot_all()
+    good = store.latest_snapshot("web", 1)
+    assert good is not None
+    store.save_snapshot("web", 1, good.model[:-50], 60, [], clock.now(), checksum=good.checksum,
+                        fingerprint=good.fingerprint)
+
+    restarted = _learner(store, PolicyModels(store, NamespaceFeaturizer()), clock)
+    _play(engine, store, sim, clock, 5)
+    assert restarted.learn_pending() == 5
+    restarted.snapshot_all()
+    latest = store.latest_snapshot("web", 1)
+    assert latest is not None and latest.examples == 45  # the good snapshot's 40, then the 5 new ones

@@ -1,0 +1,93 @@
+"""Statements on the decide path: built with SQLAlchemy Core, compiled once per dialect, run on the driver.
+
+SQLAlchemy's per-execution work (cache lookup, parameter processing, result wrapping) costs tens of
+microseconds per statement, more than SQLite takes to run one. The decide path runs a handful of fixed
+statements per request, so each is compiled once per dialect and then executed on the DBAPI cursor of the
+same connection and transaction. Only plain parameters are supported (ints, floats, strings, bytes, None):
+the decide path binds nothing that needs SQLAlchemy's type processing. Listeners of the engine's
+`before_cursor_execute` event (tracing, fault injection) still see every statement, and driver errors are
+raised as SQLAlchemy's exceptions, as if the statement had gone through `Connection.execute`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+
+class Prepared:
+    """One Core statement, compiled lazily for each dialect it runs on."""
+
+    def __init__(self, statement: ClauseElement) -> None:
+        self._statement = statement
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+        self._constants: dict[str, Any] = {}
+
+    def _sql(self, conn: Connection) -> tuple[str, tuple[str, ...] | None]:
+        dialect = conn.dialect
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self._statement.compile(dialect=dialect)
+            assert isinstance(compiled, SQLCompiler)
+            if "POSTCOMPILE" in str(compiled):
+                raise ValueError("expanding IN parameters cannot be prepared: write the alternatives out")
+            order = tuple(compiled.positiontup or ()) if compiled.positional else None
+            # Values bound in the statement itself (literals such as a status) are constants of every call.
+            self._constants = {k: v for k, v in compiled.params.items() if v is not None}
+            found = (str(compiled), order)
+            self._compiled[dialect.name] = found
+        return found
+
+    def _args(self, order: tuple[str, ...] | None, params: Mapping[str, Any]) -> Any:
+        if self._constants:
+            params = {**self._constants, **params}
+        return tuple(params[name] for name in order) if order is not None else params
+
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        """Run the statement; returns the DBAPI cursor (rows via fetchone/fetchall, `rowcount`)."""
+        sql, order = self._sql(conn)
+        return _run(conn, sql, self._args(order, params), many=False)
+
+    def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        sql, order = self._sql(conn)
+        _run(conn, sql, [self._args(order, row) for row in rows], many=True)
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        return list(self.execute(conn, params).fetchall())
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        return self.execute(conn, params).fetchone()
+
+
+def _run(conn: Connection, sql: str, args: Any, many: bool) -> Any:
+    """Execute on a DBAPI cursor in the connection's transaction (begun through SQLAlchemy, so its hooks ran)."""
+    if not conn.in_transaction() and not conn.info.get(AUTOCOMMIT_READS):
+        conn.begin()
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        if conn.dispatch.before_cursor_execute:
+            conn.dispatch.before_cursor_execute(conn, cursor, sql, args, None, many)
+        if many:
+            cursor.executemany(sql, args)
+        else:
+            cursor.execute(sql, args)
+    except dbapi_error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi_error, hide_parameters=True, dialect=conn.dialect) from exc
+    return cursor
+
+
+TRANSACTION_CACHE = "nba.transaction_cache"
+# Set on a reader connection whose statements each run in their own implicit transaction (see Store.read_now).
+AUTOCOMMIT_READS = "nba.autocommit_reads"
+
+
+def transaction_cache(conn: Connection) -> dict[str, Any] | None:
+    """Values a group-commit transaction may read once and share between its jobs (None outside one)."""
+    cache: dict[str, Any] | None = conn.info.get(TRANSACTION_CACHE)
+    return cache
