@@ -23,6 +23,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from typing import cast
 
 HOST = "127.0.0.1"
 
@@ -37,8 +38,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -205,7 +205,7 @@ def stage_breakdown(database: Path, catalog: Path, decides: int = 300
 
     store = runtime.store
     # The store calls the engine makes (whichever of these exist in the tree being measured).
-    for name in ("decision_inputs", "resolve_customer", "find_idempotent", "load_customer", "load_counters"):
+    for name in ("decision_inputs", "resolve_customer", "find_idempotent", "load_customer", "load_contacts"):
         if hasattr(store, name):
             wrap(store, name, f"{name} (read)")
     wrap(runtime.engine, "_score", "featurize + VW score")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -120,6 +121,14 @@ class Action(_Model):
     @property
     def cooldown_delta(self) -> timedelta | None:
         return parse_duration(self.cooldown) if self.cooldown else None
+
+    @cached_property
+    def counter_window(self) -> timedelta:
+        """How far back contact history matters to this action's caps and cooldown (zero: not at all)."""
+        windows = [cap.window_delta for cap in self.caps]
+        if self.cooldown_delta is not None:
+            windows.append(self.cooldown_delta)
+        return max(windows, default=timedelta(0))
 
 
 Exploration = Literal["epsilon", "squarecb", "softmax", "greedy"]

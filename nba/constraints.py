@@ -8,7 +8,7 @@ them inside the transaction that reserves the units, so concurrent requests cann
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +36,13 @@ class CounterState:
 
     contacts: Sequence[Contact]
     budget_used: Mapping[str, int]
+    by_action: dict[str, list[Contact]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        grouped: dict[str, list[Contact]] = {}
+        for contact in self.contacts:
+            grouped.setdefault(contact.action_id, []).append(contact)
+        object.__setattr__(self, "by_action", grouped)
 
 
 def cel_variables(customer: CustomerState, context: Context, now: datetime) -> dict[str, Any]:
@@ -88,7 +95,7 @@ def counter_exclusion(
     action_id: str, action: Action, channel: str, counters: CounterState, now: datetime
 ) -> Exclusion | None:
     """The first cooldown, cap or budget rule that excludes the action, or None."""
-    mine = [c for c in counters.contacts if c.action_id == action_id]
+    mine = counters.by_action.get(action_id, ())
     cooldown = action.cooldown_delta
     if cooldown is not None and mine:
         last = max(c.at for c in mine)
@@ -113,9 +120,4 @@ def counter_exclusion(
 
 def longest_counter_window(actions: Sequence[Action]) -> timedelta:
     """How far back contact history must be read to judge cooldowns and caps of these actions."""
-    windows = [timedelta(0)]
-    for action in actions:
-        windows.extend(cap.window_delta for cap in action.caps)
-        if action.cooldown_delta is not None:
-            windows.append(action.cooldown_delta)
-    return max(windows)
+    return max((action.counter_window for action in actions), default=timedelta(0))

@@ -105,7 +105,7 @@ class DecisionEngine:
                 return result
             value, error = None, None
             try:
-                value = step.fn() if isinstance(step, Read) else self._store.write(step.fn, step.keys)
+                value = step.fn() if isinstance(step, Read) else self._store.run(step)
             except Exception as exc:
                 error = exc
 
@@ -130,7 +130,7 @@ class DecisionEngine:
                 if isinstance(step, Read):
                     value = step.fn() if inline_reads else await asyncio.to_thread(step.fn)
                 else:
-                    value = await self._store.write_async(step.fn, step.keys)
+                    value = await self._store.run_async(step)
             except Exception as exc:
                 error = exc
 

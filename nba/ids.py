@@ -30,8 +30,7 @@ def new_id(prefix: str) -> str:
     (28, True)
     """
     value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return prefix + "".join(reversed(chars))
+    return prefix + "".join([_CROCKFORD[(value >> shift) & 31] for shift in _SHIFTS])
+
+
+_SHIFTS = tuple(range(125, -1, -5))  # 26 base-32 digits, most significant first

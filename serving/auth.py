@@ -27,7 +27,8 @@ def _role_for(keys: dict[str, str], presented: str) -> str | None:
 def require(role: str) -> Any:
     """A guard that lets through keys whose role grants `role`."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # Async, so Litestar calls it in the event loop: a sync guard would be sent to the thread pool per request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         header = connection.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from litestar import Litestar
 
 from nba.clock import Clock
@@ -36,4 +38,6 @@ def build_app(settings: Settings | None = None, store: Store | None = None, cloc
 
 def app_from_env() -> Litestar:
     """The ASGI app factory that `nba serve` hands to the server (one call per worker process)."""
-    return build_app(Settings())
+    settings = Settings()
+    sys.setswitchinterval(settings.switch_interval_ms / 1000)
+    return build_app(settings)

@@ -89,7 +89,7 @@ def load_contacts(conn: Connection, customer_id: str, since_ms: int) -> list[Con
     return [Contact(action_id, channel, from_epoch_ms(at_ms)) for action_id, channel, at_ms in rows]
 
 
-def _budget_window(action: Action, now_ms: int) -> tuple[int, int]:
+def budget_window(action: Action, now_ms: int) -> tuple[int, int]:
     """(window length in seconds, window start in epoch ms) of the budget window containing now."""
     assert action.budget is not None
     window_s = int(action.budget.window_delta.total_seconds())
@@ -102,20 +102,12 @@ def load_budget_used(conn: Connection, actions: Mapping[str, Action], now_ms: in
         return {}
     params: dict[str, Any] = {}
     for index, (action_id, action) in enumerate(budgeted):
-        params[f"s{index}"], params[f"w{index}"] = _budget_window(action, now_ms)
+        params[f"s{index}"], params[f"w{index}"] = budget_window(action, now_ms)
         params[f"a{index}"] = action_id
     used = {action_id: 0 for action_id, _ in budgeted}
     for action_id, value in _budget_read(len(budgeted)).rows(conn, params):
         used[action_id] = int(value)
     return used
-
-
-def load_counters(
-    conn: Connection, customer_id: str, actions: Mapping[str, Action], now_ms: int, lookback: timedelta
-) -> CounterState:
-    since_ms = now_ms - int(lookback.total_seconds() * 1000)
-    contacts = load_contacts(conn, customer_id, since_ms) if lookback > timedelta(0) else []
-    return CounterState(contacts, load_budget_used(conn, actions, now_ms))
 
 
 def find_idempotent(conn: Connection, channel: str, request_id: str, now_ms: int) -> tuple[str, str] | None:
@@ -144,7 +136,7 @@ def _reserve(
         window_s: int | None = None
         window_ms: int | None = None
         if action.budget is not None:
-            window_s, window_ms = _budget_window(action, now_ms)
+            window_s, window_ms = budget_window(action, now_ms)
             _take_budget(conn, choice.action_id, action, window_s, window_ms, now)
         _CONTACT_NEW.execute(conn, {
             "customer_id": decision.customer_id, "action_id": choice.action_id,
@@ -170,6 +162,19 @@ def _take_budget(conn: Connection, action_id: str, action: Action, window_s: int
     raise ReservationFailed(exclusion)
 
 
+_REWARD_JSON: dict[int, tuple[RewardSpec, dict[str, Any]]] = {}
+
+
+def _reward_json(reward: RewardSpec) -> dict[str, Any]:
+    """The reward spec as logged with each decision, dumped once per spec object (specs are immutable)."""
+    found = _REWARD_JSON.get(id(reward))
+    if found is None or found[0] is not reward:
+        if len(_REWARD_JSON) > 1000:
+            _REWARD_JSON.clear()
+        found = _REWARD_JSON[id(reward)] = (reward, reward.model_dump(mode="json"))
+    return found[1]
+
+
 def _body(decision: Decision, reward: RewardSpec) -> dict[str, Any]:
     return {
         "actions": [{"slot": c.slot, "action_id": c.action_id, "probability": c.probability} for c in decision.actions],
@@ -178,7 +183,7 @@ def _body(decision: Decision, reward: RewardSpec) -> dict[str, Any]:
         "context": decision.context,
         "customer": decision.customer,
         "action_attributes": decision.action_attributes,
-        "reward": reward.model_dump(mode="json"),
+        "reward": _reward_json(reward),
     }
 
 

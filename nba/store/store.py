@@ -19,6 +19,7 @@ from nba.constraints import CounterState
 from nba.errors import StoreUnavailable
 from nba.store import catalog_repo, customer_repo, decision_repo, learning_repo, outcome_repo
 from nba.store.batcher import WriteBatcher
+from nba.store.budget_reads import BudgetReads
 from nba.store.customer_repo import Reducer
 from nba.store.engine import SHARED, make_engine
 from nba.store.prepared import AUTOCOMMIT_READS
@@ -44,6 +45,7 @@ class Store:
         self._reader = make_engine(url, writer=False, synchronous=synchronous)
         self._writer_engine = make_engine(url, writer=True, synchronous=synchronous)
         self._thread_reader = threading.local()
+        self._budgets = BudgetReads()
         self._migrate()
         self._batcher = WriteBatcher(self._writer_engine, max_batch=max_batch)
 
@@ -102,6 +104,14 @@ class Store:
         """`write` for a coroutine running in an event loop: await the committed result."""
         return self._batcher.submit_async(fn, keys)
 
+    def run(self, job: WriteJob[T]) -> T:
+        """Run a prepared write and return its result once committed."""
+        return self.write(job.fn, job.keys)
+
+    def run_async(self, job: WriteJob[T]) -> asyncio.Future[T]:
+        """`run` for a coroutine: await the committed result."""
+        return self.write_async(job.fn, job.keys)
+
     @property
     def local(self) -> bool:
         """Whether the database is a local file (SQLite): its reads take microseconds and may run inline."""
@@ -109,6 +119,16 @@ class Store:
 
     def ping(self) -> None:
         self.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+
+    def check_writes(self) -> None:
+        """Raise `StoreUnavailable` while the store cannot commit.
+
+        Free while writes succeed. After a failed group commit, a probe transaction (take the write lock,
+        read, commit) must succeed first, so a store that can be read but not written is not reported usable.
+        """
+        if self._batcher.failing_since is None:
+            return
+        self.write(catalog_repo.catalog_version)
 
     # -- catalog ---------------------------------------------------------------------------------------
     def catalog_version(self) -> int:
@@ -153,9 +173,12 @@ class Store:
     def customer_aliases(self, customer_id: str) -> list[str]:
         return self.read(lambda c: customer_repo.aliases_of(c, customer_id))
 
-    def ingest_events(self, batch: Sequence[Event], reducer: Reducer, now: datetime) -> list[EventOutcome]:
+    def events_write(self, batch: Sequence[Event], reducer: Reducer, now: datetime) -> WriteJob[list[EventOutcome]]:
         keys = [f"customer:{e.customer_id}" for e in batch] + [f"event:{e.event_id}" for e in batch]
-        return self.write(lambda c: customer_repo.ingest_events(c, batch, reducer, epoch_ms(now)), keys)
+        return WriteJob(lambda c: customer_repo.ingest_events(c, batch, reducer, epoch_ms(now)), keys)
+
+    def ingest_events(self, batch: Sequence[Event], reducer: Reducer, now: datetime) -> list[EventOutcome]:
+        return self.run(self.events_write(batch, reducer, now))
 
     # -- decisions -------------------------------------------------------------------------------------
     def decision_inputs(
@@ -173,8 +196,9 @@ class Store:
         def read(conn: Connection) -> tuple[str, tuple[str, str] | None, CustomerState | None, CounterState]:
             canonical, state = customer_repo.identity(conn, customer_id)
             hit = decision_repo.find_idempotent(conn, channel, request_id, ms) if request_id else None
-            counters = decision_repo.load_counters(conn, canonical, actions, ms, lookback)
-            return canonical, hit, state, counters
+            since_ms = ms - int(lookback.total_seconds() * 1000)
+            contacts = decision_repo.load_contacts(conn, canonical, since_ms) if lookback > timedelta(0) else []
+            return canonical, hit, state, CounterState(contacts, self._budgets.used(conn, actions, ms))
 
         return self.read_now(read)
 
@@ -209,8 +233,7 @@ class Store:
         body_hash: str | None,
         catalog_version: int | None = None,
     ) -> Decision:
-        job = self.decision_write(decision, actions, reward, lookback, body_hash, catalog_version)
-        return self.write(job.fn, job.keys)
+        return self.run(self.decision_write(decision, actions, reward, lookback, body_hash, catalog_version))
 
     def get_decision(self, decision_id: str, with_rewards: bool = True) -> Decision | None:
         return self.read(lambda c: decision_repo.get_decision(c, decision_id, with_rewards))
@@ -222,13 +245,18 @@ class Store:
         return self.read(decision_repo.count_decisions)
 
     # -- outcomes --------------------------------------------------------------------------------------
+    def reward_write(self, decision_id: str, slot: int, value: float, now: datetime) -> WriteJob[str]:
+        return WriteJob(lambda c: outcome_repo.add_reward(c, decision_id, slot, value, epoch_ms(now)),
+                        [f"decision:{decision_id}"])
+
     def add_reward(self, decision_id: str, slot: int, value: float, now: datetime) -> str:
-        return self.write(
-            lambda c: outcome_repo.add_reward(c, decision_id, slot, value, epoch_ms(now)), [f"decision:{decision_id}"]
-        )
+        return self.run(self.reward_write(decision_id, slot, value, now))
+
+    def activation_write(self, decision_id: str, now: datetime) -> WriteJob[str]:
+        return WriteJob(lambda c: outcome_repo.activate(c, decision_id, epoch_ms(now)), [f"decision:{decision_id}"])
 
     def activate(self, decision_id: str, now: datetime) -> str:
-        return self.write(lambda c: outcome_repo.activate(c, decision_id, epoch_ms(now)), [f"decision:{decision_id}"])
+        return self.run(self.activation_write(decision_id, now))
 
     def close_due(self, now: datetime, limit: int = 500) -> int:
         """Finalise closed reward windows and release expired reservations; returns how many changed."""

@@ -93,7 +93,7 @@ def _body_hash(body: DecideBody) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _decide(runtime: Runtime, body: DecideBody) -> DecisionOut:
+async def _decide(runtime: Runtime, body: DecideBody) -> DecisionOut:
     _check_finite(body.context)
     request = DecideRequest(
         customer_id=body.customer_id,
@@ -106,28 +106,30 @@ def _decide(runtime: Runtime, body: DecideBody) -> DecisionOut:
         body_hash=_body_hash(body) if body.request_id else None,
     )
     with DECIDE_LATENCY.time():
-        result = runtime.engine.decide(request)
+        result = await runtime.engine.decide_async(request)
     if not result.replayed:
         DECISIONS.labels(channel=result.decision.channel, mode=result.decision.policy.mode).inc()
     return decision_out(result.decision)
 
 
-@post("/v1/decide", status_code=200, guards=[require("channel")], sync_to_thread=True, tags=["decide"],
+# Handlers run in the event loop: the decision's CPU work is short, and the request awaits its group commit
+# rather than holding a worker thread (see DecisionEngine.decide_async).
+@post("/v1/decide", status_code=200, guards=[require("channel")], tags=["decide"],
       opt={"body": DecideBody},
       summary="Decide the next best action(s) for a customer on a channel",
       responses=answers(400, 401, 403, (409, "The request_id was used with a different body within 24 h"), 413,
                         422, 503))
-def decide(request: Request[Any, Any, Any], data: DecideBody) -> DecisionOut:
-    return _decide(request.app.state.runtime, data)
+async def decide(request: Request[Any, Any, Any], data: DecideBody) -> DecisionOut:
+    return await _decide(request.app.state.runtime, data)
 
 
-@get("/v1/customers/{customer_id:str}/next", guards=[require("channel")], sync_to_thread=True, tags=["decide"],
+@get("/v1/customers/{customer_id:str}/next", guards=[require("channel")], tags=["decide"],
      summary="The current next best action for a channel that polls (logged like any decision)",
      operation_class=ProblemOperation,
      responses=answers(401, 403, NO_ROUTE, 422, 503))
-def next_action(
+async def next_action(
     request: Request[Any, Any, Any],
     customer_id: Annotated[str, Parameter(pattern=ID_REGEX)],
     channel: Annotated[str, Parameter(query="channel", pattern=NAME_REGEX)],
 ) -> DecisionOut:
-    return _decide(request.app.state.runtime, DecideBody(customer_id=customer_id, channel=channel))
+    return await _decide(request.app.state.runtime, DecideBody(customer_id=customer_id, channel=channel))

@@ -50,26 +50,28 @@ class LoggedDecisionOut(DecisionOut, kw_only=True):
     rewards: list[RewardOut]
 
 
-@post("/v1/decisions/{decision_id:str}/reward", status_code=202, guards=[require("channel")], sync_to_thread=True,
+@post("/v1/decisions/{decision_id:str}/reward", status_code=202, guards=[require("channel")],
       tags=["outcomes"], opt={"body": RewardBody}, summary="Report the outcome of a decision",
       responses=answers(400, 401, 403, (404, "No decision with this id"), 413, 422, 503))
-def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data: RewardBody) -> Accepted:
+async def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data: RewardBody) -> Accepted:
     runtime: Runtime = request.app.state.runtime
     if not math.isfinite(data.value):
         raise InvalidInput("value must be a finite number", field="value")
-    status = runtime.store.add_reward(decision_id, data.slot, data.value, runtime.clock.now())
+    status = await runtime.store.run_async(
+        runtime.store.reward_write(decision_id, data.slot, data.value, runtime.clock.now()))
     REWARDS.labels(status=status).inc()
     return Accepted(decision_id, status)
 
 
 @post("/v1/decisions/{decision_id:str}/activate", status_code=202, guards=[require("channel")],
-      sync_to_thread=True, tags=["outcomes"], summary="A deferred decision's action was shown after all",
+      tags=["outcomes"], summary="A deferred decision's action was shown after all",
       operation_class=ProblemOperation,
       responses=answers(401, 403, (404, "No decision with this id"),
                         (409, "The decision was not deferred, or its reservation was already released"), 422, 503))
-def activate(request: Request[Any, Any, Any], decision_id: DecisionId) -> Accepted:
+async def activate(request: Request[Any, Any, Any], decision_id: DecisionId) -> Accepted:
     runtime: Runtime = request.app.state.runtime
-    return Accepted(decision_id, runtime.store.activate(decision_id, runtime.clock.now()))
+    return Accepted(decision_id, await runtime.store.run_async(runtime.store.activation_write(decision_id,
+                                                                                              runtime.clock.now())))
 
 
 @get("/v1/decisions/{decision_id:str}", guards=[require("analyst")], sync_to_thread=True, tags=["read"],

@@ -40,10 +40,10 @@ class EventResult(msgspec.Struct):
 EventsBody = EventIn | Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=1000)]
 
 
-@post("/v1/events", status_code=202, guards=[require("channel")], sync_to_thread=True, tags=["events"],
+@post("/v1/events", status_code=202, guards=[require("channel")], tags=["events"],
       opt={"body": EventsBody},
       summary="Ingest one event or a list of up to 1,000", responses=answers(400, 401, 403, 413, 422, 503))
-def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[EventResult]:
+async def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[EventResult]:
     runtime: Runtime = request.app.state.runtime
     items = data if isinstance(data, list) else [data]
     registry = runtime.catalog().event_types
@@ -57,7 +57,7 @@ def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[EventResul
             when = when.replace(tzinfo=UTC)
         batch.append(Event(item.event_id or new_id("e-"), item.customer_id, item.type, when.astimezone(UTC),
                            dict(item.properties)))
-    outcomes = runtime.store.ingest_events(batch, apply_event, now)
+    outcomes = await runtime.store.run_async(runtime.store.events_write(batch, apply_event, now))
     for outcome in outcomes:
         EVENTS.labels(duplicate=str(outcome.duplicate).lower()).inc()
     return [EventResult(o.event_id, o.duplicate, [], []) for o in outcomes]

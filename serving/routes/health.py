@@ -21,6 +21,7 @@ def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     store_ok, store_msg = True, "ok"
     try:
         runtime.store.ping()
+        runtime.store.check_writes()
     except StoreUnavailable as exc:
         store_ok, store_msg = False, exc.message
     models = [
