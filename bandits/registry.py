@@ -6,7 +6,6 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 from bandits.vw_args import build_args
@@ -95,8 +94,7 @@ class PolicyScorer:
     ) -> list[float]:
         shared = self._featurizer.shared(context, customer)
         # An action's attributes object is its cache token: the same catalog entry is featurized once.
-        return self._model.score_keyed(shared, [(aid, attrs, partial(self._featurizer.action, aid, attrs))
-                                                for aid, attrs in actions])
+        return self._model.score_keyed(shared, actions, self._featurizer.action)
 
 
 class PolicyModels:

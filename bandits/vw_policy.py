@@ -147,20 +147,19 @@ class VWPolicy:
             with self._lock:
                 ranked: Any = self._ws.predict_one([self._parser.parse_line(line) for line in lines])
             return _in_order(ranked, len(actions))
-        return self.score_keyed(shared, [(key, action, _constant(action)) for key, action in zip(keys, actions,
-                                                                                                 strict=True)])
+        return self.score_keyed(shared, list(zip(keys, actions, strict=True)), _identity)
 
     def score_keyed(
-        self, shared: Namespaces, actions: Sequence[tuple[str, object, Callable[[], Namespaces]]]
+        self, shared: Namespaces, actions: Sequence[tuple[str, Any]], build: Callable[[str, Any], Namespaces]
     ) -> list[float]:
-        """Score actions given as (key, token, namespaces): an action's parsed example is kept per key and
-        reused while its token is the same object (or equal), so an unchanged catalog action is featurized
-        and parsed once, not once per request. Reusing parsed action examples leaves predictions unchanged
-        (tests/bandits/test_vw_policy.py checks it against freshly parsed ones)."""
+        """Score actions given as (key, token): `build(key, token)` makes an action's namespaces. Its parsed
+        example is kept per key and reused while the token is the same object (or equal), so an unchanged
+        catalog action is featurized and parsed once, not once per request. Reusing parsed action examples
+        leaves predictions unchanged (tests/bandits/test_vw_policy.py checks it against fresh ones)."""
         shared_line = namespaces_line(shared, prefix="shared")
         with self._lock:
             examples = [self._parser.parse_line(shared_line)]
-            examples.extend(self._action_example(key, token, build) for key, token, build in actions)
+            examples.extend(self._action_example(key, token, build) for key, token in actions)
             ranked: Any
             if self._predict_raw is not None:
                 ranked = self._predict_raw([example._example for example in examples])
@@ -168,11 +167,11 @@ class VWPolicy:
                 ranked = self._ws.predict_one(examples)
         return _in_order(ranked, len(actions))
 
-    def _action_example(self, key: str, token: object, build: Callable[[], Namespaces]) -> Any:
+    def _action_example(self, key: str, token: Any, build: Callable[[str, Any], Namespaces]) -> Any:
         cached = self._action_examples.get(key)
         if cached is not None and (cached[0] is token or cached[0] == token):
             return cached[1]
-        example = self._parser.parse_line(namespaces_line(build()))
+        example = self._parser.parse_line(namespaces_line(build(key, token)))
         if len(self._action_examples) > 10_000:
             self._action_examples.clear()
         self._action_examples[key] = (token, example)
@@ -207,5 +206,5 @@ def _in_order(ranked: Sequence[tuple[int, float]], count: int) -> list[float]:
     return probabilities
 
 
-def _constant(namespaces: Namespaces) -> Callable[[], Namespaces]:
-    return lambda: namespaces
+def _identity(_key: str, namespaces: Namespaces) -> Namespaces:
+    return namespaces

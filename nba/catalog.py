@@ -123,6 +123,11 @@ class Action(_Model):
         return parse_duration(self.cooldown) if self.cooldown else None
 
     @cached_property
+    def has_counter_rules(self) -> bool:
+        """Whether caps, a cooldown or a budget apply (if not, contact history and budgets never exclude it)."""
+        return bool(self.caps) or self.cooldown is not None or self.budget is not None
+
+    @cached_property
     def counter_window(self) -> timedelta:
         """How far back contact history matters to this action's caps and cooldown (zero: not at all)."""
         windows = [cap.window_delta for cap in self.caps]

@@ -173,6 +173,9 @@ class DecisionEngine:
                 excluded.append(exclusion)
         eligible: dict[str, Action] = {}
         for action_id, action in remaining.items():
+            if not action.has_counter_rules:
+                eligible[action_id] = action
+                continue
             exclusion = counter_exclusion(action_id, action, request.channel, counters, now)
             if exclusion is None:
                 eligible[action_id] = action

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -74,6 +75,10 @@ class Runtime:
         self._thread.start()
         for service in self._services:
             service.start()
+        # Everything loaded so far (modules, catalog, models) lives as long as the process: keep it out of the
+        # cyclic garbage collector's full passes, which otherwise stall requests for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
 
     def stop(self) -> None:
         self._stop.set()

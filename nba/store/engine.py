@@ -47,6 +47,8 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL") -> Engin
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA busy_timeout=30000")
+        if writer:  # checkpoints run in their own thread (checkpointer.py), not inside a group commit
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")

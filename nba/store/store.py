@@ -20,6 +20,7 @@ from nba.errors import StoreUnavailable
 from nba.store import catalog_repo, customer_repo, decision_repo, learning_repo, outcome_repo
 from nba.store.batcher import WriteBatcher
 from nba.store.budget_reads import BudgetReads
+from nba.store.checkpointer import WalCheckpointer
 from nba.store.customer_repo import Reducer
 from nba.store.engine import SHARED, make_engine
 from nba.store.prepared import AUTOCOMMIT_READS
@@ -40,7 +41,8 @@ class WriteJob(Generic[T]):
 class Store:
     """Everything the service keeps: catalog, customers, events, decisions, outcomes, models."""
 
-    def __init__(self, url: str, synchronous: str = "NORMAL", max_batch: int = 256) -> None:
+    def __init__(self, url: str, synchronous: str = "NORMAL", max_batch: int = 256,
+                 checkpoint_seconds: float = 0.5) -> None:
         self.url = url
         self._reader = make_engine(url, writer=False, synchronous=synchronous)
         self._writer_engine = make_engine(url, writer=True, synchronous=synchronous)
@@ -48,6 +50,7 @@ class Store:
         self._budgets = BudgetReads()
         self._migrate()
         self._batcher = WriteBatcher(self._writer_engine, max_batch=max_batch)
+        self._checkpointer = WalCheckpointer(self._reader, checkpoint_seconds) if self.local else None
 
     def _migrate(self) -> None:
         try:
@@ -60,6 +63,8 @@ class Store:
 
     def close(self) -> None:
         self._batcher.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._reader.dispose()
         self._writer_engine.dispose()
 
