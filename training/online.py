@@ -97,6 +97,7 @@ class OnlineLearner:
 
     def _run(self) -> None:
         last_publish = last_snapshot = last_lease = 0.0
+        idle_wait = self._poll_every
         clock = _Monotonic()
         while not self._stop.is_set():
             now = clock()
@@ -117,8 +118,11 @@ class OnlineLearner:
                 if now - last_snapshot >= self._snapshot_every:
                     self.snapshot_all()
                     last_snapshot = now
+                # Poll fast while rewards flow; back off to at most 0.5 s while none come, so an idle learner
+                # does not take the store and the GIL from requests twenty times a second.
+                idle_wait = self._poll_every if learned else min(0.5, idle_wait * 2)
                 if not learned:
-                    self._stop.wait(self._poll_every)
+                    self._stop.wait(idle_wait)
             except StoreUnavailable as exc:
                 log.warning("learner waiting for the store: %s", exc)
                 self._stop.wait(1.0)

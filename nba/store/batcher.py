@@ -65,6 +65,7 @@ class WriteBatcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="nba-writer", daemon=True)
         self._closed = False
+        self._conn: Connection | None = None
         self.failing_since: float | None = None  # monotonic time of the first failed commit since the last good one
         self.last_error = ""
         self._thread.start()
@@ -95,6 +96,8 @@ class WriteBatcher:
             self._closed = True
             self._queue.put(None)
             self._thread.join(timeout=30)
+            if self._conn is not None and not self._thread.is_alive():
+                self._conn.close()
 
     def _run(self) -> None:
         while True:
@@ -151,14 +154,33 @@ class WriteBatcher:
 
     def _transaction(self, batch: list[_Job], savepoints: bool) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
-        with self._engine.connect() as conn, conn.begin():
-            conn.info[TRANSACTION_CACHE] = {}
-            try:
-                lock_keys(conn, [k for job in batch for k in job.keys])
-                self._run_jobs(conn, batch, savepoints, outcomes)
-            finally:
-                conn.info.pop(TRANSACTION_CACHE, None)
+        conn = self._connection()
+        try:
+            with conn.begin():
+                conn.info[TRANSACTION_CACHE] = {}
+                try:
+                    lock_keys(conn, [k for job in batch for k in job.keys])
+                    self._run_jobs(conn, batch, savepoints, outcomes)
+                finally:
+                    conn.info.pop(TRANSACTION_CACHE, None)
+        except DBAPIError:
+            self._drop_connection()  # it may be broken: the next batch starts on a fresh one
+            raise
         return outcomes
+
+    def _connection(self) -> Connection:
+        """The writer thread's own connection, kept between batches (no pool checkout and reset per batch)."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()
+            except SQLAlchemyError:
+                pass
+            self._conn = None
 
     def _run_jobs(self, conn: Connection, batch: list[_Job], savepoints: bool,
                   outcomes: list[tuple[bool, Any]]) -> None:

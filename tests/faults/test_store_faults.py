@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from httpx import Response
 from litestar.testing import TestClient
-from sqlalchemy import event, select
+from sqlalchemy import Connection, event, select
 
 from nba.clock import ManualClock
 from nba.store import Store
@@ -139,12 +139,12 @@ def test_full_disk_answers_503_and_logs_no_partial_decision(sqlite_url: str, mak
     store: Store = app.state.runtime.store
     full = threading.Event()
 
-    def limit_pages(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        cursor = dbapi_connection.cursor()
+    def limit_pages(conn: Connection) -> None:  # at the start of every write transaction
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(f"PRAGMA max_page_count = {1 if full.is_set() else 4294967294}")  # 1: no growth at all
         cursor.close()
 
-    event.listen(store._writer_engine, "checkout", limit_pages)
+    event.listen(store._writer_engine, "begin", limit_pages)
     answered: list[str] = []
     try:
         with TestClient(app) as client:
@@ -176,7 +176,7 @@ def test_full_disk_answers_503_and_logs_no_partial_decision(sqlite_url: str, mak
             answers = client.post("/v1/events", json=_events("ev-full", **bulky), headers=CHANNEL).json()
             assert answers[0]["duplicate"] is False
     finally:
-        event.remove(store._writer_engine, "checkout", limit_pages)
+        event.remove(store._writer_engine, "begin", limit_pages)
 
 
 def test_flaky_store_under_concurrent_load_stores_exactly_what_was_answered(
