@@ -59,8 +59,11 @@ class _JobFailed(Exception):
 class WriteBatcher:
     """A single writer thread that runs submitted jobs in shared transactions."""
 
-    def __init__(self, engine: Engine, max_batch: int = 256) -> None:
+    def __init__(self, engine: Engine, max_batch: int = 256,
+                 between_batches: Callable[[Connection], None] | None = None) -> None:
+        """`between_batches(conn)` runs on the writer's connection after a batch's answers are out."""
         self._engine = engine
+        self._between_batches = between_batches
         self._max_batch = max_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="nba-writer", daemon=True)
@@ -135,6 +138,11 @@ class WriteBatcher:
             return
         self.failing_since = None
         self._deliver(batch, outcomes)
+        if self._between_batches is not None and self._conn is not None:
+            try:
+                self._between_batches(self._conn)
+            except SQLAlchemyError as exc:
+                log.warning("work between group commits failed: %s", exc)
 
     def _deliver(self, batch: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}

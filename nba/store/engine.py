@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 
+from nba.store.checkpointer import WAL_LIMIT_BYTES
+
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
@@ -47,8 +49,9 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL") -> Engin
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA busy_timeout=30000")
-        if writer:  # checkpoints run in their own thread (checkpointer.py), not inside a group commit
+        if writer:  # checkpoints run beside or between group commits (checkpointer.py), never inside one
             cursor.execute("PRAGMA wal_autocheckpoint=0")
+            cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

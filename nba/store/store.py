@@ -49,8 +49,11 @@ class Store:
         self._thread_reader = threading.local()
         self._budgets = BudgetReads()
         self._migrate()
-        self._batcher = WriteBatcher(self._writer_engine, max_batch=max_batch)
         self._checkpointer = WalCheckpointer(self._reader, checkpoint_seconds) if self.local else None
+        self._batcher = WriteBatcher(
+            self._writer_engine, max_batch=max_batch,
+            between_batches=self._checkpointer.between_batches if self._checkpointer is not None else None,
+        )
 
     def _migrate(self) -> None:
         try:
