@@ -209,7 +209,8 @@ def stage_breakdown(database: Path, catalog: Path, decides: int = 300
         if hasattr(store, name):
             wrap(store, name, f"{name} (read)")
     wrap(runtime.engine, "_score", "featurize + VW score")
-    wrap(store, "commit_decision", "commit_decision (group commit)")
+    # The decision's write: `Store.run` of the engine's write step (`commit_decision` in older trees).
+    wrap(store, "run" if hasattr(store, "run") else "commit_decision", "write (group commit of one)")
     out: dict[str, dict[str, float]] = {}
     statements: dict[str, dict[str, float]] = {}
     executed = {"read": 0, "write": 0}
