@@ -153,7 +153,7 @@ class VWPolicy:
         self, shared: Namespaces, actions: Sequence[tuple[str, Any]], build: Callable[[str, Any], Namespaces]
     ) -> list[float]:
         """Score actions given as (key, token): `build(key, token)` makes an action's namespaces. Its parsed
-        example is kept per key and reused while the token is the same object (or equal), so an unchanged
+        example is kept per key and reused while the token is the same object, so an unchanged
         catalog action is featurized and parsed once, not once per request. Reusing parsed action examples
         leaves predictions unchanged (tests/bandits/test_vw_policy.py checks it against fresh ones)."""
         shared_line = namespaces_line(shared, prefix="shared")
@@ -169,7 +169,9 @@ class VWPolicy:
 
     def _action_example(self, key: str, token: Any, build: Callable[[str, Any], Namespaces]) -> Any:
         cached = self._action_examples.get(key)
-        if cached is not None and (cached[0] is token or cached[0] == token):
+        # Identity only: equal-looking values can featurize differently (`[1]`, `[1.0]` and `[True]` compare
+        # equal), and catalog entries are immutable objects replaced whole when they change.
+        if cached is not None and cached[0] is token:
             return cached[1]
         example = self._parser.parse_line(namespaces_line(build(key, token)))
         if len(self._action_examples) > 10_000:

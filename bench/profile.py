@@ -222,9 +222,11 @@ def stage_breakdown(database: Path, catalog: Path, decides: int = 300
 
     from sqlalchemy import event
 
-    for kind, attribute in (("read", "_reader"), ("write", "_writer_engine")):
+    seen: set[int] = set()
+    for kind, attribute in (("read", "_reader"), ("read", "_local_reader"), ("write", "_writer_engine")):
         engine = getattr(store, attribute, None)
-        if engine is not None:
+        if engine is not None and id(engine) not in seen:
+            seen.add(id(engine))
             event.listen(engine, "before_cursor_execute", counter(kind))
     rng = random.Random(5)
     try:

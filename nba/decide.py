@@ -256,6 +256,6 @@ class DecisionEngine:
                 return uniform(len(ids)), "fallback"
             raw = scorer.score(request.context, customer, [(aid, attributes[aid]) for aid in ids])
             return check_distribution(raw, len(ids)), "online"
-        except (InvalidDistribution, RuntimeError, ValueError) as exc:
+        except (InvalidDistribution, RuntimeError, ValueError, TypeError) as exc:
             log.warning("policy %s v%d could not score, falling back to uniform: %s", name, version, exc)
             return uniform(len(ids)), "fallback"

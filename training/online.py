@@ -120,7 +120,7 @@ class OnlineLearner:
                     last_snapshot = now
                 # Poll fast while rewards flow; back off to at most 0.5 s while none come, so an idle learner
                 # does not take the store and the GIL from requests twenty times a second.
-                idle_wait = self._poll_every if learned else min(0.5, idle_wait * 2)
+                idle_wait = self._poll_every if learned else min(max(0.5, self._poll_every), idle_wait * 2)
                 if not learned:
                     self._stop.wait(idle_wait)
             except StoreUnavailable as exc:

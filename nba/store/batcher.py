@@ -41,6 +41,14 @@ class _Job:
     awaited: asyncio.Future[Any] | None = None
 
 
+def _rollback(conn: Connection, savepoint: Any) -> None:
+    """Undo a failed job, including anything it put in the transaction's shared cache."""
+    savepoint.rollback()
+    cache = conn.info.get(TRANSACTION_CACHE)
+    if cache:
+        cache.clear()
+
+
 def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     """Complete the awaited futures of one batch (runs in their event loop)."""
     for awaited, ok, value in results:
@@ -102,7 +110,27 @@ class WriteBatcher:
             if self._conn is not None and not self._thread.is_alive():
                 self._conn.close()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # whatever ends the thread, nobody may wait for ever on a write it will not run
+            self._closed = True
+            leftover: list[_Job] = []
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    leftover.append(job)
+            if leftover:
+                self._deliver(leftover, [(False, StoreUnavailable("the store is shutting down"))] * len(leftover))
+
+    def _loop(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -118,31 +146,54 @@ class WriteBatcher:
                     stop = True
                     break
                 batch.append(nxt)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception as exc:  # a bug or a driver error outside SQLAlchemy: fail the batch, keep writing
+                log.exception("group commit of %d writes failed unexpectedly", len(batch))
+                self._drop_connection()
+                self._fail(batch, exc)
             if stop:
                 return
 
     def _commit(self, batch: list[_Job]) -> None:
         try:
             try:
-                outcomes = self._transaction(batch, savepoints=False)
+                outcomes = self._attempt(batch)
             except _JobFailed:
                 outcomes = self._transaction(batch, savepoints=True)
         except SQLAlchemyError as exc:
-            log.error("group commit of %d writes failed: %s", len(batch), exc)
-            if self.failing_since is None:
-                self.failing_since = time.monotonic()
-            self.last_error = f"the store could not commit: {exc.__class__.__name__}"
-            error = StoreUnavailable(self.last_error)
-            self._deliver(batch, [(False, error)] * len(batch))
+            self._fail(batch, exc)
             return
         self.failing_since = None
         self._deliver(batch, outcomes)
         if self._between_batches is not None and self._conn is not None:
             try:
                 self._between_batches(self._conn)
-            except SQLAlchemyError as exc:
+            except Exception as exc:  # e.g. a checkpoint on a full disk: the writes themselves went through
                 log.warning("work between group commits failed: %s", exc)
+
+    def _attempt(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        """The savepoint-free pass; once more on a new connection if a kept one turned out to be dead.
+
+        The writer keeps its connection between batches, so nothing pings it first: a database restart or an
+        idle timeout shows up as a failure of the next batch, which then runs again on a fresh connection.
+        """
+        reused = self._conn is not None
+        try:
+            return self._transaction(batch, savepoints=False)
+        except SQLAlchemyError as exc:
+            if not reused or isinstance(exc, IntegrityError):
+                raise
+            log.warning("writer connection failed (%s); retrying the batch on a new connection", exc)
+            return self._transaction(batch, savepoints=False)
+
+    def _fail(self, batch: list[_Job], exc: Exception) -> None:
+        log.error("group commit of %d writes failed: %s", len(batch), exc)
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.last_error = f"the store could not commit: {exc.__class__.__name__}"
+        error = StoreUnavailable(self.last_error)
+        self._deliver(batch, [(False, error)] * len(batch))
 
     def _deliver(self, batch: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
@@ -171,8 +222,8 @@ class WriteBatcher:
                     self._run_jobs(conn, batch, savepoints, outcomes)
                 finally:
                     conn.info.pop(TRANSACTION_CACHE, None)
-        except DBAPIError:
-            self._drop_connection()  # it may be broken: the next batch starts on a fresh one
+        except SQLAlchemyError:
+            self._drop_connection()  # it may be broken: the next attempt starts on a fresh one
             raise
         return outcomes
 
@@ -207,16 +258,16 @@ class WriteBatcher:
             try:
                 result = job.fn(conn)
             except (NBAError, ValueError) as exc:
-                savepoint.rollback()
+                _rollback(conn, savepoint)
                 outcomes.append((False, exc))
             except IntegrityError as exc:
-                savepoint.rollback()
+                _rollback(conn, savepoint)
                 outcomes.append((False, Conflict(f"conflicting write: {exc.orig}")))
             except DBAPIError:
                 raise
             except Exception as exc:
                 log.exception("write job failed")
-                savepoint.rollback()
+                _rollback(conn, savepoint)
                 outcomes.append((False, exc))
             else:
                 savepoint.commit()

@@ -147,19 +147,25 @@ def _reserve(
 
 def _take_budget(conn: Connection, action_id: str, action: Action, window_s: int, window_ms: int,
                  now: datetime) -> None:
+    """Take one unit of the action's budget window, or raise `ReservationFailed` when none is left."""
     assert action.budget is not None
     key = {"b_action_id": action_id, "b_window_s": window_s, "b_window_start_ms": window_ms}
-    if _BUDGET_TAKE.execute(conn, {**key, "b_limit": action.budget.limit}).rowcount:
-        return
-    row = _BUDGET_USED.first(conn, key)
-    if row is None and action.budget.limit > 0:
-        _BUDGET_NEW.execute(conn, {"action_id": action_id, "window_s": window_s, "window_start_ms": window_ms,
-                                   "used": 1})
-        return
-    used = int(row[0]) if row is not None else 0
-    exclusion = counter_exclusion(action_id, action, "", CounterState((), {action_id: used}), now)
-    assert exclusion is not None
-    raise ReservationFailed(exclusion)
+    used = 0
+    for _ in range(3):  # a unit released between the two statements (PostgreSQL) sends us round again
+        if _BUDGET_TAKE.execute(conn, {**key, "b_limit": action.budget.limit}).rowcount:
+            return
+        row = _BUDGET_USED.first(conn, key)
+        if row is None:
+            if action.budget.limit <= 0:
+                break
+            _BUDGET_NEW.execute(conn, {"action_id": action_id, "window_s": window_s, "window_start_ms": window_ms,
+                                       "used": 1})
+            return
+        used = int(row[0])
+        if used >= action.budget.limit:
+            break
+    budget = action.budget
+    raise ReservationFailed(Exclusion(action_id, budget.rule, f"{used} of {budget.limit} per {budget.window} used"))
 
 
 _REWARD_JSON: dict[int, tuple[RewardSpec, dict[str, Any]]] = {}

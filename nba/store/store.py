@@ -47,6 +47,7 @@ class Store:
         self._reader = make_engine(url, writer=False, synchronous=synchronous)
         self._writer_engine = make_engine(url, writer=True, synchronous=synchronous)
         self._thread_reader = threading.local()
+        self._local_reader = make_engine(url, writer=False, synchronous=synchronous) if self.local else self._reader
         self._budgets = BudgetReads()
         self._migrate()
         self._checkpointer = WalCheckpointer(self._reader, checkpoint_seconds) if self.local else None
@@ -69,6 +70,7 @@ class Store:
         if self._checkpointer is not None:
             self._checkpointer.close()
         self._reader.dispose()
+        self._local_reader.dispose()
         self._writer_engine.dispose()
 
     # -- plumbing --------------------------------------------------------------------------------------
@@ -92,13 +94,15 @@ class Store:
         conn: Connection | None = getattr(self._thread_reader, "conn", None)
         try:
             if conn is None:
-                conn = self._reader.connect()
+                # From an engine of its own: the flag stays with these connections, never reaches `read`'s pool.
+                conn = self._local_reader.connect()
                 conn.info[AUTOCOMMIT_READS] = True
                 self._thread_reader.conn = conn
-            result = fn(conn)
-            if conn.in_transaction():  # a statement run through SQLAlchemy began one: do not pin a snapshot
-                conn.rollback()
-            return result
+            try:
+                return fn(conn)
+            finally:
+                if conn.in_transaction():  # a statement run through SQLAlchemy began one: do not pin a snapshot
+                    conn.rollback()
         except SQLAlchemyError as exc:
             self._thread_reader.conn = None
             if conn is not None:
@@ -134,6 +138,8 @@ class Store:
         Free while writes succeed. After a failed group commit, a probe transaction (take the write lock,
         read, commit) must succeed first, so a store that can be read but not written is not reported usable.
         """
+        if not self._batcher.alive:
+            raise StoreUnavailable("the store's writer has stopped")
         if self._batcher.failing_since is None:
             return
         self.write(catalog_repo.catalog_version)

@@ -85,7 +85,8 @@ class StoreFaults:
         sqlite = store._writer_engine.dialect.name == "sqlite"
         self._driver_error: type[Exception] = sqlite3.OperationalError if sqlite else psycopg.OperationalError
         self._message = "disk I/O error" if sqlite else "server closed the connection unexpectedly"
-        self._engines = (store._reader, store._writer_engine)
+        # Every engine of the store: pooled reads, the decide path's own reader connections, the writer.
+        self._engines = tuple({id(e): e for e in (store._reader, store._local_reader, store._writer_engine)}.values())
         for engine in self._engines:
             event.listen(engine, "before_cursor_execute", self._on_execute)
             event.listen(engine, "commit", self._on_commit)

@@ -1,0 +1,65 @@
+"""The group-commit writer outlives failures around its batches and dead connections."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlalchemy import Connection
+
+from nba.store import Store
+from nba.store import schema as t
+
+
+def _put(store: Store, key: str) -> None:
+    store.write(lambda c: c.execute(t.meta_kv.insert().values(key=key, value="v")))
+
+
+def _keys(store: Store) -> list[str]:
+    return store.read(lambda c: sorted(r[0] for r in c.execute(t.meta_kv.select().with_only_columns(t.meta_kv.c.key))
+                                       if r[0].startswith("k")))
+
+
+def test_a_failure_between_batches_does_not_stop_the_writer(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    calls: list[int] = []
+
+    def broken_checkpoint(_: Connection) -> None:  # e.g. a checkpoint on a full disk, raised by the driver
+        calls.append(1)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    store._batcher._between_batches = broken_checkpoint
+    try:
+        _put(store, "k1")
+        _put(store, "k2")
+        assert len(calls) >= 2 and store._batcher.alive
+        store.check_writes()  # healthy: the writes themselves committed
+        assert _keys(store) == ["k1", "k2"]
+    finally:
+        store.close()
+
+
+def test_a_dead_kept_connection_costs_no_write(store_url: str) -> None:
+    """The writer keeps its connection between batches; when it has died meanwhile (a database restart, an idle
+    timeout), the batch runs again on a new connection instead of failing."""
+    store = Store(store_url)
+    try:
+        _put(store, "k1")
+        kept = store._batcher._conn
+        assert kept is not None
+        kept.connection.dbapi_connection.close()  # type: ignore[union-attr]
+        _put(store, "k2")
+        assert store._batcher._conn is not kept
+        assert _keys(store) == ["k1", "k2"]
+    finally:
+        store.close()
+
+
+def test_writes_after_close_are_refused_not_left_waiting(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    store.close()
+    try:
+        _put(store, "k1")
+    except Exception as exc:  # StoreUnavailable: the store is shutting down
+        assert "shutting down" in str(exc)
+    else:
+        raise AssertionError("a write after close was accepted")
