@@ -71,6 +71,14 @@ class Runtime:
             return view
 
     def start(self) -> None:
+        # Load every online policy's model now, not in the first request that needs it (a snapshot read and a
+        # model load would otherwise run inside that request, in the event loop).
+        for name, (version, policy) in self._catalog.policies.items():
+            if policy.mode == "online":
+                try:
+                    self.models.scorer(name, version, policy)
+                except Exception as exc:  # the first decide tries again and falls back if it must
+                    log.warning("could not load the model of policy %s v%d at start: %s", name, version, exc)
         self._thread = threading.Thread(target=self._maintain, name="nba-maintenance", daemon=True)
         self._thread.start()
         for service in self._services:

@@ -48,3 +48,9 @@ class BudgetReads:
                     self._values[keys[aid]] = (value, now)
             used.update(fresh)
         return used
+
+    def forget(self, action_id: str) -> None:
+        """Drop what is cached for an action (its reservation just failed: the next decision reads it again)."""
+        with self._lock:
+            for key in [key for key in self._values if key[0] == action_id]:
+                del self._values[key]

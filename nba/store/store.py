@@ -233,10 +233,17 @@ class Store:
         keys += [f"budget:{c.action_id}" for c in decision.actions if actions[c.action_id].budget is not None]
         if decision.request_id is not None:
             keys.append(f"idem:{decision.channel}:{decision.request_id}")
-        return WriteJob(
-            lambda c: decision_repo.insert_decision(c, decision, actions, reward, lookback, body_hash, catalog_version),
-            keys,
-        )
+
+        def job(conn: Connection) -> Decision:
+            try:
+                return decision_repo.insert_decision(conn, decision, actions, reward, lookback, body_hash,
+                                                     catalog_version)
+            except decision_repo.ReservationFailed as failed:
+                if failed.exclusion.rule.startswith("budget:"):  # read it afresh: it ran out
+                    self._budgets.forget(failed.exclusion.action_id)
+                raise
+
+        return WriteJob(job, keys)
 
     def commit_decision(
         self,

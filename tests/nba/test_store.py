@@ -547,3 +547,35 @@ def test_times_are_stored_in_epoch_milliseconds(store: Store, clock: ManualClock
     assert row is not None
     assert row.created_ms == epoch_ms(clock.now())
     assert row.window_end_ms == epoch_ms(clock.now() + timedelta(hours=1))
+
+
+def test_a_stale_budget_read_never_lets_the_budget_be_exceeded(store: Store, clock: ManualClock) -> None:
+    """Budget reads are cached; here the cache never expires, so every decision reads "3 left" from it. The
+    reservation in the write transaction is what enforces the limit: the fourth decision finds the budget gone,
+    excludes the action with its rule, and an exhausted read replaces the stale one."""
+    from nba.store.budget_reads import BudgetReads
+
+    _seed(store, clock, {"promo": Action(channels=["web"], budget=Budget(limit=3, window="1d"))})
+    store._budgets = BudgetReads(ttl=3600.0)
+    engine = _engine(store, clock)
+    first = _decide(engine, "c0", candidates=["promo"])
+    assert [c.action_id for c in first.actions] == ["promo"]  # the cache now holds "0 used"
+    for index in range(1, 3):
+        assert [c.action_id for c in _decide(engine, f"c{index}", candidates=["promo"]).actions] == ["promo"]
+    refused = _decide(engine, "c3", candidates=["promo"])  # chosen on the stale read, refused at reservation
+    assert refused.actions == [] and [(e.action_id, e.rule) for e in refused.excluded] == [("promo", "budget:1d")]
+    assert _budget_used(store, "promo") == 3
+    again = _decide(engine, "c4", candidates=["promo"])  # read afresh after the failed reservation
+    assert again.actions == [] and [(e.action_id, e.rule) for e in again.excluded] == [("promo", "budget:1d")]
+
+
+def test_concurrent_decisions_never_exceed_a_budget_with_a_stale_read(store: Store, clock: ManualClock) -> None:
+    from nba.store.budget_reads import BudgetReads
+
+    _seed(store, clock, {"promo": Action(channels=["web"], budget=Budget(limit=5, window="1d"))})
+    store._budgets = BudgetReads(ttl=3600.0)
+    engine = _engine(store, clock)
+    _decide(engine, "warm", candidates=["promo"])  # caches "0 used" for the rest of the test
+    decisions = _together(16, lambda i: _decide(engine, f"c{i}", candidates=["promo"]))
+    assert sum(1 for d in decisions if d.actions) == 4
+    assert _budget_used(store, "promo") == 5
