@@ -176,7 +176,7 @@ def stage_breakdown(database: Path, catalog: Path, decides: int = 300
     """Mean ms per decide spent in each step of `DecisionEngine._decide`, one decide at a time, in process.
 
     Wraps the store calls and the scorer of a runtime built like the server's (bench code only; the service is not
-    changed). With no concurrency every commit is a group of one, so `commit_decision` is an upper bound.
+    changed). With no concurrency every commit is a group of one, so the write stage is an upper bound.
     """
     import functools
     import random

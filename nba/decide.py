@@ -51,6 +51,18 @@ Steps = Generator["Read[Any] | WriteJob[Any]", Any, T]
 DecisionInputs = tuple[str, "tuple[str, str] | None", "CustomerState | None", CounterState]
 
 
+def _resume(
+    steps: Steps[DecideResult], value: Any, error: Exception | None
+) -> Read[Any] | WriteJob[Any] | DecideResult:
+    """Hand the last step's outcome (its value, or the error it raised) to the pipeline: its next step, or the
+    decision once it has finished. Both drivers advance the pipeline with this; only how they run a step differs."""
+    try:
+        return steps.throw(error) if error is not None else steps.send(value)
+    except StopIteration as done:
+        result: DecideResult = done.value
+        return result
+
+
 @dataclass(frozen=True)
 class DecideRequest:
     """A validated decide call."""
@@ -96,13 +108,11 @@ class DecisionEngine:
         """Decide in the calling thread, blocking on the store."""
         steps = self._steps(request)
         value: Any = None
-        error: BaseException | None = None
+        error: Exception | None = None
         while True:
-            try:
-                step = steps.throw(error) if error is not None else steps.send(value)
-            except StopIteration as done:
-                result: DecideResult = done.value
-                return result
+            step = _resume(steps, value, error)
+            if isinstance(step, DecideResult):
+                return step
             value, error = None, None
             try:
                 value = step.fn() if isinstance(step, Read) else self._store.run(step)
@@ -118,13 +128,11 @@ class DecisionEngine:
         steps = self._steps(request)
         inline_reads = self._store.local
         value: Any = None
-        error: BaseException | None = None
+        error: Exception | None = None
         while True:
-            try:
-                step = steps.throw(error) if error is not None else steps.send(value)
-            except StopIteration as done:
-                result: DecideResult = done.value
-                return result
+            step = _resume(steps, value, error)
+            if isinstance(step, DecideResult):
+                return step
             value, error = None, None
             try:
                 if isinstance(step, Read):

@@ -84,7 +84,11 @@ def _budget_read(count: int) -> Prepared:
     return found
 
 
-def load_contacts(conn: Connection, customer_id: str, since_ms: int) -> list[Contact]:
+def load_contacts(conn: Connection, customer_id: str, now_ms: int, lookback: timedelta) -> list[Contact]:
+    """The customer's active contacts in the `lookback` before now (none read when it is zero)."""
+    if lookback <= timedelta(0):
+        return []
+    since_ms = now_ms - int(lookback.total_seconds() * 1000)
     rows = _CONTACTS.rows(conn, {"customer_id": customer_id, "since_ms": since_ms})
     return [Contact(action_id, channel, from_epoch_ms(at_ms)) for action_id, channel, at_ms in rows]
 
@@ -124,9 +128,8 @@ def _reserve(
     """Re-check the chosen actions' counter rules in the writing transaction, then take their units."""
     chosen = [(c, actions[c.action_id]) for c in decision.actions]
     now = from_epoch_ms(now_ms)
-    if any(action.caps or action.cooldown_delta is not None for _, action in chosen):
-        since_ms = now_ms - int(lookback.total_seconds() * 1000)
-        counters = CounterState(load_contacts(conn, decision.customer_id, since_ms), {})
+    if any(action.counter_window for _, action in chosen):  # a cap or a cooldown reads contact history
+        counters = CounterState(load_contacts(conn, decision.customer_id, now_ms, lookback), {})
         for choice, action in chosen:
             exclusion = counter_exclusion(choice.action_id, action, decision.channel, counters, now)
             if exclusion is not None:

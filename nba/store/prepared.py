@@ -11,8 +11,8 @@ raised as SQLAlchemy's exceptions, as if the statement had gone through `Connect
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
@@ -20,15 +20,20 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 
+class _Compiled(NamedTuple):
+    sql: str
+    order: tuple[str, ...] | None  # parameter names in position order (positional paramstyles), else None
+    constants: dict[str, Any]
+
+
 class Prepared:
     """One Core statement, compiled lazily for each dialect it runs on."""
 
     def __init__(self, statement: ClauseElement) -> None:
         self._statement = statement
-        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
-        self._constants: dict[str, Any] = {}
+        self._compiled: dict[str, _Compiled] = {}
 
-    def _sql(self, conn: Connection) -> tuple[str, tuple[str, ...] | None]:
+    def _sql(self, conn: Connection) -> _Compiled:
         dialect = conn.dialect
         found = self._compiled.get(dialect.name)
         if found is None:
@@ -38,24 +43,18 @@ class Prepared:
                 raise ValueError("expanding IN parameters cannot be prepared: write the alternatives out")
             order = tuple(compiled.positiontup or ()) if compiled.positional else None
             # Values bound in the statement itself (literals such as a status) are constants of every call.
-            self._constants = {k: v for k, v in compiled.params.items() if v is not None}
-            found = (str(compiled), order)
+            constants = {k: v for k, v in compiled.params.items() if v is not None}
+            found = _Compiled(str(compiled), order, constants)
             self._compiled[dialect.name] = found
         return found
 
-    def _args(self, order: tuple[str, ...] | None, params: Mapping[str, Any]) -> Any:
-        if self._constants:
-            params = {**self._constants, **params}
-        return tuple(params[name] for name in order) if order is not None else params
-
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Run the statement; returns the DBAPI cursor (rows via fetchone/fetchall, `rowcount`)."""
-        sql, order = self._sql(conn)
-        return _run(conn, sql, self._args(order, params), many=False)
-
-    def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        sql, order = self._sql(conn)
-        _run(conn, sql, [self._args(order, row) for row in rows], many=True)
+        compiled = self._sql(conn)
+        if compiled.constants:
+            params = {**compiled.constants, **params}
+        args = tuple(params[name] for name in compiled.order) if compiled.order is not None else params
+        return _run(conn, compiled.sql, args)
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         return list(self.execute(conn, params).fetchall())
@@ -64,7 +63,7 @@ class Prepared:
         return self.execute(conn, params).fetchone()
 
 
-def _run(conn: Connection, sql: str, args: Any, many: bool) -> Any:
+def _run(conn: Connection, sql: str, args: Any) -> Any:
     """Execute on a DBAPI cursor in the connection's transaction (begun through SQLAlchemy, so its hooks ran)."""
     if not conn.in_transaction() and not conn.info.get(AUTOCOMMIT_READS):
         conn.begin()
@@ -72,11 +71,8 @@ def _run(conn: Connection, sql: str, args: Any, many: bool) -> Any:
     dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
         if conn.dispatch.before_cursor_execute:
-            conn.dispatch.before_cursor_execute(conn, cursor, sql, args, None, many)
-        if many:
-            cursor.executemany(sql, args)
-        else:
-            cursor.execute(sql, args)
+            conn.dispatch.before_cursor_execute(conn, cursor, sql, args, None, False)
+        cursor.execute(sql, args)
     except dbapi_error as exc:
         raise DBAPIError.instance(sql, None, exc, dbapi_error, hide_parameters=True, dialect=conn.dialect) from exc
     return cursor

@@ -112,17 +112,13 @@ class Store:
     def write(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> T:
         return self._batcher.submit(fn, keys)
 
-    def write_async(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> asyncio.Future[T]:
-        """`write` for a coroutine running in an event loop: await the committed result."""
-        return self._batcher.submit_async(fn, keys)
-
     def run(self, job: WriteJob[T]) -> T:
         """Run a prepared write and return its result once committed."""
         return self.write(job.fn, job.keys)
 
     def run_async(self, job: WriteJob[T]) -> asyncio.Future[T]:
         """`run` for a coroutine: await the committed result."""
-        return self.write_async(job.fn, job.keys)
+        return self._batcher.submit_async(job.fn, job.keys)
 
     @property
     def local(self) -> bool:
@@ -210,8 +206,7 @@ class Store:
         def read(conn: Connection) -> tuple[str, tuple[str, str] | None, CustomerState | None, CounterState]:
             canonical, state = customer_repo.identity(conn, customer_id)
             hit = decision_repo.find_idempotent(conn, channel, request_id, ms) if request_id else None
-            since_ms = ms - int(lookback.total_seconds() * 1000)
-            contacts = decision_repo.load_contacts(conn, canonical, since_ms) if lookback > timedelta(0) else []
+            contacts = decision_repo.load_contacts(conn, canonical, ms, lookback)
             return canonical, hit, state, CounterState(contacts, self._budgets.used(conn, actions, ms))
 
         return self.read_now(read)
@@ -228,7 +223,7 @@ class Store:
         body_hash: str | None,
         catalog_version: int | None = None,
     ) -> WriteJob[Decision]:
-        """The write that reserves a decision's units and logs it (run it with `write` or `write_async`)."""
+        """The write that reserves a decision's units and logs it (run it with `run` or `run_async`)."""
         keys = [f"customer:{decision.customer_id}", f"{SHARED}catalog"]  # the catalog stays as checked
         keys += [f"budget:{c.action_id}" for c in decision.actions if actions[c.action_id].budget is not None]
         if decision.request_id is not None:
@@ -244,17 +239,6 @@ class Store:
                 raise
 
         return WriteJob(job, keys)
-
-    def commit_decision(
-        self,
-        decision: Decision,
-        actions: Mapping[str, Action],
-        reward: RewardSpec,
-        lookback: timedelta,
-        body_hash: str | None,
-        catalog_version: int | None = None,
-    ) -> Decision:
-        return self.run(self.decision_write(decision, actions, reward, lookback, body_hash, catalog_version))
 
     def get_decision(self, decision_id: str, with_rewards: bool = True) -> Decision | None:
         return self.read(lambda c: decision_repo.get_decision(c, decision_id, with_rewards))

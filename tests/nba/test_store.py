@@ -161,7 +161,7 @@ def test_the_write_transaction_rechecks_counters(store: Store, clock: ManualCloc
         context={}, customer={}, action_attributes={"promo": {}}, request_id="r-1",
     )
     with pytest.raises(ReservationFailed) as failed:
-        store.commit_decision(stale, {"promo": action}, RewardSpec(), timedelta(days=1), "hash")
+        store.run(store.decision_write(stale, {"promo": action}, RewardSpec(), timedelta(days=1), "hash"))
     assert failed.value.exclusion.rule == "cap:customer:1d"
     assert store.get_decision("d-stale") is None
     assert store.find_idempotent("web", "r-1", clock.now()) is None
