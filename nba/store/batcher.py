@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -68,9 +69,15 @@ class WriteBatcher:
     """A single writer thread that runs submitted jobs in shared transactions."""
 
     def __init__(self, engine: Engine, max_batch: int = 256,
-                 between_batches: Callable[[Connection], None] | None = None) -> None:
-        """`between_batches(conn)` runs on the writer's connection after a batch's answers are out."""
+                 between_batches: Callable[[Connection], None] | None = None,
+                 process_lock: AbstractContextManager[object] | None = None) -> None:
+        """`between_batches(conn)` runs on the writer's connection after a batch's answers are out.
+
+        `process_lock`, when given, is held around each transaction and each `between_batches` call, so the
+        writers of several processes on one database take turns (see write_lock.py).
+        """
         self._engine = engine
+        self._process_lock = process_lock if process_lock is not None else nullcontext()
         self._between_batches = between_batches
         self._max_batch = max_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue()
@@ -168,7 +175,8 @@ class WriteBatcher:
         self._deliver(batch, outcomes)
         if self._between_batches is not None and self._conn is not None:
             try:
-                self._between_batches(self._conn)
+                with self._process_lock:  # no other process writes while the log may start over
+                    self._between_batches(self._conn)
             except Exception as exc:  # e.g. a checkpoint on a full disk: the writes themselves went through
                 log.warning("work between group commits failed: %s", exc)
 
@@ -215,7 +223,7 @@ class WriteBatcher:
         outcomes: list[tuple[bool, Any]] = []
         conn = self._connection()
         try:
-            with conn.begin():
+            with self._process_lock, conn.begin():
                 conn.info[TRANSACTION_CACHE] = {}
                 try:
                     lock_keys(conn, [k for job in batch for k in job.keys])

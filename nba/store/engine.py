@@ -22,7 +22,8 @@ def _normalise(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL") -> Engine:
+def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL",
+                wal_limit_bytes: int = WAL_LIMIT_BYTES) -> Engine:
     """An engine for reads or for the single group-commit writer of this process.
 
     SQLite: WAL journal, a busy timeout so processes queue for the write lock instead of failing, and
@@ -51,7 +52,7 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL") -> Engin
         cursor.execute("PRAGMA busy_timeout=30000")
         if writer:  # checkpoints run beside or between group commits (checkpointer.py), never inside one
             cursor.execute("PRAGMA wal_autocheckpoint=0")
-            cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            cursor.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

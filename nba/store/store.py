@@ -20,11 +20,12 @@ from nba.errors import StoreUnavailable
 from nba.store import catalog_repo, customer_repo, decision_repo, learning_repo, outcome_repo
 from nba.store.batcher import WriteBatcher
 from nba.store.budget_reads import BudgetReads
-from nba.store.checkpointer import WalCheckpointer
+from nba.store.checkpointer import WAL_LIMIT_BYTES, WalCheckpointer
 from nba.store.customer_repo import Reducer
 from nba.store.engine import SHARED, make_engine
 from nba.store.prepared import AUTOCOMMIT_READS
 from nba.store.schema import migrate
+from nba.store.write_lock import ProcessWriteLock
 from nba.types import CustomerState, Decision, Event, EventOutcome
 
 T = TypeVar("T")
@@ -42,18 +43,23 @@ class Store:
     """Everything the service keeps: catalog, customers, events, decisions, outcomes, models."""
 
     def __init__(self, url: str, synchronous: str = "NORMAL", max_batch: int = 256,
-                 checkpoint_seconds: float = 0.5) -> None:
+                 checkpoint_seconds: float = 0.5, wal_limit_bytes: int = WAL_LIMIT_BYTES) -> None:
         self.url = url
         self._reader = make_engine(url, writer=False, synchronous=synchronous)
-        self._writer_engine = make_engine(url, writer=True, synchronous=synchronous)
+        self._writer_engine = make_engine(url, writer=True, synchronous=synchronous, wal_limit_bytes=wal_limit_bytes)
         self._thread_reader = threading.local()
         self._local_reader = make_engine(url, writer=False, synchronous=synchronous) if self.local else self._reader
         self._budgets = BudgetReads()
         self._migrate()
-        self._checkpointer = WalCheckpointer(self._reader, checkpoint_seconds) if self.local else None
+        self._checkpointer = (
+            WalCheckpointer(self._reader, checkpoint_seconds, wal_limit_bytes) if self.local else None
+        )
+        database = self._writer_engine.url.database
+        self._write_lock = ProcessWriteLock(database) if self.local and database not in (None, "", ":memory:") else None
         self._batcher = WriteBatcher(
             self._writer_engine, max_batch=max_batch,
             between_batches=self._checkpointer.between_batches if self._checkpointer is not None else None,
+            process_lock=self._write_lock,
         )
 
     def _migrate(self) -> None:
@@ -69,6 +75,8 @@ class Store:
         self._batcher.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
+        if self._write_lock is not None:
+            self._write_lock.close()
         self._reader.dispose()
         self._local_reader.dispose()
         self._writer_engine.dispose()

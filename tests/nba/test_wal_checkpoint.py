@@ -1,4 +1,4 @@
-"""SQLite checkpoints run beside the writer, never inside a group commit."""
+"""SQLite checkpoints run beside the writer, never inside a group commit, and the log stays bounded."""
 
 from __future__ import annotations
 
@@ -9,11 +9,31 @@ from sqlalchemy.engine import make_url
 
 from nba.store import Store
 from nba.store import schema as t
-from nba.store.checkpointer import WAL_LIMIT_BYTES
+from nba.store.checkpointer import HARD_FACTOR
+
+LIMIT = 2 * 1024 * 1024  # a small log limit keeps these tests quick; the service default is larger
+ROW = 2**17  # 128 KiB per write: 32 pages of the log
 
 
 def _wal_autocheckpoint(conn: Connection) -> int:
     return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+
+def _wal(sqlite_url: str) -> Path:
+    return Path(make_url(sqlite_url).database + "-wal")  # type: ignore[operator]
+
+
+def _write_rows(store: Store, prefix: str, count: int, wal: Path) -> list[int]:
+    sizes = []
+    for index in range(count):
+        store.write(lambda c, i=index: c.execute(t.meta_kv.insert().values(key=f"{prefix}{i}", value="x" * ROW)))
+        sizes.append(wal.stat().st_size)
+    return sizes
+
+
+def _count(store: Store, prefix: str) -> int:
+    return int(store.read(lambda c: c.exec_driver_sql(f"SELECT count(*) FROM meta_kv WHERE key LIKE '{prefix}%'")
+                          .scalar_one()))
 
 
 def test_commits_do_not_checkpoint_and_the_checkpointer_does(sqlite_url: str) -> None:
@@ -26,8 +46,7 @@ def test_commits_do_not_checkpoint_and_the_checkpointer_does(sqlite_url: str) ->
         assert store._checkpointer is not None
         busy, logged, copied = store._checkpointer.checkpoint()
         assert (busy, copied) == (0, logged) and logged > 50
-        assert store.read(lambda c: c.exec_driver_sql("SELECT count(*) FROM meta_kv WHERE key LIKE 'k%'")
-                          .scalar_one()) == 50
+        assert _count(store, "k") == 50
     finally:
         store.close()
 
@@ -36,18 +55,36 @@ def test_postgres_needs_no_checkpointer(store: Store) -> None:
     assert (store._checkpointer is None) == (not store.local)
 
 
-def test_the_log_starts_over_under_continuous_writes(sqlite_url: str) -> None:
-    """With no pause between writes the log never empties by itself; the writer completes a checkpoint between
-    two batches once the file passes the limit, and SQLite then reuses and truncates it."""
-    store = Store(sqlite_url, checkpoint_seconds=3600)  # no background checkpoints: the writer alone
-    wal = Path(make_url(sqlite_url).database + "-wal")  # type: ignore[operator]
+def test_the_log_starts_over_and_the_writer_copies_only_the_tail(sqlite_url: str) -> None:
+    """Under continuous writes the checkpointer thread copies the log pass after pass; the writer only finishes
+    the checkpoint between two batches, copying what was written since the thread's last pass."""
+    store = Store(sqlite_url, checkpoint_seconds=3600, wal_limit_bytes=LIMIT)  # woken by the writer only
+    wal = _wal(sqlite_url)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
     try:
-        sizes = []
-        for index in range(60):  # 60 x 512 KiB: about 4x the limit
-            store.write(lambda c, i=index: c.execute(t.meta_kv.insert().values(key=f"big{i}", value="x" * 2**19)))
-            sizes.append(wal.stat().st_size)
-        assert max(sizes) < 2 * WAL_LIMIT_BYTES, sizes
-        assert store.read(lambda c: c.exec_driver_sql("SELECT count(*) FROM meta_kv WHERE key LIKE 'big%'")
-                          .scalar_one()) == 60
+        sizes = _write_rows(store, "big", 4 * LIMIT // ROW, wal)
+        assert max(sizes) <= HARD_FACTOR * LIMIT + 2 * ROW, sizes
+        assert any(later < earlier for earlier, later in zip(sizes, sizes[1:], strict=False)), sizes  # truncated
+        assert checkpointer.writer_checkpoints >= 1
+        assert checkpointer.last_writer_pass is not None
+        logged, copied_by_writer = checkpointer.last_writer_pass
+        assert copied_by_writer < logged // 2, checkpointer.last_writer_pass
+        assert _count(store, "big") == 4 * LIMIT // ROW
+    finally:
+        store.close()
+
+
+def test_the_writer_bounds_the_log_by_itself_when_the_checkpointer_thread_is_gone(sqlite_url: str) -> None:
+    store = Store(sqlite_url, checkpoint_seconds=3600, wal_limit_bytes=LIMIT)
+    wal = _wal(sqlite_url)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    try:
+        checkpointer.close()  # the thread stops; the writer still calls between_batches
+        sizes = _write_rows(store, "solo", 8 * LIMIT // ROW, wal)
+        assert max(sizes) <= HARD_FACTOR * LIMIT + 2 * ROW, sizes
+        assert checkpointer.writer_checkpoints >= 2
+        assert _count(store, "solo") == 8 * LIMIT // ROW
     finally:
         store.close()
