@@ -7,6 +7,7 @@ Steps, in order (each writes bench/results/<name>.json):
   learn    joined examples per second into Vowpal Wabbit (bench/learn.py)
   hotswap  PolicyModels.publish of a serialized model (bench/hotswap.py)
   ingest   events (single and batched) and rewards per second over HTTP (bench/ingest.py)
+  ope      logged decisions/s through the off-policy estimators, normal and bootstrap intervals (bench/ope.py)
   memory   server RSS holding up to 1,000,000 customer states (bench/memory.py), within the time left
 
 Everything runs against 127.0.0.1 on a fresh temporary SQLite database; never part of `make test`.
@@ -27,7 +28,7 @@ from typing import Any
 
 from bench.common import BENCH, RESULTS, log, machine, read_result, require_wrk, write_result
 
-STEPS = ["http", "profile", "learn", "hotswap", "ingest", "memory"]
+STEPS = ["http", "profile", "learn", "hotswap", "ingest", "ope", "memory"]
 
 
 def _git_commit() -> str | None:
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import ingest
 
                 result = ingest.run(workdir, seconds=seconds)
+            elif step == "ope":
+                from bench import ope
+
+                result = ope.run(rows=100_000 if args.quick else ope.ROWS, repeats=1 if args.quick else ope.REPEATS)
             else:
                 from bench import memory
 
@@ -202,6 +207,14 @@ def collect() -> dict[str, Any]:
         out["hotswap"] = {n: {"publish_median_ms": v["publish"]["median_ms"], "publish_max_ms": v["publish"]["max_ms"],
                               "serialize_median_ms": v["serialize"]["median_ms"], "model_bytes": v["model_bytes"]}
                           for n, v in hotswap["by_candidates"].items()}
+    ope = read_result("ope")
+    if ope:
+        out["ope"] = {"rows": ope["setup"]["rows"], "actions": ope["setup"]["actions"],
+                      "resamples": ope["setup"]["bootstrap_resamples"],
+                      "normal_rows_per_s": {k: v["rows_per_s"] for k, v in ope["normal"].items()},
+                      "bootstrap_rows_per_s": {k: v["rows_per_s"] for k, v in ope["bootstrap"].items()},
+                      "bootstrap_peak_mib": max(v["peak_alloc_mib"] for v in ope["bootstrap"].values()),
+                      "crossfit_seconds": ope["crossfit_ridge_5_folds"]["seconds"]}
     memory = read_result("memory")
     if memory:
         out["memory"] = {k: memory.get(k) for k in ("customers_ingested", "reached_target", "server_rss_mib",
@@ -260,6 +273,15 @@ def render_markdown(summary: dict[str, Any]) -> str:
                   f"{v['publish_max_ms']:.1f} ms), serialize {v['serialize_median_ms']:.1f} ms, model "
                   f"{v['model_bytes'] / 1024:.0f} KiB" for n, v in f["hotswap"].items()]
         lines.append("")
+    if "ope" in f:
+        o = f["ope"]
+        lines += [f"Off-policy estimators, {o['rows']:,} logged decisions x {o['actions']} actions, in process:", "",
+                  f"| estimator | rows/s with normal interval | rows/s with bootstrap ({o['resamples']} resamples) |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {rate:,.0f} | {o['bootstrap_rows_per_s'][name]:,.0f} |"
+                  for name, rate in o["normal_rows_per_s"].items()]
+        lines += ["", f"- Cross-fitted Ridge reward model (5 folds): {o['crossfit_seconds']:.1f} s; bootstrap peak "
+                  f"allocation {o['bootstrap_peak_mib']:.0f} MiB.", ""]
     if "memory" in f:
         mem = f["memory"]
         lines.append(f"- Memory: {mem['customers_ingested']:,} customer states in the store; server RSS "
