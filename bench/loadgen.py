@@ -136,6 +136,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     service: list[float] = []
     statuses: dict[int, int] = {}
     captured: list[str] = []
+    timeline: list[tuple[float, float]] = []  # (due time from start, latency), for --timeline
     errors = 0
     sent = 0
     open_loop = args.rate > 0
@@ -167,6 +168,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 return
             finished = now()
             latencies.append(finished - due)
+            if args.timeline:
+                timeline.append((due - start, finished - due))
             service.append(finished - began)
             statuses[status] = statuses.get(status, 0) + 1
             if args.capture and status == 200:
@@ -200,6 +203,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     if args.capture:
         with open(args.capture, "w") as handle:
             handle.write("\n".join(captured) + ("\n" if captured else ""))
+    if args.timeline:
+        with open(args.timeline, "w") as handle:
+            handle.writelines(f"{due:.6f} {latency:.6f}\n" for due, latency in sorted(timeline))
     result = _summary(latencies, service, statuses, errors, elapsed, sent, total)
     result.update({"mode": "open" if open_loop else "closed", "target_rps": args.rate,
                    "connections": args.connections, "duration_s": args.duration, "captured": len(captured)})
@@ -220,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--capture", default=None)
+    parser.add_argument("--timeline", default=None, help="write 'due-time latency' (seconds) per request to FILE")
     args = parser.parse_args(argv)
     if args.duration > 120 or args.rate > 100_000 or args.requests > 2_000_000:
         parser.error("bounded runs only: duration <= 120 s, rate <= 100,000/s, requests <= 2,000,000")

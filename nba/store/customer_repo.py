@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, String, bindparam, func, select, update
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.elements import BindParameter
 
 from nba.clock import epoch_ms
 from nba.store import schema as t
@@ -47,61 +50,97 @@ def aliases_of(conn: Connection, customer_id: str) -> list[str]:
     return sorted(str(r.alias) for r in rows)
 
 
-def load_state(conn: Connection, customer_id: str, for_update: bool = False) -> CustomerState | None:
-    query = _STATE
-    if for_update and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    raw = conn.execute(query, {"customer_id": customer_id}).scalar()
+def load_state(conn: Connection, customer_id: str) -> CustomerState | None:
+    raw = conn.execute(_STATE, {"customer_id": customer_id}).scalar()
     return None if raw is None else CustomerState.from_json(customer_id, loads(raw))
 
 
-def save_state(conn: Connection, state: CustomerState, now_ms: int, existed: bool) -> None:
-    encoded = dumps(state.to_json())
-    if existed:
-        conn.execute(
-            update(t.customers)
-            .where(t.customers.c.customer_id == state.customer_id)
-            .values(state=encoded, updated_ms=now_ms)
-        )
-    else:
-        conn.execute(
-            t.customers.insert().values(
-                customer_id=state.customer_id, state=encoded, created_ms=now_ms, updated_ms=now_ms
-            )
-        )
+def _in_list(cache: dict[int, Prepared], build: Callable[[list[BindParameter[str]]], ClauseElement],
+             values: Sequence[str], conn: Connection) -> list[Any]:
+    """Rows of `build(params)` for `values`, in chunks, each padded to a power of two.
+
+    Padding (repeating the last value, which an IN list ignores) keeps the prepared statements to one per
+    power of two up to `IN_CHUNK`, instead of one per list length.
+    """
+    rows: list[Any] = []
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = list(values[start:start + IN_CHUNK])
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunk += [chunk[-1]] * (size - len(chunk))
+        found = cache.get(size)
+        if found is None:
+            found = cache[size] = Prepared(build([bindparam(f"v{i}", type_=String) for i in range(size)]))
+        rows += found.rows(conn, {f"v{i}": value for i, value in enumerate(chunk)})
+    return rows
+
+
+IN_CHUNK = 512
+_ALIASES_IN: dict[int, Prepared] = {}
+_EVENTS_IN: dict[int, Prepared] = {}
+_STATES_IN: dict[int, Prepared] = {}
+_EVENT_NEW = Prepared(t.events.insert())
+_CUSTOMER_NEW = Prepared(t.customers.insert())
+_CUSTOMER_SAVE = Prepared(
+    update(t.customers).where(t.customers.c.customer_id == bindparam("s_customer_id"))
+    .values(state=bindparam("s_state"), updated_ms=bindparam("s_updated_ms"))
+)
+
+
+def _canonical_ids(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+    found = _in_list(_ALIASES_IN, lambda p: select(t.aliases.c.alias, t.aliases.c.customer_id)
+                     .where(t.aliases.c.alias.in_(p)), ids, conn)
+    canonical = {str(alias): str(customer_id) for alias, customer_id in found}
+    return {i: canonical.get(i, i) for i in ids}
+
+
+def _stored_event_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
+    found = _in_list(_EVENTS_IN, lambda p: select(t.events.c.event_id).where(t.events.c.event_id.in_(p)), ids, conn)
+    return {str(row[0]) for row in found}
+
+
+def _states(conn: Connection, ids: Sequence[str]) -> dict[str, CustomerState]:
+    """Stored states of these customers, locked for this transaction on PostgreSQL (SQLite's writer is alone)."""
+    found = _in_list(_STATES_IN, lambda p: select(t.customers.c.customer_id, t.customers.c.state)
+                     .where(t.customers.c.customer_id.in_(p)).with_for_update(), ids, conn)
+    return {str(cid): CustomerState.from_json(str(cid), loads(raw)) for cid, raw in found}
 
 
 def ingest_events(conn: Connection, batch: Sequence[Event], reducer: Reducer, now_ms: int) -> list[EventOutcome]:
-    """Store new events and fold each into its customer's state; a repeated event id changes nothing."""
+    """Store new events and fold each into its customer's state, in order; a repeated event id changes nothing.
+
+    A batch reads and writes with a few set-wise statements (ids, duplicates and states in IN lists, events
+    and states with executemany) rather than five statements per event.
+    """
+    canonical = _canonical_ids(conn, list(dict.fromkeys(e.customer_id for e in batch)))
+    stored = _stored_event_ids(conn, list(dict.fromkeys(e.event_id for e in batch)))
     outcomes: list[EventOutcome] = []
-    states: dict[str, tuple[CustomerState, bool]] = {}
+    fresh: list[tuple[Event, str]] = []
     seen: set[str] = set()
     for event in batch:
-        customer_id = resolve(conn, event.customer_id)
-        duplicate = event.event_id in seen or (
-            conn.execute(select(t.events.c.event_id).where(t.events.c.event_id == event.event_id)).first()
-            is not None
-        )
-        if duplicate:
-            outcomes.append(EventOutcome(event.event_id, customer_id, True))
-            continue
-        seen.add(event.event_id)
-        conn.execute(
-            t.events.insert().values(
-                event_id=event.event_id,
-                customer_id=customer_id,
-                type=event.type,
-                ts_ms=epoch_ms(event.timestamp),
-                received_ms=now_ms,
-                properties=dumps(event.properties),
-            )
-        )
-        if customer_id not in states:
-            loaded = load_state(conn, customer_id, for_update=True)
-            states[customer_id] = (loaded or CustomerState(customer_id), loaded is not None)
-        state, existed = states[customer_id]
-        states[customer_id] = (reducer(state, event), existed)
-        outcomes.append(EventOutcome(event.event_id, customer_id, False))
-    for state, existed in states.values():
-        save_state(conn, state, now_ms, existed)
+        customer_id = canonical[event.customer_id]
+        duplicate = event.event_id in seen or event.event_id in stored
+        outcomes.append(EventOutcome(event.event_id, customer_id, duplicate))
+        if not duplicate:
+            seen.add(event.event_id)
+            fresh.append((event, customer_id))
+    if not fresh:
+        return outcomes
+    loaded = _states(conn, list(dict.fromkeys(customer_id for _, customer_id in fresh)))
+    states: dict[str, CustomerState] = {}
+    rows: list[dict[str, Any]] = []
+    for event, customer_id in fresh:
+        rows.append({"event_id": event.event_id, "customer_id": customer_id, "type": event.type,
+                     "ts_ms": epoch_ms(event.timestamp), "received_ms": now_ms,
+                     "properties": dumps(event.properties)})
+        state = states.get(customer_id) or loaded.get(customer_id) or CustomerState(customer_id)
+        states[customer_id] = reducer(state, event)
+    _EVENT_NEW.execute_many(conn, rows)
+    updates = [{"s_customer_id": cid, "s_state": dumps(state.to_json()), "s_updated_ms": now_ms}
+               for cid, state in states.items() if cid in loaded]
+    inserts = [{"customer_id": cid, "state": dumps(state.to_json()), "created_ms": now_ms, "updated_ms": now_ms}
+               for cid, state in states.items() if cid not in loaded]
+    if updates:
+        _CUSTOMER_SAVE.execute_many(conn, updates)
+    if inserts:
+        _CUSTOMER_NEW.execute_many(conn, inserts)
     return outcomes

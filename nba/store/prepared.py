@@ -11,7 +11,7 @@ raised as SQLAlchemy's exceptions, as if the statement had gone through `Connect
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
@@ -56,6 +56,18 @@ class Prepared:
         args = tuple(params[name] for name in compiled.order) if compiled.order is not None else params
         return _run(conn, compiled.sql, args)
 
+    def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement once per parameter set, in one driver call (a batch's inserts and updates)."""
+        if not rows:
+            return
+        compiled = self._sql(conn)
+        sets: list[Any] = []
+        for params in rows:
+            if compiled.constants:
+                params = {**compiled.constants, **params}
+            sets.append(tuple(params[name] for name in compiled.order) if compiled.order is not None else params)
+        _run(conn, compiled.sql, sets, many=True)
+
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         return list(self.execute(conn, params).fetchall())
 
@@ -63,7 +75,7 @@ class Prepared:
         return self.execute(conn, params).fetchone()
 
 
-def _run(conn: Connection, sql: str, args: Any) -> Any:
+def _run(conn: Connection, sql: str, args: Any, many: bool = False) -> Any:
     """Execute on a DBAPI cursor in the connection's transaction (begun through SQLAlchemy, so its hooks ran)."""
     if not conn.in_transaction() and not conn.info.get(AUTOCOMMIT_READS):
         conn.begin()
@@ -71,8 +83,11 @@ def _run(conn: Connection, sql: str, args: Any) -> Any:
     dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
         if conn.dispatch.before_cursor_execute:
-            conn.dispatch.before_cursor_execute(conn, cursor, sql, args, None, False)
-        cursor.execute(sql, args)
+            conn.dispatch.before_cursor_execute(conn, cursor, sql, args, None, many)
+        if many:
+            cursor.executemany(sql, args)
+        else:
+            cursor.execute(sql, args)
     except dbapi_error as exc:
         raise DBAPIError.instance(sql, None, exc, dbapi_error, hide_parameters=True, dialect=conn.dialect) from exc
     return cursor
