@@ -6,94 +6,119 @@ the default when the window closes under `sum`); becoming final enqueues one exa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, select, update
+import msgspec
+from sqlalchemy import Connection, Float, bindparam, select, update
 
 from nba.catalog import RewardSpec
 from nba.errors import Conflict, DecisionNotFound, InvalidInput
 from nba.store import schema as t
-from nba.store.codec import loads
+from nba.store.prepared import Prepared
 
 
-def _decision_row(conn: Connection, decision_id: str) -> Any:
-    row = conn.execute(
-        select(
-            t.decisions.c.decision_id,
-            t.decisions.c.policy_name,
-            t.decisions.c.policy_version,
-            t.decisions.c.deferred,
-            t.decisions.c.activated_ms,
-            t.decisions.c.window_end_ms,
-            t.decisions.c.release_ms,
-            t.decisions.c.state,
-            t.decisions.c.body,
-        ).where(t.decisions.c.decision_id == decision_id)
-    ).first()
-    if row is None:
+class DecisionRow(NamedTuple):
+    """The columns of a decision that rewards, activation and closing read."""
+
+    decision_id: str
+    policy_name: str
+    policy_version: int
+    deferred: bool
+    activated_ms: int | None
+    window_end_ms: int | None
+    release_ms: int | None
+    state: str
+    body: str
+
+
+# Statements on the reward path are prepared like the decide path's (see prepared.py): a reward runs four or
+# five of them in the group-commit writer, which holds the GIL for SQLAlchemy's per-statement work.
+_SLOT_KEY = (t.decision_slots.c.decision_id == bindparam("decision_id"), t.decision_slots.c.slot == bindparam("slot"))
+_DECISION = Prepared(
+    select(*(t.decisions.c[name] for name in DecisionRow._fields))
+    .where(t.decisions.c.decision_id == bindparam("decision_id"))
+)
+_SLOT = Prepared(select(t.decision_slots.c.final, t.decision_slots.c.reward_count).where(*_SLOT_KEY))
+_SLOT_ADD = Prepared(
+    update(t.decision_slots).where(*_SLOT_KEY).values(
+        reward_sum=t.decision_slots.c.reward_sum + bindparam("value", type_=Float),
+        reward_count=t.decision_slots.c.reward_count + 1,
+    )
+)
+_SLOT_FINAL = Prepared(update(t.decision_slots).where(*_SLOT_KEY).values(final=True))
+_REWARD_NEW = Prepared(
+    t.rewards.insert().values({c.name: bindparam(c.name) for c in t.rewards.columns if c.name != "id"})
+)
+_ENQUEUE = Prepared(
+    t.learn_queue.insert().values({c.name: bindparam(c.name) for c in t.learn_queue.columns if c.name != "seq"})
+)
+
+
+class _RewardOnly(msgspec.Struct):
+    reward: dict[str, Any]
+
+
+_REWARD_OF_BODY = msgspec.json.Decoder(_RewardOnly)  # skips the rest of the body without building it
+_SPECS: dict[tuple[tuple[str, Any], ...], RewardSpec] = {}
+
+
+def _decision_row(conn: Connection, decision_id: str) -> DecisionRow:
+    raw = _DECISION.first(conn, {"decision_id": decision_id})
+    if raw is None:
         raise DecisionNotFound(f"decision {decision_id!r} not found", field="decision_id")
-    return row
+    row = DecisionRow(*raw)
+    return row._replace(deferred=bool(row.deferred), policy_version=int(row.policy_version))
 
 
-def _reward_spec(row: Any) -> RewardSpec:
-    return RewardSpec.model_validate(loads(row.body)["reward"])
+def _reward_spec(row: DecisionRow) -> RewardSpec:
+    """The reward spec logged with the decision (validated once per distinct spec, then shared: specs are frozen)."""
+    logged = _REWARD_OF_BODY.decode(row.body).reward
+    try:
+        key = tuple(logged.items())
+        hash(key)
+    except TypeError:  # a spec with unhashable values: validate it every time
+        return RewardSpec.model_validate(logged)
+    found = _SPECS.get(key)
+    if found is None:
+        if len(_SPECS) > 1000:
+            _SPECS.clear()
+        found = _SPECS[key] = RewardSpec.model_validate(logged)
+    return found
 
 
-def _enqueue(conn: Connection, row: Any, slot: int, reward: float, now_ms: int) -> None:
-    conn.execute(
-        t.learn_queue.insert().values(
-            policy_name=row.policy_name,
-            policy_version=row.policy_version,
-            decision_id=row.decision_id,
-            slot=slot,
-            reward=reward,
-            created_ms=now_ms,
-            snapshot_id=None,
-        )
-    )
+def _enqueue(conn: Connection, row: DecisionRow, slot: int, reward: float, now_ms: int) -> None:
+    _ENQUEUE.execute(conn, {
+        "policy_name": row.policy_name, "policy_version": row.policy_version, "decision_id": row.decision_id,
+        "slot": slot, "reward": reward, "created_ms": now_ms, "snapshot_id": None,
+    })
 
 
-def _finalise_slot(conn: Connection, row: Any, slot: int, reward: float, now_ms: int) -> None:
-    conn.execute(
-        update(t.decision_slots)
-        .where(t.decision_slots.c.decision_id == row.decision_id, t.decision_slots.c.slot == slot)
-        .values(final=True)
-    )
+def _finalise_slot(conn: Connection, row: DecisionRow, slot: int, reward: float, now_ms: int) -> None:
+    _SLOT_FINAL.execute(conn, {"decision_id": row.decision_id, "slot": slot})
     _enqueue(conn, row, slot, reward, now_ms)
 
 
 def add_reward(conn: Connection, decision_id: str, slot: int, value: float, now_ms: int) -> str:
     """Record a reward and return its status: `accepted` (in the window) or `late` (stored, never learned)."""
     row = _decision_row(conn, decision_id)
-    slot_row = conn.execute(
-        select(t.decision_slots).where(
-            t.decision_slots.c.decision_id == decision_id, t.decision_slots.c.slot == slot
-        )
-    ).first()
+    slot_row = _SLOT.first(conn, {"decision_id": decision_id, "slot": slot})
     if slot_row is None:
         raise InvalidInput(f"decision {decision_id!r} has no action in slot {slot}", field="slot")
+    final, reward_count = bool(slot_row[0]), int(slot_row[1])
     spec = _reward_spec(row)
     in_window = row.state == "open" and (row.window_end_ms is None or now_ms <= row.window_end_ms)
     if not in_window:
         status = "late"
-    elif slot_row.final or (spec.aggregation == "first" and slot_row.reward_count > 0):
+    elif final or (spec.aggregation == "first" and reward_count > 0):
         status = "accepted"  # stored; under `first` only the first reward is learned from
     else:
         status = "accepted"
-        conn.execute(
-            update(t.decision_slots)
-            .where(t.decision_slots.c.decision_id == decision_id, t.decision_slots.c.slot == slot)
-            .values(
-                reward_sum=t.decision_slots.c.reward_sum + value,
-                reward_count=t.decision_slots.c.reward_count + 1,
-            )
-        )
+        _SLOT_ADD.execute(conn, {"decision_id": decision_id, "slot": slot, "value": value})
         learnable = not row.deferred or row.activated_ms is not None
         if spec.aggregation == "first" and learnable:
             _finalise_slot(conn, row, slot, value, now_ms)
-    conn.execute(
-        t.rewards.insert().values(decision_id=decision_id, slot=slot, value=value, received_ms=now_ms, status=status)
-    )
+    _REWARD_NEW.execute(conn, {"decision_id": decision_id, "slot": slot, "value": value, "received_ms": now_ms,
+                               "status": status})
     return status
 
 
