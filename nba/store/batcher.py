@@ -73,8 +73,8 @@ class WriteBatcher:
                  process_lock: AbstractContextManager[object] | None = None) -> None:
         """`between_batches(conn)` runs on the writer's connection after a batch's answers are out.
 
-        `process_lock`, when given, is held around each transaction and each `between_batches` call, so the
-        writers of several processes on one database take turns (see write_lock.py).
+        `process_lock`, when given, is held around each transaction, so the writers of several processes on one
+        database take turns (see write_lock.py).
         """
         self._engine = engine
         self._process_lock = process_lock if process_lock is not None else nullcontext()
@@ -168,15 +168,14 @@ class WriteBatcher:
                 outcomes = self._attempt(batch)
             except _JobFailed:
                 outcomes = self._transaction(batch, savepoints=True)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, StoreUnavailable) as exc:  # the database failed, or its write lock timed out
             self._fail(batch, exc)
             return
         self.failing_since = None
         self._deliver(batch, outcomes)
         if self._between_batches is not None and self._conn is not None:
             try:
-                with self._process_lock:  # no other process writes while the log may start over
-                    self._between_batches(self._conn)
+                self._between_batches(self._conn)
             except Exception as exc:  # e.g. a checkpoint on a full disk: the writes themselves went through
                 log.warning("work between group commits failed: %s", exc)
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from contextlib import AbstractContextManager, nullcontext
 
 from sqlalchemy import Connection, Engine
 
@@ -33,33 +35,41 @@ WAL_LIMIT_BYTES = 32 * 1024 * 1024
 HARD_FACTOR = 3  # the writer checkpoints by itself at this multiple of the limit
 FEW_FRAMES = 256  # a pass copying fewer new frames has caught up (1 MiB of 4 KiB pages, or an 8th of the limit)
 MAX_PASSES = 20  # catch-up passes before signalling the writer anyway
+HARD_RETRIES = 20  # the writer's attempts at the hard limit while another checkpoint runs (1 ms apart)
 
 
 class WalCheckpointer:
-    def __init__(self, engine: Engine, interval: float = 0.5, limit_bytes: int = WAL_LIMIT_BYTES) -> None:
+    def __init__(self, engine: Engine, interval: float = 0.5, limit_bytes: int = WAL_LIMIT_BYTES,
+                 process_lock: AbstractContextManager[object] | None = None) -> None:
+        """`process_lock` is the writers' cross-process lock: the writer's final pass holds it, so no other
+        process appends to the log while it may start over."""
         self._engine = engine
         self._interval = interval
         self._limit = limit_bytes
+        self._lock = process_lock if process_lock is not None else nullcontext()
         self._few = max(16, min(FEW_FRAMES, limit_bytes // 4096 // 8))  # caught up: less than this left to copy
         self._wal_path = f"{engine.url.database}-wal"
         self._stop = threading.Event()
         self._wake = threading.Event()  # the writer saw the log past the limit: catch up now
         self._caught_up = threading.Event()  # little is left to copy: the writer may finish the checkpoint
         self.writer_checkpoints = 0  # final passes the writer ran (on a signal or at the hard limit)
-        self._thread_copied = 0  # frames checkpointed as of this thread's last pass
+        self._thread_copied = 0  # frames checkpointed as of this thread's last pass on the current log
         self.last_writer_pass: tuple[int, int] | None = None  # (frames in the log, frames the writer copied)
         self._thread = threading.Thread(target=self._run, name="nba-wal-checkpoint", daemon=True)
         self._thread.start()
 
     def checkpoint(self) -> tuple[int, int, int]:
-        """Run one passive checkpoint: (busy, frames in the log, frames checkpointed)."""
+        """Run one passive checkpoint: (busy, frames in the log, frames checkpointed); -1 frames when another
+        connection's checkpoint was running."""
         raw = self._engine.raw_connection()
         try:
             cursor = raw.cursor()
             row = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             cursor.close()
-            self._thread_copied = int(row[2])
-            return int(row[0]), int(row[1]), int(row[2])
+            busy, logged, copied = int(row[0]), int(row[1]), int(row[2])
+            if copied >= 0:
+                self._thread_copied = copied
+            return busy, logged, copied
         finally:
             raw.close()
 
@@ -72,15 +82,21 @@ class WalCheckpointer:
     def catch_up(self) -> int:
         """Copy the log pass after pass until a pass finds little new, then let the writer finish.
 
-        Returns the number of passes run.
+        Even a pass that copied the whole log signals: a write transaction that began before it keeps the log
+        from starting over, and under continuous writes one always has. Returns the number of passes run.
         """
-        _, _, copied = self.checkpoint()
-        passes = 1
+        copied = -1
+        passes = 0
         while passes < MAX_PASSES and not self._stop.is_set():
             _, logged, now_copied = self.checkpoint()
             passes += 1
-            if now_copied < copied or now_copied - copied < self._few or logged - now_copied < self._few:
-                break  # the log started over meanwhile, or this pass had little to do
+            if now_copied < 0:  # another process's checkpoint is running: try again shortly
+                self._stop.wait(0.005)
+                continue
+            if 0 <= now_copied < copied:
+                return passes  # the log started over meanwhile: nothing to finish
+            if copied >= 0 and (now_copied - copied < self._few or logged - now_copied < self._few):
+                break  # this pass had little to do: what is left is a few milliseconds of writes
             copied = now_copied
         self._caught_up.set()
         return passes
@@ -89,18 +105,32 @@ class WalCheckpointer:
         """Run by the writer between group commits: finish the checkpoint once the log has grown long."""
         size = self._wal_size()
         if size <= self._limit:
+            self._caught_up.clear()  # a signal for a log that has since started over
             return
         if not self._caught_up.is_set() and size < HARD_FACTOR * self._limit and self._thread.is_alive():
             self._wake.set()  # most of the copying happens beside the writer; it finishes on the next signal
             return
-        raw = conn.connection.dbapi_connection  # autocommit: a checkpoint runs outside any transaction
-        assert raw is not None
-        _, logged, copied = raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if copied < 0:  # another connection's checkpoint was running: try again after the next batch
+        with self._lock:
+            if self._wal_size() <= self._limit:  # another process's writer finished it meanwhile
+                self._caught_up.clear()
+                return
+            raw = conn.connection.dbapi_connection  # autocommit: a checkpoint runs outside any transaction
+            assert raw is not None
+            # Busy (-1) while another connection's checkpoint runs: at the hard limit wait a little for it,
+            # otherwise try again after the next batch.
+            attempts = HARD_RETRIES if size >= HARD_FACTOR * self._limit else 1
+            for attempt in range(attempts):
+                _, logged, copied = raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if copied >= 0:
+                    break
+                if attempt + 1 < attempts:
+                    time.sleep(0.001)
+        if copied < 0:
             return
         self._caught_up.clear()
         behind = self._thread_copied if 0 <= self._thread_copied <= copied else 0
         self.last_writer_pass = (int(logged), int(copied) - behind)
+        self._thread_copied = 0  # the log starts over with the next transaction
         self.writer_checkpoints += 1
 
     def _run(self) -> None:

@@ -51,11 +51,12 @@ class Store:
         self._local_reader = make_engine(url, writer=False, synchronous=synchronous) if self.local else self._reader
         self._budgets = BudgetReads()
         self._migrate()
-        self._checkpointer = (
-            WalCheckpointer(self._reader, checkpoint_seconds, wal_limit_bytes) if self.local else None
-        )
         database = self._writer_engine.url.database
         self._write_lock = ProcessWriteLock(database) if self.local and database not in (None, "", ":memory:") else None
+        self._checkpointer = (
+            WalCheckpointer(self._reader, checkpoint_seconds, wal_limit_bytes, self._write_lock)
+            if self.local else None
+        )
         self._batcher = WriteBatcher(
             self._writer_engine, max_batch=max_batch,
             between_batches=self._checkpointer.between_batches if self._checkpointer is not None else None,

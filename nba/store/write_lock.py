@@ -6,25 +6,63 @@ two workers a waiting group commit can miss the lock for hundreds of millisecond
 two workers). Each worker's writer therefore takes an exclusive `flock` on a file beside the database for each
 write transaction: a waiting writer blocks in the kernel and wakes the moment the lock is released. SQLite's
 own locking still guards every write; this only orders the writers that come through the group commit.
+
+A wait is bounded like SQLite's busy timeout: a process that holds the lock for longer (stopped, stuck) makes the
+others' group commits fail with `WriteLockTimeout` (a 503 to their clients) instead of hanging them.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
+
+from nba.errors import StoreUnavailable
+
+DEFAULT_TIMEOUT = 30.0  # seconds, as the SQLite connections' busy_timeout
+
+
+class WriteLockTimeout(StoreUnavailable):
+    """Another process held the database's write lock for longer than the timeout."""
 
 
 class ProcessWriteLock:
     """An exclusive advisory lock on `<database>-writelock`, taken around each group commit."""
 
-    def __init__(self, database_path: str) -> None:
+    def __init__(self, database_path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = f"{database_path}-writelock"
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.timeout = timeout
+        self._fd: int | None = self._open()
+        self._waiter: ThreadPoolExecutor | None = None  # waits in the kernel when the lock is taken
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def __enter__(self) -> ProcessWriteLock:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)  # waits without holding the GIL
+        fd = self._fd
+        if fd is None:
+            return self
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return self
+        except BlockingIOError:
+            pass
+        if self._waiter is None:
+            self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nba-writelock")
+        waited = self._waiter.submit(fcntl.flock, fd, fcntl.LOCK_EX)  # a blocking wait that can time out
+        try:
+            waited.result(timeout=self.timeout)
+        except FutureTimeout:
+            # The abandoned wait may still get the lock: it then releases it and closes its descriptor. A lock
+            # belongs to its open file, so the next attempt opens a new one rather than share that state.
+            waited.add_done_callback(functools.partial(_release_and_close, fd))
+            self._fd = self._open()
+            raise WriteLockTimeout(
+                f"another process has held the database's write lock for more than {self.timeout:g} s"
+            ) from None
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -33,6 +71,16 @@ class ProcessWriteLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.shutdown(wait=False, cancel_futures=True)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _release_and_close(fd: int, done: Future[None]) -> None:
+    try:
+        if done.exception() is None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from sqlalchemy import Connection
@@ -88,3 +89,43 @@ def test_the_writer_bounds_the_log_by_itself_when_the_checkpointer_thread_is_gon
         assert _count(store, "solo") == 8 * LIMIT // ROW
     finally:
         store.close()
+
+
+def test_a_signal_for_a_log_that_started_over_is_dropped(sqlite_url: str) -> None:
+    """A catch-up that ran while the log was short (it had just started over) must not leave the thread idle."""
+    store = Store(sqlite_url, checkpoint_seconds=3600, wal_limit_bytes=LIMIT)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    try:
+        checkpointer.catch_up()
+        assert checkpointer._caught_up.is_set()
+        _write_rows(store, "short", 2, _wal(sqlite_url))  # the second batch runs after the first's hook
+        assert not checkpointer._caught_up.is_set()
+    finally:
+        store.close()
+
+
+def test_two_processes_writing_keep_the_log_bounded(sqlite_url: str) -> None:
+    """Two stores on one file (two processes' writers, each with its own lock handle and checkpointer)."""
+    stores = [Store(sqlite_url, wal_limit_bytes=LIMIT) for _ in range(2)]
+    writes = 16 * LIMIT // ROW
+    wal = _wal(sqlite_url)
+    sizes: list[int] = []
+    try:
+        def writer(index: int) -> None:
+            for row in range(writes // 2):
+                stores[index].write(lambda c, k=f"two{index}-{row}": c.execute(
+                    t.meta_kv.insert().values(key=k, value="x" * ROW)))
+                sizes.append(wal.stat().st_size)
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert max(sizes) <= 2 * HARD_FACTOR * LIMIT, max(sizes)  # 16x the limit written
+        assert sum(s._checkpointer.writer_checkpoints for s in stores if s._checkpointer) >= 1
+        assert _count(stores[0], "two") == writes
+    finally:
+        for store in stores:
+            store.close()
