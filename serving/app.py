@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from serving.auth import authorize
 from serving.body import check_body
 from serving.openapi import StrictBodies
 from serving.problems import HANDLERS
@@ -36,6 +38,12 @@ ROUTES = [
 ]
 
 
+async def _before_request(request: Request[Any, Any, Any]) -> None:
+    """Who may call (401/403 first, as a guard would), then whether the body is what the route takes."""
+    await authorize(request)
+    await check_body(request)
+
+
 def create_app(runtime: Runtime) -> Litestar:
     """Build the app around a runtime; the runtime's background work starts and stops with the app."""
     logging.basicConfig(level=runtime.settings.log_level.upper(),
@@ -43,7 +51,7 @@ def create_app(runtime: Runtime) -> Litestar:
     app = Litestar(
         route_handlers=ROUTES,
         exception_handlers=HANDLERS,
-        before_request=check_body,
+        before_request=_before_request,
         on_startup=[lambda: runtime.start()],
         on_shutdown=[lambda: runtime.stop()],
         request_max_body_size=runtime.settings.max_body_bytes,

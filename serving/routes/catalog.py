@@ -13,7 +13,6 @@ from bandits.vw_policy import ModelLoadError, VWPolicy
 from nba.catalog import Action, EventType, Policy
 from nba.errors import ActionNotFound, InvalidInput, PolicyNotFound
 from nba.ids import ID_REGEX, NAME_REGEX
-from serving.auth import require
 from serving.openapi import NO_ROUTE, ProblemOperation, answers
 from serving.runtime import Runtime
 
@@ -30,7 +29,7 @@ def _dump(model: Any, **extra: Any) -> dict[str, Any]:
     return {**extra, **model.model_dump(mode="json", by_alias=True)}
 
 
-@put("/v1/actions/{action_id:str}", guards=[require("admin")], tags=["catalog"], summary="Create or replace an action",
+@put("/v1/actions/{action_id:str}", opt={"role": "admin"}, tags=["catalog"], summary="Create or replace an action",
      responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
 async def put_action(request: Request[Any, Any, Any], action_id: ActionId, data: Action) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
@@ -39,14 +38,14 @@ async def put_action(request: Request[Any, Any, Any], action_id: ActionId, data:
     return Response(_dump(data, action_id=action_id), status_code=201 if created else 200)
 
 
-@get("/v1/actions", guards=[require("analyst")], sync_to_thread=False, tags=["catalog"], summary="The catalog",
+@get("/v1/actions", opt={"role": "analyst"}, sync_to_thread=False, tags=["catalog"], summary="The catalog",
      responses=answers(401, 403))
 def list_actions(request: Request[Any, Any, Any]) -> dict[str, Any]:
     view = _runtime(request).catalog()
     return {"items": [_dump(a, action_id=aid) for aid, a in sorted(view.actions.items())]}
 
 
-@get("/v1/actions/{action_id:str}", guards=[require("analyst")], sync_to_thread=False, tags=["catalog"],
+@get("/v1/actions/{action_id:str}", opt={"role": "analyst"}, sync_to_thread=False, tags=["catalog"],
      summary="One action", operation_class=ProblemOperation,
      responses=answers(401, 403, (404, "No action with this id"), 422))
 def get_action(request: Request[Any, Any, Any], action_id: ActionId) -> dict[str, Any]:
@@ -56,7 +55,7 @@ def get_action(request: Request[Any, Any, Any], action_id: ActionId) -> dict[str
     return _dump(action, action_id=action_id)
 
 
-@delete("/v1/actions/{action_id:str}", guards=[require("admin")], tags=["catalog"],
+@delete("/v1/actions/{action_id:str}", opt={"role": "admin"}, tags=["catalog"],
         summary="Remove an action (its counters are kept)", operation_class=ProblemOperation,
         responses=answers(401, 403, (404, "No action with this id"), 422, 503))
 async def delete_action(request: Request[Any, Any, Any], action_id: ActionId) -> None:
@@ -73,7 +72,7 @@ def _check_learner(policy: Policy) -> None:
         raise InvalidInput(str(exc), field="learner") from exc
 
 
-@put("/v1/policies/{name:str}", guards=[require("admin")], tags=["policies"],
+@put("/v1/policies/{name:str}", opt={"role": "admin"}, tags=["policies"],
      summary="Create or replace a policy; a changed policy gets a new version",
      responses=answers(201, 400, 401, 403, NO_ROUTE, (409, "A channel it names is served by another policy"), 413,
                        422, 503, body=dict[str, Any]))
@@ -85,14 +84,14 @@ async def put_policy(request: Request[Any, Any, Any], name: PolicyName, data: Po
     return Response(_dump(data, name=name, version=str(version)), status_code=201 if created else 200)
 
 
-@get("/v1/policies", guards=[require("analyst")], sync_to_thread=False, tags=["policies"], summary="All policies",
+@get("/v1/policies", opt={"role": "analyst"}, sync_to_thread=False, tags=["policies"], summary="All policies",
      responses=answers(401, 403))
 def list_policies(request: Request[Any, Any, Any]) -> dict[str, Any]:
     view = _runtime(request).catalog()
     return {"items": [_dump(p, name=n, version=str(v)) for n, (v, p) in sorted(view.policies.items())]}
 
 
-@get("/v1/policies/{name:str}", guards=[require("analyst")], sync_to_thread=False, tags=["policies"],
+@get("/v1/policies/{name:str}", opt={"role": "analyst"}, sync_to_thread=False, tags=["policies"],
      summary="One policy", operation_class=ProblemOperation,
      responses=answers(401, 403, (404, "No policy with this name"), 422))
 def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, Any]:
@@ -102,7 +101,7 @@ def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, A
     return _dump(entry[1], name=name, version=str(entry[0]))
 
 
-@put("/v1/event-types/{type:str}", guards=[require("admin")], tags=["events"],
+@put("/v1/event-types/{type:str}", opt={"role": "admin"}, tags=["events"],
      summary="Register or replace an event type's schema",
      responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
 async def put_event_type(
@@ -114,7 +113,7 @@ async def put_event_type(
     return Response(_dump(data, type=type), status_code=201 if created else 200)
 
 
-@get("/v1/event-types", guards=[require("analyst")], sync_to_thread=False, tags=["events"],
+@get("/v1/event-types", opt={"role": "analyst"}, sync_to_thread=False, tags=["events"],
      summary="The event-type registry", responses=answers(401, 403))
 def list_event_types(request: Request[Any, Any, Any]) -> dict[str, Any]:
     view = _runtime(request).catalog()

@@ -16,7 +16,6 @@ from nba.decide import DecideRequest
 from nba.errors import InvalidInput
 from nba.ids import ID_REGEX, NAME_REGEX
 from nba.types import Decision
-from serving.auth import require
 from serving.metrics import DECIDE_LATENCY, DECISIONS
 from serving.openapi import NO_ROUTE, ProblemOperation, answers
 from serving.routes.types import FlatMap, Id, Name
@@ -114,8 +113,7 @@ async def _decide(runtime: Runtime, body: DecideBody) -> DecisionOut:
 
 # Handlers run in the event loop: the decision's CPU work is short, and the request awaits its group commit
 # rather than holding a worker thread (see DecisionEngine.decide_async).
-@post("/v1/decide", status_code=200, guards=[require("channel")], tags=["decide"],
-      opt={"body": DecideBody},
+@post("/v1/decide", status_code=200, opt={"role": "channel", "body": DecideBody}, tags=["decide"],
       summary="Decide the next best action(s) for a customer on a channel",
       responses=answers(400, 401, 403, (409, "The request_id was used with a different body within 24 h"), 413,
                         422, 503))
@@ -123,7 +121,7 @@ async def decide(request: Request[Any, Any, Any], data: DecideBody) -> DecisionO
     return await _decide(request.app.state.runtime, data)
 
 
-@get("/v1/customers/{customer_id:str}/next", guards=[require("channel")], tags=["decide"],
+@get("/v1/customers/{customer_id:str}/next", opt={"role": "channel"}, tags=["decide"],
      summary="The current next best action for a channel that polls (logged like any decision)",
      operation_class=ProblemOperation,
      responses=answers(401, 403, NO_ROUTE, 422, 503))

@@ -12,7 +12,6 @@ from litestar.params import Parameter
 from nba.clock import to_rfc3339
 from nba.errors import DecisionNotFound, InvalidInput
 from nba.ids import ID_REGEX
-from serving.auth import require
 from serving.metrics import REWARDS
 from serving.openapi import ProblemOperation, answers
 from serving.routes.decide import DecisionOut, decision_out
@@ -50,8 +49,8 @@ class LoggedDecisionOut(DecisionOut, kw_only=True):
     rewards: list[RewardOut]
 
 
-@post("/v1/decisions/{decision_id:str}/reward", status_code=202, guards=[require("channel")],
-      tags=["outcomes"], opt={"body": RewardBody}, summary="Report the outcome of a decision",
+@post("/v1/decisions/{decision_id:str}/reward", status_code=202, opt={"role": "channel", "body": RewardBody},
+      tags=["outcomes"], summary="Report the outcome of a decision",
       responses=answers(400, 401, 403, (404, "No decision with this id"), 413, 422, 503))
 async def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data: RewardBody) -> Accepted:
     runtime: Runtime = request.app.state.runtime
@@ -63,7 +62,7 @@ async def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data:
     return Accepted(decision_id, status)
 
 
-@post("/v1/decisions/{decision_id:str}/activate", status_code=202, guards=[require("channel")],
+@post("/v1/decisions/{decision_id:str}/activate", status_code=202, opt={"role": "channel"},
       tags=["outcomes"], summary="A deferred decision's action was shown after all",
       operation_class=ProblemOperation,
       responses=answers(401, 403, (404, "No decision with this id"),
@@ -74,7 +73,7 @@ async def activate(request: Request[Any, Any, Any], decision_id: DecisionId) -> 
                                                                                               runtime.clock.now())))
 
 
-@get("/v1/decisions/{decision_id:str}", guards=[require("analyst")], sync_to_thread=True, tags=["read"],
+@get("/v1/decisions/{decision_id:str}", opt={"role": "analyst"}, sync_to_thread=True, tags=["read"],
      summary="The whole logged decision with its rewards", operation_class=ProblemOperation,
      responses=answers(401, 403, (404, "No decision with this id"), 422, 503))
 def get_decision(request: Request[Any, Any, Any], decision_id: DecisionId) -> LoggedDecisionOut:
