@@ -4,8 +4,8 @@ By default SQLite checkpoints inside the COMMIT that pushes the write-ahead log 
 copies the log into the database file and syncs it, and every decision waiting on that group commit waits
 for the copy too. The writer's connections therefore do not checkpoint (`wal_autocheckpoint=0`, set in
 engine.py). Instead:
-- this thread runs a PASSIVE checkpoint every `interval` seconds, copying the log into the database beside
-  the writer, never blocking it or readers;
+- this thread runs a PASSIVE checkpoint every `interval` seconds (50 ms), copying the log into the database
+  beside the writer, never blocking it or readers;
 - the log only starts over once a checkpoint has copied all of it, which under continuous writes a checkpoint
   running beside the writer never does. So once the log file outgrows `limit_bytes`, this thread copies pass
   after pass until a pass finds little new to copy, and then signals the writer, which finishes the
@@ -16,8 +16,11 @@ engine.py). Instead:
 - should this thread fall behind or stop, the writer finishes a checkpoint itself once the log reaches
   `HARD_FACTOR` times the limit, so the file stays bounded whatever happens.
 
-Measured (bench, 1,000 decisions/s): with the writer copying the whole 8 MiB log itself, each group commit
-after a restart waited 13-19 ms, five times a second, and that set decide's p99.
+Measured (bench, 1,000 decisions/s, 1 worker on 2 cores): with the writer copying the whole 8 MiB log itself,
+each group commit after a restart waited 13-19 ms, five times a second. With that fixed, slow requests still
+came in bursts every ~0.6 s, in step with this thread's passes (0.5 s apart, ~20 ms each): the pass takes a
+core in one burst. Passes every 50 ms cut decide's p99 at 1,000 req/s from a median of 13.5 ms to 7.8 ms over
+seven interleaved 20-s runs each (README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from sqlalchemy import Connection, Engine
 
 log = logging.getLogger(__name__)
 WAL_LIMIT_BYTES = 32 * 1024 * 1024
+# Short, frequent passes: each copies ~50 ms of writes (a few milliseconds of work) instead of ~0.5 s of them
+# (~20 ms of a core in one burst, which on two cores stalled the event loop: see the module docstring).
+CHECKPOINT_SECONDS = 0.05
 HARD_FACTOR = 3  # the writer checkpoints by itself at this multiple of the limit
 FEW_FRAMES = 256  # a pass copying fewer new frames has caught up (1 MiB of 4 KiB pages, or an 8th of the limit)
 MAX_PASSES = 20  # catch-up passes before signalling the writer anyway
@@ -39,7 +45,7 @@ HARD_RETRIES = 20  # the writer's attempts at the hard limit while another check
 
 
 class WalCheckpointer:
-    def __init__(self, engine: Engine, interval: float = 0.5, limit_bytes: int = WAL_LIMIT_BYTES,
+    def __init__(self, engine: Engine, interval: float = CHECKPOINT_SECONDS, limit_bytes: int = WAL_LIMIT_BYTES,
                  process_lock: AbstractContextManager[object] | None = None) -> None:
         """`process_lock` is the writers' cross-process lock: the writer's final pass holds it, so no other
         process appends to the log while it may start over."""

@@ -20,7 +20,7 @@ from nba.errors import StoreUnavailable
 from nba.store import catalog_repo, customer_repo, decision_repo, learning_repo, outcome_repo
 from nba.store.batcher import WriteBatcher
 from nba.store.budget_reads import BudgetReads
-from nba.store.checkpointer import WAL_LIMIT_BYTES, WalCheckpointer
+from nba.store.checkpointer import CHECKPOINT_SECONDS, WAL_LIMIT_BYTES, WalCheckpointer
 from nba.store.customer_repo import Reducer
 from nba.store.engine import SHARED, make_engine
 from nba.store.prepared import AUTOCOMMIT_READS
@@ -43,7 +43,7 @@ class Store:
     """Everything the service keeps: catalog, customers, events, decisions, outcomes, models."""
 
     def __init__(self, url: str, synchronous: str = "NORMAL", max_batch: int = 256,
-                 checkpoint_seconds: float = 0.5, wal_limit_bytes: int = WAL_LIMIT_BYTES) -> None:
+                 checkpoint_seconds: float = CHECKPOINT_SECONDS, wal_limit_bytes: int = WAL_LIMIT_BYTES) -> None:
         self.url = url
         self._reader = make_engine(url, writer=False, synchronous=synchronous)
         self._writer_engine = make_engine(url, writer=True, synchronous=synchronous, wal_limit_bytes=wal_limit_bytes)
