@@ -19,8 +19,8 @@ engine.py). Instead:
 Measured (bench, 1,000 decisions/s, 1 worker on 2 cores): with the writer copying the whole 8 MiB log itself,
 each group commit after a restart waited 13-19 ms, five times a second. With that fixed, slow requests still
 came in bursts every ~0.6 s, in step with this thread's passes (0.5 s apart, ~20 ms each): the pass takes a
-core in one burst. Passes every 50 ms cut decide's p99 at 1,000 req/s from a median of 13.5 ms to 7.8 ms over
-seven interleaved 20-s runs each (README, Benchmarks).
+core in one burst. Passes every 50 ms cut decide's p99 at 1,000 req/s from a median of 13.6 ms (6 runs of 20 s)
+to 7.8 ms (7 runs, interleaved with those; README, Benchmarks).
 """
 
 from __future__ import annotations
