@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     inspect,
     select,
+    text,
 )
 
 metadata = MetaData()
@@ -107,7 +108,9 @@ decisions = Table(
     Column("body", Text, nullable=False),
     Index("ix_decisions_customer_created", "customer_id", "created_ms"),
     Index("ix_decisions_state_window", "state", "window_end_ms"),
-    Index("ix_decisions_state_release", "state", "release_ms"),
+    # Only deferred decisions have a release time: the others never touch this index (v3).
+    Index("ix_decisions_state_release", "state", "release_ms", sqlite_where=text("release_ms IS NOT NULL"),
+          postgresql_where=text("release_ms IS NOT NULL")),
     Index("ix_decisions_policy_created", "policy_name", "created_ms"),
 )
 
@@ -229,7 +232,13 @@ def _v2(conn: Connection) -> None:
     _add_missing_columns(conn, model_snapshots, ["checksum", "fingerprint"])
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
+def _v3(conn: Connection) -> None:
+    """The release index becomes partial: one B-tree page less written per decision commit (of about 14)."""
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_decisions_state_release")
+    next(index for index in decisions.indexes if index.name == "ix_decisions_state_release").create(conn)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
 
 
 def current_version(conn: Connection) -> int:
