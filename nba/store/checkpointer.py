@@ -9,7 +9,8 @@ engine.py). Instead:
 - the log only starts over once a checkpoint has copied all of it, which under continuous writes a checkpoint
   running beside the writer never does. So once the log file outgrows `limit_bytes`, this thread copies pass
   after pass until a pass finds little new to copy, and then signals the writer, which finishes the
-  checkpoint between two group commits (`between_batches`). With no writes in flight that last pass copies
+  checkpoint between two group commits (`between_batches`), holding the writers' cross-process lock so that
+  no other worker appends meanwhile. With no writes in flight that last pass copies
   only what the previous one missed (a few milliseconds of writes, not the whole log); the next transaction
   starts the log from the beginning and SQLite truncates the file back to the limit (`journal_size_limit`,
   set on the writer's connections).
