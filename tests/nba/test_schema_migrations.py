@@ -14,7 +14,8 @@ def _release_index(conn: Connection) -> str:
     if conn.dialect.name == "sqlite":
         sql = "SELECT sql FROM sqlite_master WHERE name = 'ix_decisions_state_release'"
     else:
-        sql = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_decisions_state_release'"
+        sql = ("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_decisions_state_release'"
+               " AND schemaname = current_schema()")  # each test has its own schema
     return str(conn.exec_driver_sql(sql).scalar_one())
 
 
