@@ -56,8 +56,7 @@ class _Estimator:
 
     @property
     def name(self) -> str:
-        clip: float = getattr(self, "clip", math.inf)
-        return self.base_name if clip == math.inf else f"{self.base_name}(clip={clip:g})"
+        return self.base_name
 
     def round_terms(self, data: LoggedBandit) -> RoundTerms:
         raise NotImplementedError
@@ -74,9 +73,19 @@ class _Estimator:
                                    interval=interval.method)
 
 
-def _check_clip(clip: float) -> None:
-    if not clip > 0.0:  # also refuses NaN
-        raise ValueError(f"clip must be positive (math.inf for no clipping), got {clip!r}")
+@dataclass(frozen=True)
+class _Weighted(_Estimator):
+    """An estimator that weights rounds by importance, capped at `clip` (math.inf: no clipping)."""
+
+    clip: float = math.inf
+
+    def __post_init__(self) -> None:
+        if not self.clip > 0.0:  # also refuses NaN
+            raise ValueError(f"clip must be positive (math.inf for no clipping), got {self.clip!r}")
+
+    @property
+    def name(self) -> str:
+        return self.base_name if self.clip == math.inf else f"{self.base_name}(clip={self.clip:g})"
 
 
 def _in_unit_interval(values: FloatArray) -> bool:
@@ -98,7 +107,7 @@ def _model_terms(data: LoggedBandit, estimator: str) -> tuple[FloatArray, FloatA
 
 
 @dataclass(frozen=True)
-class IPS(_Estimator):
+class IPS(_Weighted):
     """Inverse propensity scoring: V = mean(w_i r_i), w_i = min(pi_e(a_i|x_i) / pscore_i, clip).
 
     Unbiased without clipping when the propensities are right; clipping trades bias for variance.
@@ -111,11 +120,7 @@ class IPS(_Estimator):
     'ips(clip=1)'
     """
 
-    clip: float = math.inf
     base_name: ClassVar[str] = "ips"
-
-    def __post_init__(self) -> None:
-        _check_clip(self.clip)
 
     def round_terms(self, data: LoggedBandit) -> RoundTerms:
         weight = data.importance_weight(self.clip)
@@ -124,7 +129,7 @@ class IPS(_Estimator):
 
 
 @dataclass(frozen=True)
-class SNIPS(_Estimator):
+class SNIPS(_Weighted):
     """Self-normalized IPS: V = sum(w_i r_i) / sum(w_i).
 
     Biased but consistent; unchanged when every weight is scaled by the same factor, and always within the
@@ -136,11 +141,7 @@ class SNIPS(_Estimator):
     0.410112
     """
 
-    clip: float = math.inf
     base_name: ClassVar[str] = "snips"
-
-    def __post_init__(self) -> None:
-        _check_clip(self.clip)
 
     def round_terms(self, data: LoggedBandit) -> RoundTerms:
         weight = data.importance_weight(self.clip)
@@ -171,7 +172,7 @@ class DM(_Estimator):
 
 
 @dataclass(frozen=True)
-class DR(_Estimator):
+class DR(_Weighted):
     """Doubly robust: V = mean(q(x_i, pi_e) + w_i (r_i − q_hat(x_i, a_i))).
 
     Unbiased when either the propensities or the reward model is right; the model's residuals, not the raw
@@ -183,11 +184,7 @@ class DR(_Estimator):
     0.7
     """
 
-    clip: float = math.inf
     base_name: ClassVar[str] = "dr"
-
-    def __post_init__(self) -> None:
-        _check_clip(self.clip)
 
     def round_terms(self, data: LoggedBandit) -> RoundTerms:
         policy_value, factual = _model_terms(data, "DR")
@@ -199,7 +196,7 @@ class DR(_Estimator):
 
 
 @dataclass(frozen=True)
-class SNDR(_Estimator):
+class SNDR(_Weighted):
     """Self-normalized DR: V = mean(q(x_i, pi_e)) + sum(w_i (r_i − q_hat(x_i, a_i))) / sum(w_i).
 
     DR with w replaced by w / mean(w), as OBP's SelfNormalizedDoublyRobust: bounded correction, little bias.
@@ -210,11 +207,7 @@ class SNDR(_Estimator):
     0.633333
     """
 
-    clip: float = math.inf
     base_name: ClassVar[str] = "sndr"
-
-    def __post_init__(self) -> None:
-        _check_clip(self.clip)
 
     def round_terms(self, data: LoggedBandit) -> RoundTerms:
         policy_value, factual = _model_terms(data, "SNDR")
