@@ -51,9 +51,7 @@ _BUDGET_TAKE = Prepared(
     .values(used=t.budget_counters.c.used + 1)
 )
 _BUDGET_NEW = Prepared(t.budget_counters.insert())
-_CONTACT_NEW = Prepared(
-    t.contacts.insert().values({c.name: bindparam(c.name) for c in t.contacts.columns if c.name != "id"})
-)
+_CONTACT_NEW = Prepared.insert(t.contacts)
 _DECISION_NEW = Prepared(t.decisions.insert())
 _SLOT_NEW = Prepared(t.decision_slots.insert())
 _IDEMPOTENCY = Prepared(

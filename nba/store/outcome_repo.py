@@ -46,12 +46,8 @@ _SLOT_ADD = Prepared(
     )
 )
 _SLOT_FINAL = Prepared(update(t.decision_slots).where(*_SLOT_KEY).values(final=True))
-_REWARD_NEW = Prepared(
-    t.rewards.insert().values({c.name: bindparam(c.name) for c in t.rewards.columns if c.name != "id"})
-)
-_ENQUEUE = Prepared(
-    t.learn_queue.insert().values({c.name: bindparam(c.name) for c in t.learn_queue.columns if c.name != "seq"})
-)
+_REWARD_NEW = Prepared.insert(t.rewards)
+_ENQUEUE = Prepared.insert(t.learn_queue)
 
 
 class _RewardOnly(msgspec.Struct):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table, bindparam
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -24,6 +24,12 @@ class _Compiled(NamedTuple):
     sql: str
     order: tuple[str, ...] | None  # parameter names in position order (positional paramstyles), else None
     constants: dict[str, Any]
+
+    def args(self, params: Mapping[str, Any]) -> Any:
+        """The driver's arguments for one set of named parameters (constants of the statement filled in)."""
+        if self.constants:
+            params = {**self.constants, **params}
+        return tuple(params[name] for name in self.order) if self.order is not None else params
 
 
 class Prepared:
@@ -48,25 +54,23 @@ class Prepared:
             self._compiled[dialect.name] = found
         return found
 
+    @classmethod
+    def insert(cls, table: Table) -> Prepared:
+        """An INSERT binding every column by name but the table's generated key (autoincrement)."""
+        generated = table.autoincrement_column
+        return cls(table.insert().values({c.name: bindparam(c.name) for c in table.columns if c is not generated}))
+
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Run the statement; returns the DBAPI cursor (rows via fetchone/fetchall, `rowcount`)."""
         compiled = self._sql(conn)
-        if compiled.constants:
-            params = {**compiled.constants, **params}
-        args = tuple(params[name] for name in compiled.order) if compiled.order is not None else params
-        return _run(conn, compiled.sql, args)
+        return _run(conn, compiled.sql, compiled.args(params))
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run the statement once per parameter set, in one driver call (a batch's inserts and updates)."""
         if not rows:
             return
         compiled = self._sql(conn)
-        sets: list[Any] = []
-        for params in rows:
-            if compiled.constants:
-                params = {**compiled.constants, **params}
-            sets.append(tuple(params[name] for name in compiled.order) if compiled.order is not None else params)
-        _run(conn, compiled.sql, sets, many=True)
+        _run(conn, compiled.sql, [compiled.args(params) for params in rows], many=True)
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         return list(self.execute(conn, params).fetchall())
