@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from nba.catalog import Action, EventType, Policy
 from nba.errors import ActionNotFound, NoPolicyForChannel
-from nba.rules import CompiledRule
+from nba.rules import CompiledRule, Selection, merge_selections
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class CatalogView:
     rules: Mapping[str, CompiledRule] = field(default_factory=dict)
     channel_actions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     channel_policy: Mapping[str, str] = field(default_factory=dict)
+    # What any eligibility rule reads (variables and their fields): all a decision converts for CEL.
+    rule_selection: Selection = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -44,6 +46,7 @@ class CatalogView:
             rules=rules,
             channel_actions={ch: tuple(ids) for ch, ids in by_channel.items()},
             channel_policy=channel_policy,
+            rule_selection=merge_selections(rule.selection for rule in rules.values()),
         )
 
     def policy_for(self, channel: str) -> tuple[str, int, Policy]:

@@ -51,8 +51,10 @@ def to_rfc3339(when: datetime) -> str:
 
     >>> to_rfc3339(datetime(2026, 11, 24, 10, 15, 2, 123456, tzinfo=UTC))
     '2026-11-24T10:15:02.123Z'
+    >>> to_rfc3339(datetime(1, 1, 1, tzinfo=UTC))  # four-digit years, as RFC 3339 requires
+    '0001-01-01T00:00:00.000Z'
     """
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def epoch_ms(when: datetime) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 from nba.catalog import Action
 from nba.clock import to_rfc3339
-from nba.rules import CompiledRule, RuleInputs
+from nba.rules import CompiledRule, RuleInputs, Selection
 from nba.types import Contact, Context, CustomerState, Exclusion
 
 
@@ -45,15 +45,40 @@ class CounterState:
         object.__setattr__(self, "by_action", grouped)
 
 
-def cel_variables(customer: CustomerState, context: Context, now: datetime) -> dict[str, Any]:
-    """The `customer`, `context` and `now` variables that eligibility expressions see."""
-    customer_vars: dict[str, Any] = dict(customer.attributes)
-    customer_vars["id"] = customer.customer_id
-    customer_vars["event_counts"] = dict(customer.event_counts)
-    customer_vars["last_event_at"] = {
-        name: datetime.fromisoformat(value) for name, value in customer.last_event_at.items()
-    }
-    return {"customer": customer_vars, "context": dict(context), "now": now}
+def cel_variables(
+    customer: CustomerState, context: Context, now: datetime, selection: Selection | None = None
+) -> dict[str, Any]:
+    """The `customer`, `context` and `now` variables that eligibility expressions see.
+
+    With a `selection` (what the catalog's rules read, `nba.rules.selected_fields`), only those variables and
+    fields: a decision converts to CEL what its rules can read, not the whole state and context.
+    """
+    if selection is None:
+        return {"customer": _customer_fields(customer, None), "context": dict(context), "now": now}
+    out: dict[str, Any] = {}
+    if "customer" in selection:
+        out["customer"] = _customer_fields(customer, selection["customer"])
+    if "context" in selection:
+        fields = selection["context"]
+        out["context"] = dict(context) if fields is None else {k: context[k] for k in fields if k in context}
+    if "now" in selection:
+        out["now"] = now
+    return out
+
+
+def _customer_fields(customer: CustomerState, fields: frozenset[str] | None) -> dict[str, Any]:
+    """The `customer` map: its attributes, then `id`, `event_counts` and `last_event_at` (times as datetimes)."""
+    attributes = customer.attributes
+    out: dict[str, Any] = (
+        dict(attributes) if fields is None else {name: attributes[name] for name in fields if name in attributes}
+    )
+    if fields is None or "id" in fields:
+        out["id"] = customer.customer_id
+    if fields is None or "event_counts" in fields:
+        out["event_counts"] = dict(customer.event_counts)
+    if fields is None or "last_event_at" in fields:
+        out["last_event_at"] = {name: datetime.fromisoformat(value) for name, value in customer.last_event_at.items()}
+    return out
 
 
 def static_exclusion(

@@ -167,7 +167,10 @@ class DecisionEngine:
                 return DecideResult(replay, True)
         name, version, policy = catalog.policy_for(request.channel)
         customer = state or CustomerState(customer_id)
-        variables = RuleInputs(cel_variables(customer, request.context, now))
+        variables = RuleInputs(
+            cel_variables(customer, request.context, now, catalog.rule_selection),
+            lambda: cel_variables(customer, request.context, now),
+        )
         excluded: list[Exclusion] = []
         remaining: dict[str, Action] = {}
         for action_id in candidate_ids:

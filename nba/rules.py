@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,13 +13,97 @@ from nba.errors import RuleCompileError
 
 RULE_VARIABLES = frozenset({"customer", "context", "action", "now"})
 
+# Per variable: the fields rules select from it (`customer.age` -> {"age"}), or None for the whole value.
+Selection = Mapping[str, frozenset[str] | None]
+
+# CEL's lexical grammar, as far as finding variable references needs it: strings and comments are skipped.
+_Q3 = ("'" * 3, '"' * 3)
+_RAW = "|".join([f"{q}.*?{q}" for q in _Q3] + [r"'[^'\n\r]*'", r'"[^"\n\r]*"'])
+_COOKED = "|".join([rf"{q}(?:\\.|[^\\])*?{q}" for q in _Q3] + [r"'(?:\\.|[^'\\\n\r])*'", r'"(?:\\.|[^"\\\n\r])*"'])
+_TOKEN = re.compile(
+    rf"(?P<string>(?:[rR][bB]?|[bB][rR])(?:{_RAW})|[bB]?(?:{_COOKED}))"
+    r"|(?P<comment>//[^\n]*)|(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<space>\s+)|(?P<other>.)",
+    re.S,
+)
+
+
+def selected_fields(source: str, names: Iterable[str]) -> dict[str, frozenset[str] | None]:
+    """Which fields of each named variable an expression reads: a set when every use is `name.field`, else None.
+
+    Converting a variable to CEL costs about a microsecond per key, more than evaluating a compiled rule, so a
+    decision converts only what its rules select. Any other use (an index, a macro such as `exists`, the
+    value as a whole) selects the whole value.
+
+    >>> rule = "has(customer.age) && customer.age >= 18 && context.page == 'customer.x'"
+    >>> selected_fields(rule, ["customer", "context"])
+    {'customer': frozenset({'age'}), 'context': frozenset({'page'})}
+    >>> selected_fields("customer['age'] > 1 || size(context) > 0", ["customer", "context"])
+    {'customer': None, 'context': None}
+    """
+    wanted = dict.fromkeys(names)
+    tokens = _tokens(source)
+    fields: dict[str, set[str] | None] = {name: set() for name in wanted}
+    for index, (kind, text) in enumerate(tokens):
+        if kind != "ident" or text not in wanted:
+            continue
+        if index > 0 and tokens[index - 1][1] == ".":
+            continue  # a field of something else that happens to share the name
+        after = tokens[index + 1:index + 4]
+        is_field = (len(after) >= 2 and after[0][1] == "." and after[1][0] == "ident"
+                    and (len(after) < 3 or after[2][1] != "("))  # `customer.exists(...)` is a macro
+        current = fields[text]
+        if not is_field:
+            fields[text] = None
+        elif current is not None:
+            current.add(after[1][1])
+    return {name: None if found is None else frozenset(found) for name, found in fields.items()}
+
+
+def _tokens(source: str) -> list[tuple[str | None, str]]:
+    return [(m.lastgroup, m.group()) for m in _TOKEN.finditer(source) if m.lastgroup not in ("space", "comment")]
+
+
+_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+
+
+def bound_names(source: str) -> frozenset[str]:
+    """Names an expression binds in its macros (`tags.exists(t, t == 'x')` binds `t`).
+
+    >>> sorted(bound_names("context.tags.exists(t, t == 'vip') && [1, 2].all(n, n > 0)"))
+    ['n', 't']
+    """
+    tokens = _tokens(source)
+    return frozenset(
+        tokens[i + 3][1]
+        for i in range(len(tokens) - 4)
+        if tokens[i][1] == "." and tokens[i + 1][1] in _MACROS and tokens[i + 2][1] == "("
+        and tokens[i + 3][0] == "ident" and tokens[i + 4][1] == ","
+    )
+
+
+def merge_selections(selections: Iterable[Selection]) -> dict[str, frozenset[str] | None]:
+    """What any of several rules reads: the union of their fields, the whole value if any needs it."""
+    merged: dict[str, frozenset[str] | None] = {}
+    for selection in selections:
+        for name, found in selection.items():
+            if name in merged:
+                before = merged[name]
+                merged[name] = None if before is None or found is None else before | found
+            else:
+                merged[name] = found
+    return merged
+
 
 @dataclass(frozen=True)
 class RuleResult:
-    """The outcome of one rule: whether it passed, and what it read when it did not."""
+    """The outcome of one rule: whether it passed, and what it read when it did not.
+
+    `failed` marks an evaluation error (a missing key, a type mismatch) rather than a false result.
+    """
 
     passed: bool
     detail: str
+    failed: bool = False
 
 
 class CompiledRule:
@@ -26,7 +111,7 @@ class CompiledRule:
 
     >>> rule = CompiledRule("customer.age >= action.min_age")
     >>> rule.evaluate({"customer": {"age": 17}, "action": {"min_age": 18}})
-    RuleResult(passed=False, detail='customer.age >= action.min_age is false')
+    RuleResult(passed=False, detail='customer.age >= action.min_age is false', failed=False)
 
     A rule that cannot be evaluated (a missing key, a type mismatch) does not pass: constraints fail closed.
 
@@ -41,24 +126,35 @@ class CompiledRule:
             self._program = cel.compile(source)
         except ValueError as exc:
             raise RuleCompileError(f"does not compile: {exc}") from exc
-        self.names = frozenset(self._program.variables())
+        self.names = frozenset(self._program.variables()) - (bound_names(source) - variables)
         unknown = self.names - variables
         if unknown:
             raise RuleCompileError(
                 f"unknown variable(s) {sorted(unknown)}: use only {sorted(variables)}"
             )
         self.source = source
+        self.selection: Selection = selected_fields(source, self.names - {"action"})
 
     def evaluate(self, variables: Mapping[str, Any]) -> RuleResult:
         return self._run(dict(variables))
 
     def evaluate_for(self, inputs: RuleInputs, action: Mapping[str, Any]) -> RuleResult:
-        """Evaluate for one action; a rule that does not read `action` uses the decision's shared inputs."""
+        """Evaluate for one action; a rule that does not read `action` uses the decision's shared inputs.
+
+        Inputs may hold only what the catalog's rules select; should this rule fail on them, it is evaluated
+        again on every variable, so the selection can never change a rule's outcome.
+        """
+        result = self._evaluate(inputs, action)
+        if result.failed and inputs.partial:
+            result = self._evaluate(inputs.complete(), action)
+        return result
+
+    def _evaluate(self, inputs: RuleInputs, action: Mapping[str, Any]) -> RuleResult:
         if "action" not in self.names:
             try:
                 shared = inputs.shared()
             except Exception as exc:  # a value CEL cannot represent: fail closed, as for any evaluation error
-                return RuleResult(False, f"{self.source} could not be evaluated: {exc}")
+                return RuleResult(False, f"{self.source} could not be evaluated: {exc}", failed=True)
             return self._run(shared)
         values = {name: inputs.variables[name] for name in self.names if name in inputs.variables}
         values["action"] = action
@@ -68,14 +164,14 @@ class CompiledRule:
         try:
             value = self._program.execute(variables)
         except KeyError as exc:
-            return RuleResult(False, f"{self.source} could not be evaluated: no such key {exc}")
+            return RuleResult(False, f"{self.source} could not be evaluated: no such key {exc}", failed=True)
         except Exception as exc:  # CEL runtime errors are not a stable exception type
-            return RuleResult(False, f"{self.source} could not be evaluated: {exc}")
+            return RuleResult(False, f"{self.source} could not be evaluated: {exc}", failed=True)
         if value is True:
             return RuleResult(True, f"{self.source} is true")
         if value is False:
             return RuleResult(False, f"{self.source} is false")
-        return RuleResult(False, f"{self.source} evaluated to {value!r}, not a bool")
+        return RuleResult(False, f"{self.source} evaluated to {value!r}, not a bool", failed=True)
 
 
 class RuleInputs:
@@ -85,9 +181,26 @@ class RuleInputs:
     `action` shares one converted context; a rule that does gets only the variables it names.
     """
 
-    def __init__(self, variables: Mapping[str, Any]) -> None:
+    def __init__(
+        self, variables: Mapping[str, Any], complete: Callable[[], Mapping[str, Any]] | None = None
+    ) -> None:
+        """`variables` may be a selection of the decision's variables; `complete` then builds all of them."""
         self.variables = variables
+        self._complete = complete
+        self._complete_inputs: RuleInputs | None = None
         self._shared: cel.Context | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self._complete is not None
+
+    def complete(self) -> RuleInputs:
+        """Inputs with every variable (built once, on the first rule the selection could not serve)."""
+        if self._complete is None:
+            return self
+        if self._complete_inputs is None:
+            self._complete_inputs = RuleInputs(self._complete())
+        return self._complete_inputs
 
     def shared(self) -> cel.Context:
         if self._shared is None:

@@ -1,4 +1,5 @@
-"""Schema v3: the release index covers deferred decisions only, on both backends, and the sweep still uses it."""
+"""Schema migrations on both backends: v3 makes the release index partial (deferred decisions only), v4 makes the
+contacts index cover the decide path's read; the queries that need them still use them."""
 
 from __future__ import annotations
 
@@ -6,17 +7,27 @@ from sqlalchemy import Connection
 
 from nba.store import Store
 from nba.store import schema as t
+from nba.store.decision_repo import _CONTACTS
 from nba.store.outcome_repo import due_decisions
 from nba.store.schema import MIGRATIONS
 
 
-def _release_index(conn: Connection) -> str:
+def _index(conn: Connection, name: str) -> str:
     if conn.dialect.name == "sqlite":
-        sql = "SELECT sql FROM sqlite_master WHERE name = 'ix_decisions_state_release'"
+        sql = f"SELECT sql FROM sqlite_master WHERE name = '{name}'"
     else:
-        sql = ("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_decisions_state_release'"
+        sql = (f"SELECT indexdef FROM pg_indexes WHERE indexname = '{name}'"
                " AND schemaname = current_schema()")  # each test has its own schema
     return str(conn.exec_driver_sql(sql).scalar_one())
+
+
+def _release_index(conn: Connection) -> str:
+    return _index(conn, "ix_decisions_state_release")
+
+
+def _schema_version(store: Store) -> str:
+    return str(store.read(lambda c: c.execute(t.meta_kv.select().where(t.meta_kv.c.key == "schema_version"))
+                          .one().value))
 
 
 def test_a_v2_database_gets_the_partial_release_index(store_url: str) -> None:
@@ -35,9 +46,7 @@ def test_a_v2_database_gets_the_partial_release_index(store_url: str) -> None:
     try:
         definition = _release_index_of(upgraded)
         assert "WHERE" in definition.upper() and "release_ms IS NOT NULL".upper() in definition.upper()
-        version = upgraded.read(lambda c: c.execute(t.meta_kv.select().where(t.meta_kv.c.key == "schema_version"))
-                                .one().value)
-        assert version == str(MIGRATIONS[-1][0]) == "3"
+        assert _schema_version(upgraded) == str(MIGRATIONS[-1][0])
     finally:
         upgraded.close()
 
@@ -55,5 +64,40 @@ def test_the_expiry_sweep_reads_the_partial_index(sqlite_url: str) -> None:
                 "AND activated_ms IS NULL LIMIT 10")))
         assert "ix_decisions_state_release" in plan, plan
         assert store.read(lambda c: due_decisions(c, 5, 10)) == []
+    finally:
+        store.close()
+
+
+def test_a_v3_database_gets_the_covering_contacts_index(store_url: str) -> None:
+    store = Store(store_url)
+    try:
+        def to_v3(conn: Connection) -> None:  # the index as v3 had it
+            conn.exec_driver_sql("DROP INDEX ix_contacts_customer_at")
+            conn.exec_driver_sql("CREATE INDEX ix_contacts_customer_at ON contacts (customer_id, at_ms)")
+            conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value="3"))
+
+        store.write(to_v3)
+        assert "channel" not in store.read(lambda c: _index(c, "ix_contacts_customer_at"))
+    finally:
+        store.close()
+    upgraded = Store(store_url)
+    try:
+        definition = upgraded.read(lambda c: _index(c, "ix_contacts_customer_at"))
+        assert all(column in definition for column in ("customer_id", "at_ms", "status", "action_id", "channel"))
+        assert _schema_version(upgraded) == str(MIGRATIONS[-1][0]) == "4"
+    finally:
+        upgraded.close()
+
+
+def test_the_decide_paths_contact_read_is_answered_from_the_index(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    try:
+        def plan(conn: Connection) -> str:
+            compiled = _CONTACTS._sql(conn)
+            args = compiled.args({"customer_id": "c1", "since_ms": 0})
+            return " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.sql}", args))
+
+        found = store.read(plan)
+        assert "COVERING INDEX ix_contacts_customer_at" in found, found
     finally:
         store.close()
