@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 
 # `$` for pydantic's Rust regex (end of text); `\Z` for Python's `re`, where `$` also matches before a newline.
@@ -29,8 +30,34 @@ def new_id(prefix: str) -> str:
     >>> len(new_id("d-")), new_id("d-").startswith("d-")
     (28, True)
     """
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(_RANDOM.take(10), "big")
     return prefix + "".join([_CROCKFORD[(value >> shift) & 31] for shift in _SHIFTS])
 
 
 _SHIFTS = tuple(range(125, -1, -5))  # 26 base-32 digits, most significant first
+
+
+class _RandomPool:
+    """Bytes from the OS's random source, read 4 KiB at a time.
+
+    Every `os.urandom` call is a system call that lets go of the GIL; on the decide path each one is a chance
+    for another thread to take it and make the request wait. One read serves about 400 ids.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._buffer = b""
+        self._offset = 0
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def take(self, count: int) -> bytes:
+        with self._lock:
+            if self._offset + count > len(self._buffer) or os.getpid() != self._pid:  # a fork must not share
+                self._buffer, self._offset, self._pid = os.urandom(max(self._size, count)), 0, os.getpid()
+            start = self._offset
+            self._offset += count
+            return self._buffer[start:self._offset]
+
+
+_RANDOM = _RandomPool()

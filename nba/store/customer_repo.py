@@ -20,16 +20,10 @@ Reducer = Callable[[CustomerState, Event], CustomerState]
 
 _RESOLVE = select(t.aliases.c.customer_id).where(t.aliases.c.alias == bindparam("alias", type_=String))
 _STATE = select(t.customers.c.state).where(t.customers.c.customer_id == bindparam("customer_id"))
-# The canonical id and its state in one statement (the decide path's first read).
-_CANONICAL = func.coalesce(
+# The canonical id of `:alias` (an id nobody aliased is its own id).
+CANONICAL = func.coalesce(
     select(t.aliases.c.customer_id).where(t.aliases.c.alias == bindparam("alias", type_=String)).scalar_subquery(),
     bindparam("alias", type_=String),
-)
-_IDENTITY = Prepared(
-    select(
-        _CANONICAL.label("canonical"),
-        select(t.customers.c.state).where(t.customers.c.customer_id == _CANONICAL).scalar_subquery(),
-    )
 )
 
 
@@ -37,12 +31,6 @@ def resolve(conn: Connection, customer_id: str) -> str:
     """The canonical id for an id or alias (an id nobody aliased is its own canonical id)."""
     canonical = conn.execute(_RESOLVE, {"alias": customer_id}).scalar()
     return str(canonical) if canonical is not None else customer_id
-
-
-def identity(conn: Connection, customer_id: str) -> tuple[str, CustomerState | None]:
-    """The canonical id for an id or alias, and that customer's state if events made one."""
-    canonical, raw = _IDENTITY.first(conn, {"alias": customer_id})
-    return str(canonical), None if raw is None else CustomerState.from_json(str(canonical), loads(raw))
 
 
 def aliases_of(conn: Connection, customer_id: str) -> list[str]:

@@ -22,6 +22,7 @@ from nba.store.batcher import WriteBatcher
 from nba.store.budget_reads import BudgetReads
 from nba.store.checkpointer import CHECKPOINT_SECONDS, WAL_LIMIT_BYTES, WalCheckpointer
 from nba.store.customer_repo import Reducer
+from nba.store.decide_reads import customer_inputs
 from nba.store.engine import SHARED, make_engine
 from nba.store.prepared import AUTOCOMMIT_READS
 from nba.store.schema import migrate
@@ -212,10 +213,11 @@ class Store:
         """Everything a decision reads, in one round trip: canonical id, idempotency hit, state and counters."""
         ms = epoch_ms(now)
 
+        since_ms = ms - int(lookback.total_seconds() * 1000) if lookback > timedelta(0) else None
+
         def read(conn: Connection) -> tuple[str, tuple[str, str] | None, CustomerState | None, CounterState]:
-            canonical, state = customer_repo.identity(conn, customer_id)
+            canonical, state, contacts = customer_inputs(conn, customer_id, since_ms)
             hit = decision_repo.find_idempotent(conn, channel, request_id, ms) if request_id else None
-            contacts = decision_repo.load_contacts(conn, canonical, ms, lookback)
             return canonical, hit, state, CounterState(contacts, self._budgets.used(conn, actions, ms))
 
         return self.read_now(read)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -108,6 +109,24 @@ def test_new_ids_in_the_same_millisecond_differ(monkeypatch: pytest.MonkeyPatch)
     made = {ids.new_id("d-") for _ in range(1000)}
     assert len(made) == 1000
     assert len({value[:12] for value in made}) == 1  # same time prefix
+
+
+def test_a_forked_worker_does_not_repeat_its_parents_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers are forked from one process: the pooled random bytes must not be shared with the parent."""
+    monkeypatch.setattr(ids.time, "time", lambda: 1_700_000_000.0)
+    ids.new_id("d-")  # the parent's pool is filled
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.close(read)
+        os.write(write, "\n".join(ids.new_id("d-") for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        from_child = set(pipe.read().split("\n"))
+    os.waitpid(child, 0)
+    from_parent = {ids.new_id("d-") for _ in range(50)}
+    assert len(from_child) == 50 and not from_child & from_parent
 
 
 # -- models -------------------------------------------------------------------------------------------
