@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     # How long a thread may hold the GIL while another waits (CPython's default is 5 ms). Requests run in the
     # event loop and their writes in the group-commit thread; each statement the writer runs hands the GIL
     # back and forth, so a short interval keeps a busy loop from stalling every commit by up to 5 ms.
-    switch_interval_ms: float = Field(default=0.25, gt=0, le=100)
+    switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
 
     @field_validator("api_keys")
     @classmethod

@@ -8,37 +8,23 @@ JSON, hands the GIL over once per decision instead of once per contact; on Postg
 
 from __future__ import annotations
 
-from typing import Any
+from sqlalchemy import Connection, select
 
-from sqlalchemy import BigInteger, Connection, bindparam, func, or_, select
-from sqlalchemy.sql import ColumnElement
-
-from nba.clock import from_epoch_ms
 from nba.store import schema as t
 from nba.store.codec import loads
 from nba.store.customer_repo import CANONICAL
-from nba.store.decision_repo import ACTIVE_CONTACT
+from nba.store.decision_repo import contacts_json, parse_contacts
 from nba.store.prepared import Prepared
 from nba.types import Contact, CustomerState
 
-_C = t.contacts.c
-_IDENT = select(CANONICAL.label("canonical")).subquery("ident")
+
+def _statement(dialect: str) -> Prepared:
+    ident = select(CANONICAL.label("canonical")).subquery("ident")
+    state = select(t.customers.c.state).where(t.customers.c.customer_id == ident.c.canonical).scalar_subquery()
+    return Prepared(select(ident.c.canonical, state, contacts_json(dialect, ident.c.canonical)).select_from(ident))
 
 
-def _statement(aggregate: Any, row: Any) -> Prepared:
-    contacts: ColumnElement[Any] = select(aggregate(row(_C.action_id, _C.channel, _C.at_ms))).where(
-        _C.customer_id == _IDENT.c.canonical,
-        _C.at_ms > bindparam("since_ms", type_=BigInteger),
-        or_(*(_C.status == status for status in ACTIVE_CONTACT)),
-    ).scalar_subquery()
-    state = select(t.customers.c.state).where(t.customers.c.customer_id == _IDENT.c.canonical).scalar_subquery()
-    return Prepared(select(_IDENT.c.canonical, state, contacts).select_from(_IDENT))
-
-
-_BY_DIALECT = {
-    "sqlite": _statement(func.json_group_array, func.json_array),
-    "postgresql": _statement(func.json_agg, func.json_build_array),
-}
+_BY_DIALECT = {name: _statement(name) for name in ("sqlite", "postgresql")}
 
 
 def customer_inputs(
@@ -51,7 +37,4 @@ def customer_inputs(
     )
     canonical = str(canonical)
     state = None if raw_state is None else CustomerState.from_json(canonical, loads(raw_state))
-    if raw_contacts is None:  # PostgreSQL's json_agg of no rows
-        return canonical, state, []
-    rows = loads(raw_contacts) if isinstance(raw_contacts, str | bytes) else raw_contacts
-    return canonical, state, [Contact(action_id, channel, from_epoch_ms(at_ms)) for action_id, channel, at_ms in rows]
+    return canonical, state, parse_contacts(raw_contacts)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from nba.store import Store
+from nba.store import Store, decide_reads
 from nba.store import schema as t
 from nba.store.decision_repo import _CONTACTS
 from nba.store.outcome_repo import due_decisions
+from nba.store.prepared import Prepared
 from nba.store.schema import MIGRATIONS
 
 
@@ -89,15 +90,20 @@ def test_a_v3_database_gets_the_covering_contacts_index(store_url: str) -> None:
         upgraded.close()
 
 
-def test_the_decide_paths_contact_read_is_answered_from_the_index(sqlite_url: str) -> None:
+def test_the_decide_paths_contact_reads_are_answered_from_the_index(sqlite_url: str) -> None:
+    """Both the decide path's read (with identity and state) and the writer's re-check of counter rules."""
     store = Store(sqlite_url)
     try:
-        def plan(conn: Connection) -> str:
-            compiled = _CONTACTS._sql(conn)
-            args = compiled.args({"customer_id": "c1", "since_ms": 0})
-            return " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.sql}", args))
+        def plan(statement: Prepared) -> str:
+            def explain(conn: Connection) -> str:
+                compiled = statement._sql(conn)
+                args = compiled.args({"customer_id": "c1", "alias": "c1", "since_ms": 0})
+                return " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.sql}",
+                                                                              args))
+            return store.read(explain)
 
-        found = store.read(plan)
-        assert "COVERING INDEX ix_contacts_customer_at" in found, found
+        for statement in (_CONTACTS["sqlite"], decide_reads._BY_DIALECT["sqlite"]):
+            found = plan(statement)
+            assert "COVERING INDEX ix_contacts_customer_at (customer_id=? AND at_ms>?)" in found, found
     finally:
         store.close()
