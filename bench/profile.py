@@ -223,7 +223,8 @@ def stage_breakdown(database: Path, catalog: Path, decides: int = 300
     from sqlalchemy import event
 
     seen: set[int] = set()
-    for kind, attribute in (("read", "_reader"), ("read", "_local_reader"), ("write", "_writer_engine")):
+    for kind, attribute in (("read", "_reader"), ("read", "_local_reader"), ("write", "_writer_engine"),
+                            ("write", "_inline_engine")):
         engine = getattr(store, attribute, None)
         if engine is not None and id(engine) not in seen:
             seen.add(id(engine))

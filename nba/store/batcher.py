@@ -7,6 +7,13 @@ Jobs first run back to back with no savepoints (a savepoint costs as much as a s
 (a conflict, a lost reservation), the whole transaction is rolled back and the batch runs again with each job
 in its own savepoint, so the failing job is refused alone and the others commit. Jobs must therefore be
 re-runnable: everything they change is in the transaction.
+
+Two lanes commit: a writer thread, for callers that block, and, on SQLite, the event loop itself for coroutines
+(`submit_async`). A loop collects the writes its requests submit in one pass and commits them inline once that
+pass is done, if the write lock is free at that moment; otherwise it hands them to the writer thread, which may
+wait for the lock. Handing every write to a thread made the loop and the writer pass the GIL back and forth at
+every statement either ran (the driver lets go of it for each): with 1 worker at 20 candidates, committing
+inline gave 1,466-1,726 decisions/s against 1,132-1,206, with less CPU per decision on the loop's thread.
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from nba.errors import Conflict, NBAError, StoreUnavailable
 from nba.store.engine import lock_keys
 from nba.store.prepared import TRANSACTION_CACHE
+from nba.store.write_lock import ProcessWriteLock
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -65,25 +73,78 @@ class _JobFailed(Exception):
     """A job failed in the savepoint-free pass: roll back and run the batch with savepoints."""
 
 
+class _Busy(Exception):
+    """An inline commit found the database locked by a writer outside the group commit: hand the batch over."""
+
+
+def _noop(_conn: Connection) -> None:
+    """A write with nothing to write: wakes the writer thread for its work between batches."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _Lane:
+    """A connection group commits run on, kept between batches (no pool checkout and reset per batch)."""
+
+    def __init__(self, engine: Engine, inline: bool) -> None:
+        self.engine = engine
+        self.inline = inline
+        self.conn: Connection | None = None
+
+    def connection(self) -> Connection:
+        if self.conn is None or self.conn.closed or self.conn.invalidated:
+            self.conn = self.engine.connect()
+        return self.conn
+
+    def drop(self) -> None:
+        """Forget a connection that may be broken: the next batch starts on a fresh one."""
+        if self.conn is not None:
+            try:
+                self.conn.invalidate()
+            except SQLAlchemyError:
+                pass
+            self.conn = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 class WriteBatcher:
     """A single writer thread that runs submitted jobs in shared transactions."""
 
     def __init__(self, engine: Engine, max_batch: int = 256,
                  between_batches: Callable[[Connection], None] | None = None,
-                 process_lock: AbstractContextManager[object] | None = None) -> None:
-        """`between_batches(conn)` runs on the writer's connection after a batch's answers are out.
+                 process_lock: ProcessWriteLock | None = None,
+                 inline_engine: Engine | None = None,
+                 between_due: Callable[[], bool] | None = None) -> None:
+        """`between_batches(conn)` runs on the writer's connection after a batch's answers are out; after an
+        inline batch, the writer thread is woken for it when `between_due()` says it has something to do.
 
         `process_lock`, when given, is held around each transaction, so the writers of several processes on one
-        database take turns (see write_lock.py).
+        database take turns (see write_lock.py). With it and an `inline_engine` (SQLite; its busy timeout
+        should be short), event loops commit their writes inline on a connection of that engine.
         """
-        self._engine = engine
-        self._process_lock = process_lock if process_lock is not None else nullcontext()
+        self._lane = _Lane(engine, inline=False)
+        self._process_lock: AbstractContextManager[object] = (
+            process_lock if process_lock is not None else nullcontext()
+        )
+        self._inline_lock = process_lock if inline_engine is not None else None
+        self._inline = _Lane(inline_engine, inline=True) if inline_engine is not None else None
+        self._inline_pending: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         self._between_batches = between_batches
+        self._between_due = between_due
+        self._between_requested = False
         self._max_batch = max_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="nba-writer", daemon=True)
         self._closed = False
-        self._conn: Connection | None = None
         self.failing_since: float | None = None  # monotonic time of the first failed commit since the last good one
         self.last_error = ""
         self._thread.start()
@@ -101,8 +162,50 @@ class WriteBatcher:
         """
         loop = asyncio.get_running_loop()
         awaited: asyncio.Future[T] = loop.create_future()
-        self._put(_Job(fn, keys, loop=loop, awaited=awaited))
+        job = _Job(fn, keys, loop=loop, awaited=awaited)
+        if self._inline is None:
+            self._put(job)
+            return awaited
+        if self._closed:
+            raise StoreUnavailable("the store is shutting down")
+        pending = self._inline_pending.get(loop)
+        if pending is None:  # the first write of this pass of the loop: commit once the pass is done
+            self._inline_pending[loop] = [job]
+            loop.call_soon(self._flush_inline, loop)
+        else:
+            pending.append(job)
         return awaited
+
+    def _flush_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit the writes a pass of this event loop submitted, on the loop's thread, if the lock is free."""
+        batch = self._inline_pending.pop(loop, [])
+        assert self._inline is not None and self._inline_lock is not None
+        while batch:
+            if self._closed:
+                self._deliver(batch, [(False, StoreUnavailable("the store is shutting down"))] * len(batch))
+                return
+            chunk, batch = batch[:self._max_batch], batch[self._max_batch:]
+            if not self._inline_lock.try_acquire():  # another writer has it: the thread waits, not the loop
+                self._hand_over(chunk + batch)
+                return
+            try:
+                self._commit(chunk, self._inline)
+            except _Busy:
+                self._hand_over(chunk + batch)
+                return
+            except Exception as exc:  # a bug or a driver error outside SQLAlchemy: fail the batch, keep writing
+                log.exception("inline group commit of %d writes failed unexpectedly", len(chunk))
+                self._inline.drop()
+                self._fail(chunk, exc)
+            finally:
+                self._inline_lock.release()
+            if self._between_due is not None and not self._between_requested and self._between_due():
+                self._between_requested = True  # the writer thread runs the work between batches
+                self._put(_Job(_noop, ()))
+
+    def _hand_over(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            self._queue.put(job)
 
     def _put(self, job: _Job) -> None:
         if self._closed:
@@ -114,8 +217,13 @@ class WriteBatcher:
             self._closed = True
             self._queue.put(None)
             self._thread.join(timeout=30)
-            if self._conn is not None and not self._thread.is_alive():
-                self._conn.close()
+            if not self._thread.is_alive():
+                self._lane.close()
+            if self._inline is not None and self._inline_lock is not None and self._inline_lock.try_acquire():
+                try:  # not while a loop of another thread is committing on it
+                    self._inline.close()
+                finally:
+                    self._inline_lock.release()
 
     @property
     def alive(self) -> bool:
@@ -154,45 +262,48 @@ class WriteBatcher:
                     break
                 batch.append(nxt)
             try:
-                self._commit(batch)
+                self._commit(batch, self._lane)
             except Exception as exc:  # a bug or a driver error outside SQLAlchemy: fail the batch, keep writing
                 log.exception("group commit of %d writes failed unexpectedly", len(batch))
-                self._drop_connection()
+                self._lane.drop()
                 self._fail(batch, exc)
             if stop:
                 return
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _commit(self, batch: list[_Job], lane: _Lane) -> None:
         try:
             try:
-                outcomes = self._attempt(batch)
+                outcomes = self._attempt(batch, lane)
             except _JobFailed:
-                outcomes = self._transaction(batch, savepoints=True)
+                outcomes = self._transaction(batch, lane, savepoints=True)
         except (SQLAlchemyError, StoreUnavailable) as exc:  # the database failed, or its write lock timed out
             self._fail(batch, exc)
             return
         self.failing_since = None
         self._deliver(batch, outcomes)
-        if self._between_batches is not None and self._conn is not None:
+        if lane.inline:
+            return
+        self._between_requested = False
+        if self._between_batches is not None and lane.conn is not None:
             try:
-                self._between_batches(self._conn)
+                self._between_batches(lane.conn)
             except Exception as exc:  # e.g. a checkpoint on a full disk: the writes themselves went through
                 log.warning("work between group commits failed: %s", exc)
 
-    def _attempt(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+    def _attempt(self, batch: list[_Job], lane: _Lane) -> list[tuple[bool, Any]]:
         """The savepoint-free pass; once more on a new connection if a kept one turned out to be dead.
 
         The writer keeps its connection between batches, so nothing pings it first: a database restart or an
         idle timeout shows up as a failure of the next batch, which then runs again on a fresh connection.
         """
-        reused = self._conn is not None
+        reused = lane.conn is not None
         try:
-            return self._transaction(batch, savepoints=False)
+            return self._transaction(batch, lane, savepoints=False)
         except SQLAlchemyError as exc:
             if not reused or isinstance(exc, IntegrityError):
                 raise
             log.warning("writer connection failed (%s); retrying the batch on a new connection", exc)
-            return self._transaction(batch, savepoints=False)
+            return self._transaction(batch, lane, savepoints=False)
 
     def _fail(self, batch: list[_Job], exc: Exception) -> None:
         log.error("group commit of %d writes failed: %s", len(batch), exc)
@@ -203,6 +314,7 @@ class WriteBatcher:
         self._deliver(batch, [(False, error)] * len(batch))
 
     def _deliver(self, batch: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
+        """Complete each job: a blocked thread's future, or a coroutine's (in one call per event loop)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for job, (ok, value) in zip(batch, outcomes, strict=True):
             if job.future is not None:
@@ -212,41 +324,46 @@ class WriteBatcher:
                     job.future.set_exception(value)
             elif job.loop is not None and job.awaited is not None:
                 by_loop.setdefault(job.loop, []).append((job.awaited, ok, value))
+        here = _running_loop() if by_loop else None
         for loop, results in by_loop.items():
+            if loop is here:  # committed inline by this very loop
+                _settle(results)
+                continue
             try:
                 loop.call_soon_threadsafe(_settle, results)
             except RuntimeError:  # that event loop has closed: nobody is waiting any more
                 pass
 
-    def _transaction(self, batch: list[_Job], savepoints: bool) -> list[tuple[bool, Any]]:
+    def _transaction(self, batch: list[_Job], lane: _Lane, savepoints: bool) -> list[tuple[bool, Any]]:
+        """One transaction; the inline lane runs with the lock its caller already holds."""
         outcomes: list[tuple[bool, Any]] = []
-        conn = self._connection()
+        conn = lane.connection()
         try:
-            with self._process_lock, conn.begin():
-                conn.info[TRANSACTION_CACHE] = {}
-                try:
-                    lock_keys(conn, [k for job in batch for k in job.keys])
-                    self._run_jobs(conn, batch, savepoints, outcomes)
-                finally:
-                    conn.info.pop(TRANSACTION_CACHE, None)
+            with nullcontext() if lane.inline else self._process_lock:
+                transaction = self._begin(conn, lane)
+                with transaction:
+                    conn.info[TRANSACTION_CACHE] = {}
+                    try:
+                        lock_keys(conn, [k for job in batch for k in job.keys])
+                        self._run_jobs(conn, batch, savepoints, outcomes)
+                    finally:
+                        conn.info.pop(TRANSACTION_CACHE, None)
         except SQLAlchemyError:
-            self._drop_connection()  # it may be broken: the next attempt starts on a fresh one
+            lane.drop()  # it may be broken: the next attempt starts on a fresh one
             raise
         return outcomes
 
-    def _connection(self) -> Connection:
-        """The writer thread's own connection, kept between batches (no pool checkout and reset per batch)."""
-        if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._conn = self._engine.connect()
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.invalidate()
-            except SQLAlchemyError:
-                pass
-            self._conn = None
+    @staticmethod
+    def _begin(conn: Connection, lane: _Lane) -> Any:
+        try:
+            return conn.begin()
+        except OperationalError as exc:
+            # Inline, SQLite's lock can only be taken by a writer outside the group commit (another program):
+            # the loop must not wait for it, so the batch goes to the writer thread, which may.
+            if lane.inline and "locked" in str(exc.orig):
+                lane.drop()
+                raise _Busy() from exc
+            raise
 
     def _run_jobs(self, conn: Connection, batch: list[_Job], savepoints: bool,
                   outcomes: list[tuple[bool, Any]]) -> None:

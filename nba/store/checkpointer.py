@@ -108,6 +108,18 @@ class WalCheckpointer:
         self._caught_up.set()
         return passes
 
+    def writer_due(self) -> bool:
+        """Whether the writer has a final pass to run now; asked after the batches that event loops commit
+        inline (they never run one), so the writer thread is woken only when there is one."""
+        size = self._wal_size()
+        if size <= self._limit:
+            self._caught_up.clear()  # a signal for a log that has since started over
+            return False
+        if not self._caught_up.is_set() and size < HARD_FACTOR * self._limit and self._thread.is_alive():
+            self._wake.set()
+            return False
+        return True
+
     def between_batches(self, conn: Connection) -> None:
         """Run by the writer between group commits: finish the checkpoint once the log has grown long."""
         size = self._wal_size()

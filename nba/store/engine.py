@@ -23,8 +23,8 @@ def _normalise(url: str) -> str:
 
 
 def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL",
-                wal_limit_bytes: int = WAL_LIMIT_BYTES) -> Engine:
-    """An engine for reads or for the single group-commit writer of this process.
+                wal_limit_bytes: int = WAL_LIMIT_BYTES, busy_timeout_ms: int = 30_000) -> Engine:
+    """An engine for reads or for a group-commit writer of this process.
 
     SQLite: WAL journal, a busy timeout so processes queue for the write lock instead of failing, and
     `BEGIN IMMEDIATE` for the writer so a write transaction holds the lock from its first statement.
@@ -37,7 +37,7 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL",
     # large enough for every request thread.
     engine = create_engine(
         url,
-        connect_args={"check_same_thread": False, "timeout": 30.0},
+        connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
         hide_parameters=True,  # errors are logged; customer data must not be
         pool_size=1 if writer else 32,
         max_overflow=0 if writer else 32,
@@ -49,7 +49,7 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL",
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         if writer:  # checkpoints run beside or between group commits (checkpointer.py), never inside one
             cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.execute(f"PRAGMA journal_size_limit={wal_limit_bytes}")

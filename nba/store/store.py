@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from nba.catalog import Action, CatalogFile, EventType, Policy, RewardSpec
@@ -58,11 +58,24 @@ class Store:
             WalCheckpointer(self._reader, checkpoint_seconds, wal_limit_bytes, self._write_lock)
             if self.local else None
         )
+        # Event loops commit their writes inline (batcher.py); they never wait for SQLite's lock, so their
+        # connection gives up on it at once and hands the batch to the writer thread.
+        self._inline_engine = (
+            make_engine(url, writer=True, synchronous=synchronous, wal_limit_bytes=wal_limit_bytes, busy_timeout_ms=0)
+            if self._write_lock is not None else None
+        )
         self._batcher = WriteBatcher(
             self._writer_engine, max_batch=max_batch,
             between_batches=self._checkpointer.between_batches if self._checkpointer is not None else None,
             process_lock=self._write_lock,
+            inline_engine=self._inline_engine,
+            between_due=self._checkpointer.writer_due if self._checkpointer is not None else None,
         )
+
+    @property
+    def writer_engines(self) -> tuple[Engine, ...]:
+        """The engines group commits write through: the writer thread's, and event loops' inline one."""
+        return (self._writer_engine,) + ((self._inline_engine,) if self._inline_engine is not None else ())
 
     def _migrate(self) -> None:
         try:
@@ -82,6 +95,8 @@ class Store:
         self._reader.dispose()
         self._local_reader.dispose()
         self._writer_engine.dispose()
+        if self._inline_engine is not None:
+            self._inline_engine.dispose()
 
     # -- plumbing --------------------------------------------------------------------------------------
     def read(self, fn: Callable[[Connection], T]) -> T:

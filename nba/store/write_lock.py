@@ -9,6 +9,10 @@ own locking still guards every write; this only orders the writers that come thr
 
 A wait is bounded like SQLite's busy timeout: a process that holds the lock for longer (stopped, stuck) makes the
 others' group commits fail with `WriteLockTimeout` (a 503 to their clients) instead of hanging them.
+
+Within a process the writer thread and event loops committing inline (batcher.py) take turns on a thread lock
+first: a `flock` belongs to the open file, so it would not keep two threads of one process apart. An event loop
+must never wait, so it only ever takes the lock when it is free (`try_acquire`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
@@ -37,11 +42,42 @@ class ProcessWriteLock:
         self.timeout = timeout
         self._fd: int | None = self._open()
         self._waiter: ThreadPoolExecutor | None = None  # waits in the kernel when the lock is taken
+        self._local = threading.Lock()  # this process's writers (its writer thread, its event loops)
 
     def _open(self) -> int:
         return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def __enter__(self) -> ProcessWriteLock:
+        if not self._local.acquire(timeout=self.timeout):
+            raise WriteLockTimeout(f"another writer of this process has held the lock for more than {self.timeout:g} s")
+        try:
+            return self._enter_process()
+        except BaseException:
+            self._local.release()
+            raise
+
+    def try_acquire(self) -> bool:
+        """Take the lock only if no writer, here or in another process, holds it now; `release` it after."""
+        if not self._local.acquire(blocking=False):
+            return False
+        fd = self._fd
+        if fd is None:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            self._local.release()
+            return False
+
+    def release(self) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._local.release()
+
+    def _enter_process(self) -> ProcessWriteLock:
         fd = self._fd
         if fd is None:
             return self
@@ -67,8 +103,7 @@ class ProcessWriteLock:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self.release()
 
     def close(self) -> None:
         if self._waiter is not None:

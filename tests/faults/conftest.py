@@ -82,11 +82,12 @@ class StoreFaults:
         self._rate = 1.0
         self._rng = random.Random(0)
         self.raised = 0
-        sqlite = store._writer_engine.dialect.name == "sqlite"
+        sqlite = store.writer_engines[0].dialect.name == "sqlite"
         self._driver_error: type[Exception] = sqlite3.OperationalError if sqlite else psycopg.OperationalError
         self._message = "disk I/O error" if sqlite else "server closed the connection unexpectedly"
-        # Every engine of the store: pooled reads, the decide path's own reader connections, the writer.
-        self._engines = tuple({id(e): e for e in (store._reader, store._local_reader, store._writer_engine)}.values())
+        # Every engine of the store: pooled reads, the decide path's own reader connections, the writers.
+        self._writers = store.writer_engines
+        self._engines = tuple({id(e): e for e in (store._reader, store._local_reader, *self._writers)}.values())
         for engine in self._engines:
             event.listen(engine, "before_cursor_execute", self._on_execute)
             event.listen(engine, "commit", self._on_commit)
@@ -126,7 +127,7 @@ class StoreFaults:
 
     def _on_execute(self, conn: Connection, _cursor: Any, statement: str, params: Any, _context: Any,
                     _many: bool) -> None:
-        writer = conn.engine is self._store._writer_engine
+        writer = conn.engine in self._writers
         if self._should_fail(self._writes if writer else self._reads, statement):
             raise self._error(statement, params)
 

@@ -145,7 +145,8 @@ def test_full_disk_answers_503_and_logs_no_partial_decision(sqlite_url: str, mak
         cursor.execute(f"PRAGMA max_page_count = {1 if full.is_set() else 4294967294}")  # 1: no growth at all
         cursor.close()
 
-    event.listen(store._writer_engine, "begin", limit_pages)
+    for engine in store.writer_engines:
+        event.listen(engine, "begin", limit_pages)
     answered: list[str] = []
     try:
         with TestClient(app) as client:
@@ -177,7 +178,8 @@ def test_full_disk_answers_503_and_logs_no_partial_decision(sqlite_url: str, mak
             answers = client.post("/v1/events", json=_events("ev-full", **bulky), headers=CHANNEL).json()
             assert answers[0]["duplicate"] is False
     finally:
-        event.remove(store._writer_engine, "begin", limit_pages)
+        for engine in store.writer_engines:
+            event.remove(engine, "begin", limit_pages)
 
 
 def test_flaky_store_under_concurrent_load_stores_exactly_what_was_answered(

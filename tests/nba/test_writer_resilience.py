@@ -45,11 +45,11 @@ def test_a_dead_kept_connection_costs_no_write(store_url: str) -> None:
     store = Store(store_url)
     try:
         _put(store, "k1")
-        kept = store._batcher._conn
+        kept = store._batcher._lane.conn
         assert kept is not None
         kept.connection.dbapi_connection.close()  # type: ignore[union-attr]
         _put(store, "k2")
-        assert store._batcher._conn is not kept
+        assert store._batcher._lane.conn is not kept
         assert _keys(store) == ["k1", "k2"]
     finally:
         store.close()

@@ -1,0 +1,148 @@
+"""Event loops commit their writes inline on SQLite, one transaction per pass, and never wait for a lock."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, event
+
+from nba.errors import StoreUnavailable
+from nba.store import Store
+from nba.store import schema as t
+from nba.store.store import WriteJob
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[Store]:
+    s = Store(sqlite_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _put(key: str) -> WriteJob[str]:
+    def job(conn: Connection) -> str:
+        conn.execute(t.meta_kv.insert().values(key=key, value=threading.current_thread().name))
+        return threading.current_thread().name
+
+    return WriteJob(job, [])
+
+
+def _keys(store: Store) -> dict[str, str]:
+    return store.read(lambda c: {r.key: r.value for r in c.execute(t.meta_kv.select()) if r.key.startswith("k")})
+
+
+def _begins(store: Store) -> list[str]:
+    seen: list[str] = []
+    for engine in store.writer_engines:
+        event.listen(engine, "begin", lambda conn: seen.append(threading.current_thread().name))
+    return seen
+
+
+def test_a_loops_writes_of_one_pass_commit_together_on_its_own_thread(store: Store) -> None:
+    begins = _begins(store)
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(store.run_async(_put(f"k{i}")) for i in range(10))))
+
+    ran_on = asyncio.run(main())
+    assert set(ran_on) == {threading.current_thread().name}  # inline: not the writer thread
+    assert len(begins) == 1  # one transaction for the ten
+    assert sorted(_keys(store)) == sorted(f"k{i}" for i in range(10))
+
+
+def test_while_the_writer_thread_holds_the_lock_the_loop_hands_its_writes_over(store: Store) -> None:
+    """The loop goes on serving while the writer thread's long transaction holds the lock; its write then
+    commits on the writer thread."""
+    holding, release = threading.Event(), threading.Event()
+
+    def long_write(conn: Connection) -> None:
+        conn.execute(t.meta_kv.insert().values(key="k-long", value="v"))
+        holding.set()
+        assert release.wait(30)
+
+    blocker = threading.Thread(target=store.write, args=(long_write,))
+    blocker.start()
+    assert holding.wait(30)
+
+    async def main() -> tuple[str, int]:
+        write = asyncio.ensure_future(store.run_async(_put("k-async")))
+        ticks = 0
+        while not write.done():  # the loop is free: this coroutine keeps running while the write waits
+            ticks += 1
+            if ticks == 20:
+                release.set()
+            await asyncio.sleep(0.001)
+        return write.result(), ticks
+
+    try:
+        ran_on, ticks = asyncio.run(main())
+    finally:
+        release.set()
+        blocker.join(30)
+    assert ran_on == "nba-writer" and ticks >= 20
+    assert set(_keys(store)) == {"k-long", "k-async"}
+
+
+def test_a_foreign_writer_holding_sqlites_lock_does_not_stall_the_loop(store: Store, sqlite_url: str) -> None:
+    """A program outside the group commit (no flock) holds SQLite's write lock: the inline attempt gives up at
+    once, the writer thread waits for the lock, and the loop keeps running meanwhile."""
+    foreign = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    foreign.execute("BEGIN IMMEDIATE")
+
+    async def main() -> tuple[str, int]:
+        write = asyncio.ensure_future(store.run_async(_put("k-async")))
+        ticks = 0
+        while not write.done():
+            ticks += 1
+            if ticks == 20:
+                foreign.execute("COMMIT")
+            await asyncio.sleep(0.001)
+        return write.result(), ticks
+
+    try:
+        ran_on, ticks = asyncio.run(main())
+    finally:
+        if foreign.in_transaction:
+            foreign.execute("COMMIT")
+        foreign.close()
+    assert ran_on == "nba-writer" and ticks >= 20
+    assert set(_keys(store)) == {"k-async"}
+    # The next pass commits inline again.
+    assert asyncio.run(_run(store, _put("k-next"))) != "nba-writer"
+
+
+async def _run(store: Store, job: WriteJob[Any]) -> Any:
+    return await store.run_async(job)
+
+
+def test_a_failing_job_is_refused_alone_inline(store: Store) -> None:
+    def bad(conn: Connection) -> None:
+        conn.execute(t.meta_kv.insert().values(key="k-bad", value="v"))
+        raise StoreUnavailable("refused")
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(store.run_async(_put("k1")), store.run_async(WriteJob(bad, [])),
+                                         store.run_async(_put("k2")), return_exceptions=True))
+
+    first, refused, second = asyncio.run(main())
+    assert isinstance(refused, StoreUnavailable)
+    assert first == second == threading.current_thread().name
+    assert set(_keys(store)) == {"k1", "k2"}
+
+
+def test_writes_submitted_after_close_are_refused(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    store.close()
+
+    async def main() -> None:
+        await store.run_async(_put("k1"))
+
+    with pytest.raises(StoreUnavailable, match="shutting down"):
+        asyncio.run(main())
