@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 DECISIONS = Counter("nba_decisions_total", "Decisions made and logged", ["channel", "mode"])
@@ -11,3 +14,10 @@ DECIDE_LATENCY = Histogram(
 )
 REWARDS = Counter("nba_rewards_total", "Rewards received", ["status"])
 EVENTS = Counter("nba_events_total", "Events received", ["duplicate"])
+
+
+@lru_cache(maxsize=4096)
+def child(metric: Any, *values: str) -> Any:
+    """The metric's child for these label values, looked up once (`labels` validates and locks on every call,
+    which showed in the decide path's profile and runs once per event of a batch)."""
+    return metric.labels(*values)

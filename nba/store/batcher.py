@@ -143,6 +143,7 @@ class WriteBatcher:
         self._between_requested = False
         self._max_batch = max_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue_lock = threading.Lock()  # `_closed` and queueing, so no job is queued after the last drain
         self._thread = threading.Thread(target=self._run, name="nba-writer", daemon=True)
         self._closed = False
         self.failing_since: float | None = None  # monotonic time of the first failed commit since the last good one
@@ -179,13 +180,19 @@ class WriteBatcher:
     def _flush_inline(self, loop: asyncio.AbstractEventLoop) -> None:
         """Commit the writes a pass of this event loop submitted, on the loop's thread, if the lock is free."""
         batch = self._inline_pending.pop(loop, [])
+        try:
+            self._flush_jobs(batch)
+        except BaseException as exc:  # whatever went wrong, every write of the pass gets an answer
+            log.exception("inline group commit failed unexpectedly")
+            self._deliver(batch, [(False, StoreUnavailable(f"the store could not commit: {exc!r}"))] * len(batch))
+            if not isinstance(exc, Exception):
+                raise
+
+    def _flush_jobs(self, batch: list[_Job]) -> None:
         assert self._inline is not None and self._inline_lock is not None
         while batch:
-            if self._closed:
-                self._deliver(batch, [(False, StoreUnavailable("the store is shutting down"))] * len(batch))
-                return
             chunk, batch = batch[:self._max_batch], batch[self._max_batch:]
-            if not self._inline_lock.try_acquire():  # another writer has it: the thread waits, not the loop
+            if self._closed or not self._inline_lock.try_acquire():  # the thread waits for the lock, not the loop
                 self._hand_over(chunk + batch)
                 return
             try:
@@ -201,29 +208,40 @@ class WriteBatcher:
                 self._inline_lock.release()
             if self._between_due is not None and not self._between_requested and self._between_due():
                 self._between_requested = True  # the writer thread runs the work between batches
-                self._put(_Job(_noop, ()))
+                self._enqueue([_Job(_noop, ())])
 
     def _hand_over(self, jobs: list[_Job]) -> None:
-        for job in jobs:
-            self._queue.put(job)
+        """Give jobs to the writer thread; if it has stopped, refuse them rather than leave them waiting."""
+        if not self._enqueue(jobs):
+            self._deliver(jobs, [(False, StoreUnavailable("the store is shutting down"))] * len(jobs))
+
+    def _enqueue(self, jobs: list[_Job]) -> bool:
+        """Queue jobs for the writer thread, unless it has stopped (then nobody would ever run them)."""
+        with self._queue_lock:
+            if self._closed:
+                return False
+            for job in jobs:
+                self._queue.put(job)
+            return True
 
     def _put(self, job: _Job) -> None:
-        if self._closed:
+        if not self._enqueue([job]):
             raise StoreUnavailable("the store is shutting down")
-        self._queue.put(job)
 
     def close(self) -> None:
-        if not self._closed:
+        with self._queue_lock:
+            if self._closed:
+                return
             self._closed = True
             self._queue.put(None)
-            self._thread.join(timeout=30)
-            if not self._thread.is_alive():
-                self._lane.close()
-            if self._inline is not None and self._inline_lock is not None and self._inline_lock.try_acquire():
-                try:  # not while a loop of another thread is committing on it
-                    self._inline.close()
-                finally:
-                    self._inline_lock.release()
+        self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self._lane.close()
+        if self._inline is not None and self._inline_lock is not None and self._inline_lock.try_acquire():
+            try:  # not while a loop of another thread is committing on it
+                self._inline.close()
+            finally:
+                self._inline_lock.release()
 
     @property
     def alive(self) -> bool:
@@ -233,7 +251,8 @@ class WriteBatcher:
         try:
             self._loop()
         finally:  # whatever ends the thread, nobody may wait for ever on a write it will not run
-            self._closed = True
+            with self._queue_lock:  # from now on nothing is queued (see _enqueue)
+                self._closed = True
             leftover: list[_Job] = []
             while True:
                 try:
@@ -267,6 +286,8 @@ class WriteBatcher:
                 log.exception("group commit of %d writes failed unexpectedly", len(batch))
                 self._lane.drop()
                 self._fail(batch, exc)
+            finally:  # even if this batch failed before its work between batches: the next inline one asks again
+                self._between_requested = False
             if stop:
                 return
 
@@ -283,7 +304,6 @@ class WriteBatcher:
         self._deliver(batch, outcomes)
         if lane.inline:
             return
-        self._between_requested = False
         if self._between_batches is not None and lane.conn is not None:
             try:
                 self._between_batches(lane.conn)

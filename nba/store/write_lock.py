@@ -66,7 +66,7 @@ class ProcessWriteLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
-        except BlockingIOError:
+        except OSError:  # taken (EWOULDBLOCK), or failing: a waiting writer then meets the error, not the loop
             self._local.release()
             return False
 
@@ -108,9 +108,14 @@ class ProcessWriteLock:
     def close(self) -> None:
         if self._waiter is not None:
             self._waiter.shutdown(wait=False, cancel_futures=True)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        held = self._local.acquire(timeout=self.timeout)  # not under a writer of this process
+        try:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+        finally:
+            if held:
+                self._local.release()
 
 
 def _release_and_close(fd: int, done: Future[None]) -> None:

@@ -16,7 +16,7 @@ from nba.decide import DecideRequest
 from nba.errors import InvalidInput
 from nba.ids import ID_REGEX, NAME_REGEX
 from nba.types import Decision
-from serving.metrics import DECIDE_LATENCY, DECISIONS
+from serving.metrics import DECIDE_LATENCY, DECISIONS, child
 from serving.openapi import NO_ROUTE, ProblemOperation, answers
 from serving.routes.types import FlatMap, Id, Name
 from serving.runtime import Runtime
@@ -107,7 +107,7 @@ async def _decide(runtime: Runtime, body: DecideBody) -> DecisionOut:
     with DECIDE_LATENCY.time():
         result = await runtime.engine.decide_async(request)
     if not result.replayed:
-        DECISIONS.labels(channel=result.decision.channel, mode=result.decision.policy.mode).inc()
+        child(DECISIONS, result.decision.channel, result.decision.policy.mode).inc()
     return decision_out(result.decision)
 
 

@@ -12,7 +12,7 @@ from litestar.params import Parameter
 from nba.clock import to_rfc3339
 from nba.errors import DecisionNotFound, InvalidInput
 from nba.ids import ID_REGEX
-from serving.metrics import REWARDS
+from serving.metrics import REWARDS, child
 from serving.openapi import ProblemOperation, answers
 from serving.routes.decide import DecisionOut, decision_out
 from serving.runtime import Runtime
@@ -58,7 +58,7 @@ async def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data:
         raise InvalidInput("value must be a finite number", field="value")
     status = await runtime.store.run_async(
         runtime.store.reward_write(decision_id, data.slot, data.value, runtime.clock.now()))
-    REWARDS.labels(status=status).inc()
+    child(REWARDS, status).inc()
     return Accepted(decision_id, status)
 
 

@@ -12,7 +12,7 @@ from features.events import validate_event
 from features.state import apply_event
 from nba.ids import new_id
 from nba.types import Event
-from serving.metrics import EVENTS
+from serving.metrics import EVENTS, child
 from serving.openapi import answers
 from serving.routes.types import Id, Key, Name
 from serving.runtime import Runtime
@@ -57,5 +57,5 @@ async def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[Even
                            dict(item.properties)))
     outcomes = await runtime.store.run_async(runtime.store.events_write(batch, apply_event, now))
     for outcome in outcomes:
-        EVENTS.labels(duplicate=str(outcome.duplicate).lower()).inc()
+        child(EVENTS, "true" if outcome.duplicate else "false").inc()
     return [EventResult(o.event_id, o.duplicate, [], []) for o in outcomes]

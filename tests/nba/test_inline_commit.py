@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, event
+from sqlalchemy.exc import OperationalError
 
 from nba.errors import StoreUnavailable
 from nba.store import Store
@@ -146,3 +147,64 @@ def test_writes_submitted_after_close_are_refused(sqlite_url: str) -> None:
 
     with pytest.raises(StoreUnavailable, match="shutting down"):
         asyncio.run(main())
+
+
+def test_after_a_failed_batch_the_writer_is_asked_again_for_its_work_between_batches(sqlite_url: str) -> None:
+    """Inline batches never run the checkpoint's final pass: they wake the writer thread for it. A failure of
+    that wake-up batch must not stop the next inline batch from asking again (the log would grow unbounded)."""
+    store = Store(sqlite_url)
+    batcher = store._batcher
+    ran_between, failed = threading.Event(), threading.Event()
+    batcher._between_due = lambda: True  # a final pass is due after every batch
+    original = batcher._between_batches
+    assert original is not None
+
+    def between(conn: Connection) -> None:
+        ran_between.set()
+        original(conn)
+
+    batcher._between_batches = between
+
+    def fail_once(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("BEGIN") and not failed.is_set():
+            failed.set()
+            raise OperationalError(statement, None, sqlite3.OperationalError("disk I/O error"))
+
+    event.listen(store.writer_engines[0], "before_cursor_execute", fail_once)  # the writer thread's engine
+    try:
+        asyncio.run(_run(store, _put("k1")))  # asks the writer thread, whose batch fails
+        assert failed.wait(30)
+        while batcher._between_requested:  # the failed batch is over once the request is cleared
+            threading.Event().wait(0.001)
+        assert not ran_between.is_set()
+        asyncio.run(_run(store, _put("k2")))  # asks again
+        assert ran_between.wait(30)
+    finally:
+        event.remove(store.writer_engines[0], "before_cursor_execute", fail_once)
+        store.close()
+
+
+def test_a_write_handed_over_as_the_store_closes_is_refused_not_left_waiting(sqlite_url: str) -> None:
+    """Shutdown on another thread while a loop's inline attempt finds SQLite locked by a foreign writer: the
+    writer thread is gone, so the hand-over must answer the write with an error."""
+    store = Store(sqlite_url)
+    foreign = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    foreign.execute("BEGIN IMMEDIATE")
+
+    def close_meanwhile(*_: Any) -> None:  # as the inline connection opens
+        closing = threading.Thread(target=store._batcher.close)
+        closing.start()
+        closing.join()
+
+    event.listen(store.writer_engines[1], "connect", close_meanwhile)
+
+    async def main() -> None:
+        await asyncio.wait_for(store.run_async(_put("k1")), 30)
+
+    try:
+        with pytest.raises(StoreUnavailable, match="shutting down"):
+            asyncio.run(main())
+    finally:
+        foreign.execute("COMMIT")
+        foreign.close()
+        store.close()
