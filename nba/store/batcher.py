@@ -156,15 +156,18 @@ class WriteBatcher:
         self._put(_Job(fn, keys, future=future))
         return future.result()
 
-    def submit_async(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> asyncio.Future[T]:
+    def submit_async(self, fn: Callable[[Connection], T], keys: Sequence[str] = (),
+                     inline: bool = True) -> asyncio.Future[T]:
         """Like `submit`, for a coroutine: await the result. Call from the running event loop.
+
+        With `inline=False` the write goes to the writer thread even where the loop could commit it.
 
         The batch's results reach each event loop in one wake-up, not one per request.
         """
         loop = asyncio.get_running_loop()
         awaited: asyncio.Future[T] = loop.create_future()
         job = _Job(fn, keys, loop=loop, awaited=awaited)
-        if self._inline is None:
+        if self._inline is None or not inline:
             self._put(job)
             return awaited
         if self._closed:
