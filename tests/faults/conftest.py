@@ -190,6 +190,9 @@ def train_snapshot(database_url: str, clock: ManualClock, make_app: AppFactory, 
     app = make_app(database_url, SIM_CATALOG)
     runtime = app.state.runtime
     learner = OnlineLearner(runtime.store, runtime.models, runtime.featurizer, runtime.catalog, runtime.clock)
+    # The engine draws actions from an OS-seeded generator; a fixed seed makes the training, and so the learned
+    # ranking the tests compare against, the same in every run (an unlucky draw once left s1's best action second).
+    runtime.engine._rng = random.Random(11)
     sim = SegmentSimulator(seed=3)
     for index in range(rounds):
         customer = sim.customer()
