@@ -111,23 +111,22 @@ class WalCheckpointer:
     def writer_due(self) -> bool:
         """Whether the writer has a final pass to run now; asked after the batches that event loops commit
         inline (they never run one), so the writer thread is woken only when there is one."""
-        size = self._wal_size()
+        return self._due(self._wal_size())
+
+    def _due(self, size: int) -> bool:
+        """A final pass is due: the log is past the limit and this thread has caught up (or cannot)."""
         if size <= self._limit:
             self._caught_up.clear()  # a signal for a log that has since started over
             return False
         if not self._caught_up.is_set() and size < HARD_FACTOR * self._limit and self._thread.is_alive():
-            self._wake.set()
+            self._wake.set()  # most of the copying happens beside the writer; it finishes on the next signal
             return False
         return True
 
     def between_batches(self, conn: Connection) -> None:
         """Run by the writer between group commits: finish the checkpoint once the log has grown long."""
         size = self._wal_size()
-        if size <= self._limit:
-            self._caught_up.clear()  # a signal for a log that has since started over
-            return
-        if not self._caught_up.is_set() and size < HARD_FACTOR * self._limit and self._thread.is_alive():
-            self._wake.set()  # most of the copying happens beside the writer; it finishes on the next signal
+        if not self._due(size):
             return
         with self._lock:
             if self._wal_size() <= self._limit:  # another process's writer finished it meanwhile

@@ -101,11 +101,16 @@ def _budget_read(count: int) -> Prepared:
     return found
 
 
+def contacts_since(now_ms: int, lookback: timedelta) -> int | None:
+    """Where a read of the `lookback` before now starts (None: a zero lookback reads no contacts)."""
+    return now_ms - int(lookback.total_seconds() * 1000) if lookback > timedelta(0) else None
+
+
 def load_contacts(conn: Connection, customer_id: str, now_ms: int, lookback: timedelta) -> list[Contact]:
     """The customer's active contacts in the `lookback` before now (none read when it is zero)."""
-    if lookback <= timedelta(0):
+    since_ms = contacts_since(now_ms, lookback)
+    if since_ms is None:
         return []
-    since_ms = now_ms - int(lookback.total_seconds() * 1000)
     (raw,) = _CONTACTS[conn.dialect.name].first(conn, {"customer_id": customer_id, "since_ms": since_ms})
     return parse_contacts(raw)
 

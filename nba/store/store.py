@@ -235,7 +235,7 @@ class Store:
         """Everything a decision reads, in one round trip: canonical id, idempotency hit, state and counters."""
         ms = epoch_ms(now)
 
-        since_ms = ms - int(lookback.total_seconds() * 1000) if lookback > timedelta(0) else None
+        since_ms = decision_repo.contacts_since(ms, lookback)
 
         def read(conn: Connection) -> tuple[str, tuple[str, str] | None, CustomerState | None, CounterState]:
             canonical, state, contacts = customer_inputs(conn, customer_id, since_ms)

@@ -60,14 +60,22 @@ class ProcessWriteLock:
         """Take the lock only if no writer, here or in another process, holds it now; `release` it after."""
         if not self._local.acquire(blocking=False):
             return False
-        fd = self._fd
-        if fd is None:
+        try:
+            if self._flock_now():
+                return True
+        except OSError:  # failing: a waiting writer then meets the error, not the loop
+            pass
+        self._local.release()
+        return False
+
+    def _flock_now(self) -> bool:
+        """Take the cross-process lock if it is free now (True also when there is no lock file)."""
+        if self._fd is None:
             return True
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
-        except OSError:  # taken (EWOULDBLOCK), or failing: a waiting writer then meets the error, not the loop
-            self._local.release()
+        except BlockingIOError:
             return False
 
     def release(self) -> None:
@@ -78,14 +86,10 @@ class ProcessWriteLock:
             self._local.release()
 
     def _enter_process(self) -> ProcessWriteLock:
+        if self._flock_now():
+            return self
         fd = self._fd
-        if fd is None:
-            return self
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return self
-        except BlockingIOError:
-            pass
+        assert fd is not None
         if self._waiter is None:
             self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nba-writelock")
         waited = self._waiter.submit(fcntl.flock, fd, fcntl.LOCK_EX)  # a blocking wait that can time out
