@@ -46,7 +46,10 @@ CUSTOMERS = [f"c-{i}" for i in range(24)]
 
 def _client(url: str, seed: int, answers: list[dict[str, Any]], errors: list[str], lock: threading.Lock) -> None:
     rng = random.Random(seed)
-    with httpx.Client(base_url=url, timeout=60) as client:
+    # A new connection for every request: the two workers share one listening socket, so each accept goes to a
+    # worker that is waiting; kept-alive connections would stay wherever a burst of 32 first connects landed.
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=url, timeout=60, limits=no_keepalive) as client:
         for _ in range(DECISIONS_PER_CLIENT):
             body = {"customer_id": rng.choice(CUSTOMERS), "channel": rng.choice(BOTH), "slots": rng.randint(1, 3),
                     "defer_activation": rng.random() < 0.25}
