@@ -326,6 +326,15 @@ def _machine_jiffies() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def _loop_thread_ticks(pid: int) -> tuple[int, int]:
+    """(user, system) clock ticks of a worker's main thread, the one that runs its event loop."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]), int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+
+
 def _process_ticks(pid: int) -> int:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -349,12 +358,18 @@ class CpuWatch:
             return 0
         return sum(_process_ticks(p) for p in [self.server.proc.pid, *self.server.worker_pids()])
 
+    def _loop_ticks(self) -> dict[int, tuple[int, int]]:
+        if self.server is None or self.server.proc is None:
+            return {}
+        return {pid: _loop_thread_ticks(pid) for pid in self.server.worker_pids()}
+
     def __enter__(self) -> CpuWatch:
         import resource
 
         self._t0 = time.monotonic()
         self._machine0 = _machine_jiffies()
         self._server0 = self._server_ticks()
+        self._loops0 = self._loop_ticks()
         self._children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         self._self0 = resource.getrusage(resource.RUSAGE_SELF)
         return self
@@ -371,7 +386,15 @@ class CpuWatch:
         server_s = (self._server_ticks() - self._server0) / tick
         loadgen_s = (children.ru_utime + children.ru_stime - self._children0.ru_utime - self._children0.ru_stime
                      + me.ru_utime + me.ru_stime - self._self0.ru_utime - self._self0.ru_stime)
+        # The event loop runs every request's Python work: how busy the busiest worker's loop thread was (a
+        # share of one core; queueing delay grows steeply as it nears 1) and how much of that was system time.
+        loops1 = self._loop_ticks()
+        spent = {pid: (user - self._loops0[pid][0], system - self._loops0[pid][1])
+                 for pid, (user, system) in loops1.items() if pid in self._loops0}
+        busiest = max(spent.values(), key=sum, default=(0, 0))
         self.result = {
+            "busiest_event_loop_busy": round(sum(busiest) / tick / elapsed, 3),
+            "busiest_event_loop_system_share": round(busiest[1] / max(1, sum(busiest)), 3),
             "machine_busy_cores": round(machine_s / elapsed, 2),
             "server_cores": round(server_s / elapsed, 2),
             "load_generator_cores": round(loadgen_s / elapsed, 2),
