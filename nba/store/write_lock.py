@@ -68,6 +68,10 @@ class ProcessWriteLock:
         self._local.release()
         return False
 
+    def held_in_this_process(self) -> bool:
+        """Whether a writer of this process holds the lock (or is waiting for another process's)."""
+        return self._local.locked()
+
     def _flock_now(self) -> bool:
         """Take the cross-process lock if it is free now (True also when there is no lock file)."""
         if self._fd is None:

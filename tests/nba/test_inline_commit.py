@@ -16,6 +16,7 @@ from nba.errors import StoreUnavailable
 from nba.store import Store
 from nba.store import schema as t
 from nba.store.store import INLINE_EVENTS, WriteJob
+from nba.store.write_lock import ProcessWriteLock
 from nba.types import CustomerState, Event
 
 
@@ -58,7 +59,7 @@ def test_a_loops_writes_of_one_pass_commit_together_on_its_own_thread(store: Sto
 
 def test_while_the_writer_thread_holds_the_lock_the_loop_hands_its_writes_over(store: Store) -> None:
     """The loop goes on serving while the writer thread's long transaction holds the lock; its write then
-    commits on the writer thread."""
+    commits on the writer thread, with the writer's next batch."""
     holding, release = threading.Event(), threading.Event()
 
     def long_write(conn: Connection) -> None:
@@ -87,6 +88,102 @@ def test_while_the_writer_thread_holds_the_lock_the_loop_hands_its_writes_over(s
         blocker.join(30)
     assert ran_on == "nba-writer" and ticks >= 20
     assert set(_keys(store)) == {"k-long", "k-async"}
+
+
+def _other_process_lock(sqlite_url: str) -> ProcessWriteLock:
+    """The lock as another worker process has it: a lock on its own open file, which `flock` keeps apart."""
+    return ProcessWriteLock(sqlite_url.removeprefix("sqlite:///"), timeout=30)
+
+
+def _holds(lock: ProcessWriteLock) -> bool:
+    """Whether this test still holds `lock` (its thread lock is taken only while it is held)."""
+    return lock._local.locked()
+
+
+def test_while_another_process_commits_the_loops_writes_wait_together_then_commit_inline(
+    store: Store, sqlite_url: str
+) -> None:
+    """Writes of several passes made while another worker holds the lock share one transaction on the loop's
+    thread once it is free; meanwhile the loop keeps serving."""
+    begins = _begins(store)
+    other = _other_process_lock(sqlite_url)
+    other.__enter__()
+
+    async def main() -> tuple[list[str], int]:
+        writes = [asyncio.ensure_future(store.run_async(_put("k0")))]
+        ticks = 0
+        while not all(w.done() for w in writes):
+            ticks += 1
+            if ticks < 5:  # later passes of the loop: these join the waiting write
+                writes.append(asyncio.ensure_future(store.run_async(_put(f"k{ticks}"))))
+            if ticks == 20:
+                other.release()
+            await asyncio.sleep(0.001)
+        return [w.result() for w in writes], ticks
+
+    try:
+        ran_on, ticks = asyncio.run(main())
+    finally:
+        if _holds(other):
+            other.release()
+        other.close()
+    assert set(ran_on) == {threading.current_thread().name} and ticks >= 20
+    assert begins == [threading.current_thread().name]  # one transaction for all five
+    assert sorted(_keys(store)) == [f"k{i}" for i in range(5)]
+
+
+def test_a_lock_held_past_its_timeout_refuses_the_waiting_writes_and_the_loop_keeps_serving(
+    store: Store, sqlite_url: str
+) -> None:
+    other = _other_process_lock(sqlite_url)
+    other.__enter__()
+    lock = store._batcher._inline_lock
+    assert lock is not None
+    lock.timeout = 0.2
+
+    async def main() -> tuple[BaseException | None, int]:
+        write = asyncio.ensure_future(store.run_async(_put("k1")))
+        ticks = 0
+        while not write.done():
+            ticks += 1
+            await asyncio.sleep(0.001)
+        return write.exception(), ticks
+
+    try:
+        error, ticks = asyncio.run(main())
+    finally:
+        other.release()
+        other.close()
+    assert isinstance(error, StoreUnavailable) and ticks > 1
+    assert _keys(store) == {}
+    lock.timeout = 30
+    assert asyncio.run(_run(store, _put("k2"))) == threading.current_thread().name  # and writes again after
+
+
+def test_a_write_waiting_for_the_lock_as_the_store_closes_is_refused_not_left_waiting(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    other = _other_process_lock(sqlite_url)
+    other.__enter__()
+    closing = threading.Thread(target=store.close)
+
+    async def main() -> None:
+        write = asyncio.ensure_future(store.run_async(_put("k1")))
+        await asyncio.sleep(0)  # the pass ends: the write is waiting for the lock
+        closing.start()
+        while closing.is_alive() and not store._batcher._closed:
+            await asyncio.sleep(0.001)
+        other.release()  # the waiting helper gets the lock, and the loop finds the store closed
+        await asyncio.wait_for(write, 30)
+
+    try:
+        with pytest.raises(StoreUnavailable, match="shutting down"):
+            asyncio.run(main())
+    finally:
+        if _holds(other):
+            other.release()
+        other.close()
+        closing.join(30)
+    assert not closing.is_alive()
 
 
 def test_a_foreign_writer_holding_sqlites_lock_does_not_stall_the_loop(store: Store, sqlite_url: str) -> None:
