@@ -17,10 +17,11 @@ decision on the loop's thread.
 
 When this process's writer thread holds the lock, the loop hands its writes over: the writer takes them with its
 next batch. When another worker process holds it, a helper thread waits until it is free and wakes the loop,
-which tries again and commits everything its requests wrote meanwhile in one transaction; the loop itself never
-waits. Handing such writes to the writer thread instead brought the GIL
-ping-pong back exactly when the loop was busiest: with 2 workers a third of the commits went that way and took
-1.4 ms at the median, 17-22 ms at p99 and up to 127 ms, against 0.5 / 3 / 8 ms inline.
+which tries again and commits what its requests wrote meanwhile (a chunk per pass of the loop); the loop itself
+never waits. If the other process has taken the lock again by then, the writes go to the writer thread, which
+queues for the lock in the kernel. Handing every such write to the writer thread brought the GIL ping-pong back
+exactly when the loop was busiest: with 2 workers a third of the commits went that way and took 1.4 ms at the
+median, 17-22 ms at p99 and up to 127 ms, against 0.5 / 3 / 8 ms inline (44 of ~5,000 commits go there now).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -145,9 +146,10 @@ class WriteBatcher:
         self._inline_lock = process_lock if inline_engine is not None else None
         self._inline = _Lane(inline_engine, inline=True) if inline_engine is not None else None
         self._inline_pending: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
-        # Loops whose writes wait for the lock (a helper thread waits); their next writes join the same batch.
+        # Loops whose writes wait for another process's lock; their next writes join the same batch. One helper
+        # thread waits for them in turn (`_wait_requests`, one per waiting loop).
         self._inline_waiting: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
-        self._lock_waiter: ThreadPoolExecutor | None = None
+        self._wait_requests: queue.SimpleQueue[asyncio.AbstractEventLoop | None] = queue.SimpleQueue()
         self._between_batches = between_batches
         self._between_due = between_due
         self._between_requested = False
@@ -159,6 +161,9 @@ class WriteBatcher:
         self.failing_since: float | None = None  # monotonic time of the first failed commit since the last good one
         self.last_error = ""
         self._thread.start()
+        if self._inline_lock is not None:
+            threading.Thread(target=self._wait_for_lock, args=(self._inline_lock,), name="nba-inline-lock",
+                             daemon=True).start()
 
     def submit(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> T:
         """Run `fn(conn)` in the next group transaction and return its result once committed."""
@@ -209,22 +214,42 @@ class WriteBatcher:
             if not isinstance(exc, Exception):
                 raise
 
-    def _flush_jobs(self, batch: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
-        assert self._inline_lock is not None
-        while batch:
-            if self._closed:
-                self._hand_over(batch)  # refused: the writer thread has stopped or is stopping
-                return
-            if not self._inline_lock.try_acquire():
-                if self._inline_lock.held_in_this_process():
-                    self._hand_over(batch)  # this process's writer thread has it, and takes these next
-                else:
-                    self._wait_for_lock(loop, batch)  # another process has it: a helper thread waits, not the loop
-                return
-            chunk, batch = batch[:self._max_batch], batch[self._max_batch:]
-            if not self._commit_holding_lock(chunk):
+    def _flush_jobs(self, batch: list[_Job], loop: asyncio.AbstractEventLoop, waited: bool = False) -> None:
+        """Commit a chunk of the batch inline if the lock is free, and leave the rest for the loop's next pass;
+        `waited`: the batch has already waited once for another process's lock."""
+        lock = self._inline_lock
+        assert lock is not None
+        if not batch:
+            return
+        if self._closed:
+            self._hand_over(batch)  # refused: the writer thread has stopped or is stopping
+            return
+        if not lock.try_acquire():
+            if waited or lock.held_in_this_process():
+                # This process's writer thread has it and takes these with its next batch; or another process
+                # took it again before this loop could: the writer thread queues for it in the kernel, so a
+                # batch waits through the helper at most once.
                 self._hand_over(batch)
-                return
+            else:
+                self._request_wait(loop, batch)  # a helper thread waits for the lock, not the loop
+            return
+        if self._closed:  # closed meanwhile: the lock's file may be gone, so commit nothing more
+            lock.release()
+            self._hand_over(batch)
+            return
+        chunk, rest = batch[:self._max_batch], batch[self._max_batch:]
+        if not self._commit_holding_lock(chunk):
+            self._hand_over(rest)
+        elif rest:  # the loop serves its requests between one chunk and the next
+            self._requeue(loop, rest)
+
+    def _requeue(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        pending = self._inline_pending.get(loop)
+        if pending is None:
+            self._inline_pending[loop] = jobs
+            loop.call_soon(self._flush_inline, loop)
+        else:
+            pending[:0] = jobs
 
     def _commit_holding_lock(self, chunk: list[_Job]) -> bool:
         """Commit a chunk inline with the write lock held (released here); False if it went to the writer thread
@@ -246,18 +271,25 @@ class WriteBatcher:
             self._enqueue([_Job(_noop, ())])
         return True
 
-    def _wait_for_lock(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
-        """Have a helper thread wait until the write lock is free, then try the batch (and what joined it) again.
+    def _request_wait(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+        with self._queue_lock:  # not after close() has told the helper to stop: nobody would answer
+            if not self._closed:
+                self._inline_waiting[loop] = batch
+                self._wait_requests.put(loop)
+                return
+        self._hand_over(batch)  # refused: the store is closing
 
-        The helper lets go of the lock at once rather than hold it for the loop: held for a busy loop, it would
-        keep the other writers waiting while the loop finishes other work, and a loop blocked in a synchronous
-        write of its own (as at shutdown) would never take it.
+    def _wait_for_lock(self, lock: ProcessWriteLock) -> None:
+        """The helper thread: wait until the write lock is free, then wake the loop that asked, which tries again.
+
+        It lets go of the lock at once rather than hold it for the loop: held for a busy loop, it would keep the
+        other writers waiting while the loop finishes other work, and a loop blocked in a synchronous write of
+        its own (as at shutdown) would never take it.
         """
-        assert self._inline_lock is not None
-        lock = self._inline_lock
-        self._inline_waiting[loop] = batch
-
-        def wait() -> None:
+        while True:
+            loop = self._wait_requests.get()
+            if loop is None:
+                return
             error: Exception | None = None
             try:
                 with lock:  # blocks in the kernel; gives up after the lock's timeout
@@ -267,23 +299,15 @@ class WriteBatcher:
             try:
                 loop.call_soon_threadsafe(self._lock_freed, loop, error)
             except RuntimeError:  # that event loop has closed: nobody is waiting any more
-                pass
-
-        if self._lock_waiter is None:
-            self._lock_waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nba-inline-lock")
-        try:
-            self._lock_waiter.submit(wait)
-        except RuntimeError:  # shut down meanwhile
-            self._inline_waiting.pop(loop, None)
-            self._hand_over(batch)
+                self._inline_waiting.pop(loop, None)
 
     def _lock_freed(self, loop: asyncio.AbstractEventLoop, error: Exception | None) -> None:
-        """On the loop: the write lock was free a moment ago (or could not be had: `error`); try again."""
+        """On the loop: the write lock was free a moment ago (or could not be had: `error`); try once more."""
         batch = self._inline_waiting.pop(loop, [])
         if error is not None:
             self._fail(batch, error)
             return
-        self._guarded(batch, lambda: self._flush_jobs(batch, loop))
+        self._guarded(batch, lambda: self._flush_jobs(batch, loop, waited=True))
 
     def _hand_over(self, jobs: list[_Job]) -> None:
         """Give jobs to the writer thread; if it has stopped, refuse them rather than leave them waiting."""
@@ -309,9 +333,8 @@ class WriteBatcher:
                 return
             self._closed = True
             self._queue.put(None)
+            self._wait_requests.put(None)  # after the waits already asked for: each still gets its answer
         self._thread.join(timeout=30)
-        if self._lock_waiter is not None:
-            self._lock_waiter.shutdown(wait=False)
         if not self._thread.is_alive():
             self._lane.close()
         if self._inline is not None and self._inline_lock is not None and self._inline_lock.try_acquire():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,6 +101,20 @@ def _holds(lock: ProcessWriteLock) -> bool:
     return lock._local.locked()
 
 
+async def _serve_until_done(writes: list[asyncio.Future[Any]], at_tick: Callable[[int], None]) -> int:
+    """Tick the loop (as its other requests would) until every write has its answer; `at_tick(n)` acts on the
+    world at tick n. Returns the number of ticks; fails rather than hang if an answer never comes."""
+    async def ticking() -> int:
+        ticks = 0
+        while not all(w.done() for w in writes):
+            ticks += 1
+            at_tick(ticks)
+            await asyncio.sleep(0.001)
+        return ticks
+
+    return await asyncio.wait_for(ticking(), 60)
+
+
 def test_while_another_process_commits_the_loops_writes_wait_together_then_commit_inline(
     store: Store, sqlite_url: str
 ) -> None:
@@ -108,17 +123,19 @@ def test_while_another_process_commits_the_loops_writes_wait_together_then_commi
     begins = _begins(store)
     other = _other_process_lock(sqlite_url)
     other.__enter__()
+    seen_waiting: list[bool] = []
 
     async def main() -> tuple[list[str], int]:
         writes = [asyncio.ensure_future(store.run_async(_put("k0")))]
-        ticks = 0
-        while not all(w.done() for w in writes):
-            ticks += 1
-            if ticks < 5:  # later passes of the loop: these join the waiting write
-                writes.append(asyncio.ensure_future(store.run_async(_put(f"k{ticks}"))))
-            if ticks == 20:
+
+        def act(tick: int) -> None:
+            if tick < 5:  # later passes of the loop: these join the waiting write
+                writes.append(asyncio.ensure_future(store.run_async(_put(f"k{tick}"))))
+            if tick == 20:
+                seen_waiting.append(bool(store._batcher._inline_waiting))
                 other.release()
-            await asyncio.sleep(0.001)
+
+        ticks = await _serve_until_done(writes, act)
         return [w.result() for w in writes], ticks
 
     try:
@@ -127,26 +144,112 @@ def test_while_another_process_commits_the_loops_writes_wait_together_then_commi
         if _holds(other):
             other.release()
         other.close()
-    assert set(ran_on) == {threading.current_thread().name} and ticks >= 20
+    assert seen_waiting == [True] and ticks >= 20
+    assert set(ran_on) == {threading.current_thread().name}
     assert begins == [threading.current_thread().name]  # one transaction for all five
     assert sorted(_keys(store)) == [f"k{i}" for i in range(5)]
+
+
+def test_a_waiting_backlog_commits_a_chunk_per_pass_and_a_failing_job_alone(store: Store, sqlite_url: str) -> None:
+    """What piled up during a wait is not committed in one go (that would hold up the loop's requests): a chunk
+    commits, its requests resume, then the next chunk commits. A job that fails in it is refused alone."""
+    store._batcher._max_batch = 2
+    begins = _begins(store)
+    other = _other_process_lock(sqlite_url)
+    other.__enter__()
+    resumed: list[int] = []  # writes whose requests went on after their answer
+    seen: dict[int, list[int]] = {}  # per write: which requests had resumed when it ran
+
+    def put(i: int) -> WriteJob[str]:
+        def job(conn: Connection) -> str:
+            seen[i] = list(resumed)
+            conn.execute(t.meta_kv.insert().values(key=f"k{i}", value="v"))
+            return threading.current_thread().name
+
+        return WriteJob(job, [])
+
+    def bad(conn: Connection) -> None:
+        conn.execute(t.meta_kv.insert().values(key="k-bad", value="v"))
+        raise StoreUnavailable("refused")
+
+    async def request(job: WriteJob[Any], i: int) -> Any:
+        result = await store.run_async(job)
+        resumed.append(i)
+        return result
+
+    async def main() -> list[Any]:
+        writes = [asyncio.ensure_future(request(put(i), i)) for i in range(4)]
+        writes.append(asyncio.ensure_future(request(WriteJob(bad, []), 4)))
+        await _serve_until_done(writes, lambda tick: other.release() if tick == 10 else None)
+        return [w.exception() or w.result() for w in writes]
+
+    try:
+        outcomes = asyncio.run(main())
+    finally:
+        if _holds(other):
+            other.release()
+        other.close()
+    assert outcomes[:4] == [threading.current_thread().name] * 4 and isinstance(outcomes[4], StoreUnavailable)
+    assert seen[0] == seen[1] == [] and seen[2] == seen[3] == [0, 1]  # the second chunk after the first resumed
+    # Chunks of two, two and the failing job; the failing chunk runs twice (without savepoints, then with): four
+    # transactions, all on the loop's thread.
+    assert begins == [threading.current_thread().name] * 4
+    assert sorted(_keys(store)) == [f"k{i}" for i in range(4)]
+
+
+def test_if_the_other_process_takes_the_lock_again_first_the_writer_thread_queues_for_it(
+    store: Store, sqlite_url: str
+) -> None:
+    """A batch waits through the helper once: if the other worker has the lock again by the time the loop tries,
+    the writer thread, which queues in the kernel, takes the batch (retrying from the loop could go on for ever)."""
+    other = _other_process_lock(sqlite_url)
+    other.__enter__()
+    batcher = store._batcher
+    original = batcher._lock_freed
+    retook: list[int] = []
+
+    def lock_freed(loop: asyncio.AbstractEventLoop, error: Exception | None) -> None:
+        other.__enter__()  # the other worker wins the race for the lock it had just let go
+        retook.append(1)
+        original(loop, error)
+
+    batcher._lock_freed = lock_freed  # type: ignore[method-assign]
+
+    async def main() -> tuple[str, int]:
+        write = asyncio.ensure_future(store.run_async(_put("k1")))
+
+        def act(tick: int) -> None:
+            if tick == 5 or (retook and tick > 5 and _holds(other)):
+                other.release()
+
+        ticks = await _serve_until_done([write], act)
+        return write.result(), ticks
+
+    try:
+        ran_on, ticks = asyncio.run(main())
+    finally:
+        if _holds(other):
+            other.release()
+        other.close()
+    assert retook == [1] and ran_on == "nba-writer" and ticks > 5
+    assert set(_keys(store)) == {"k1"}
 
 
 def test_a_lock_held_past_its_timeout_refuses_the_waiting_writes_and_the_loop_keeps_serving(
     store: Store, sqlite_url: str
 ) -> None:
+    begins = _begins(store)
     other = _other_process_lock(sqlite_url)
     other.__enter__()
     lock = store._batcher._inline_lock
     assert lock is not None
     lock.timeout = 0.2
+    seen_waiting: list[bool] = []
 
     async def main() -> tuple[BaseException | None, int]:
         write = asyncio.ensure_future(store.run_async(_put("k1")))
-        ticks = 0
-        while not write.done():
-            ticks += 1
-            await asyncio.sleep(0.001)
+        ticks = await _serve_until_done(
+            [write], lambda tick: seen_waiting.append(bool(store._batcher._inline_waiting)) if tick == 2 else None)
         return write.exception(), ticks
 
     try:
@@ -154,7 +257,8 @@ def test_a_lock_held_past_its_timeout_refuses_the_waiting_writes_and_the_loop_ke
     finally:
         other.release()
         other.close()
-    assert isinstance(error, StoreUnavailable) and ticks > 1
+    assert seen_waiting == [True]  # the helper waited, not the writer thread
+    assert isinstance(error, StoreUnavailable) and ticks > 2 and begins == []
     assert _keys(store) == {}
     lock.timeout = 30
     assert asyncio.run(_run(store, _put("k2"))) == threading.current_thread().name  # and writes again after
@@ -168,16 +272,17 @@ def test_a_write_waiting_for_the_lock_as_the_store_closes_is_refused_not_left_wa
 
     async def main() -> None:
         write = asyncio.ensure_future(store.run_async(_put("k1")))
-        await asyncio.sleep(0)  # the pass ends: the write is waiting for the lock
+        while not store._batcher._inline_waiting:  # the pass ends: the write waits for the lock
+            await asyncio.sleep(0.001)
         closing.start()
-        while closing.is_alive() and not store._batcher._closed:
+        while not store._batcher._closed:
             await asyncio.sleep(0.001)
         other.release()  # the waiting helper gets the lock, and the loop finds the store closed
-        await asyncio.wait_for(write, 30)
+        await write
 
     try:
         with pytest.raises(StoreUnavailable, match="shutting down"):
-            asyncio.run(main())
+            asyncio.run(asyncio.wait_for(main(), 60))
     finally:
         if _holds(other):
             other.release()
