@@ -18,10 +18,10 @@ decision on the loop's thread.
 When this process's writer thread holds the lock, the loop hands its writes over: the writer takes them with its
 next batch. When another worker process holds it, a helper thread waits until it is free and wakes the loop,
 which tries again and commits what its requests wrote meanwhile (a chunk per pass of the loop); the loop itself
-never waits. If the other process has taken the lock again by then, the writes go to the writer thread, which
-queues for the lock in the kernel. Handing every such write to the writer thread brought the GIL ping-pong back
-exactly when the loop was busiest: with 2 workers a third of the commits went that way and took 1.4 ms at the
-median, 17-22 ms at p99 and up to 127 ms, against 0.5 / 3 / 8 ms inline (44 of ~5,000 commits go there now).
+never waits. If the other process has taken the lock again by then, three times over, the writes go to the
+writer thread, which queues for the lock in the kernel. Handing every such write to the writer thread brought
+the GIL ping-pong back exactly when the loop was busiest: with 2 workers a third of the commits went that way
+and took 1.4 ms at the median, 17-22 ms at p99 and up to 127 ms, against 0.5 / 3 / 8 ms inline.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ from nba.store.write_lock import ProcessWriteLock
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+# Times a loop's batch waits for another process's lock before the writer thread queues for it instead. With
+# one wait, 4.5% of the commits of 2 busy workers lost the race for the freed lock and went to the writer thread.
+MAX_LOCK_WAITS = 3
 
 
 @dataclass
@@ -149,6 +152,7 @@ class WriteBatcher:
         # Loops whose writes wait for another process's lock; their next writes join the same batch. One helper
         # thread waits for them in turn (`_wait_requests`, one per waiting loop).
         self._inline_waiting: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        self._inline_waits: dict[asyncio.AbstractEventLoop, int] = {}  # how often each has waited already
         self._wait_requests: queue.SimpleQueue[asyncio.AbstractEventLoop | None] = queue.SimpleQueue()
         self._between_batches = between_batches
         self._between_due = between_due
@@ -214,9 +218,9 @@ class WriteBatcher:
             if not isinstance(exc, Exception):
                 raise
 
-    def _flush_jobs(self, batch: list[_Job], loop: asyncio.AbstractEventLoop, waited: bool = False) -> None:
+    def _flush_jobs(self, batch: list[_Job], loop: asyncio.AbstractEventLoop, waits: int = 0) -> None:
         """Commit a chunk of the batch inline if the lock is free, and leave the rest for the loop's next pass;
-        `waited`: the batch has already waited once for another process's lock."""
+        `waits`: how often the batch has already waited for another process's lock."""
         lock = self._inline_lock
         assert lock is not None
         if not batch:
@@ -225,13 +229,13 @@ class WriteBatcher:
             self._hand_over(batch)  # refused: the writer thread has stopped or is stopping
             return
         if not lock.try_acquire():
-            if waited or lock.held_in_this_process():
+            if waits >= MAX_LOCK_WAITS or lock.held_in_this_process():
                 # This process's writer thread has it and takes these with its next batch; or another process
-                # took it again before this loop could: the writer thread queues for it in the kernel, so a
-                # batch waits through the helper at most once.
+                # took it again each time before this loop could: the writer thread queues for it in the kernel,
+                # so a batch waits through the helper a bounded number of times.
                 self._hand_over(batch)
             else:
-                self._request_wait(loop, batch)  # a helper thread waits for the lock, not the loop
+                self._request_wait(loop, batch, waits)  # a helper thread waits for the lock, not the loop
             return
         if self._closed:  # closed meanwhile: the lock's file may be gone, so commit nothing more
             lock.release()
@@ -271,10 +275,11 @@ class WriteBatcher:
             self._enqueue([_Job(_noop, ())])
         return True
 
-    def _request_wait(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+    def _request_wait(self, loop: asyncio.AbstractEventLoop, batch: list[_Job], waits: int) -> None:
         with self._queue_lock:  # not after close() has told the helper to stop: nobody would answer
             if not self._closed:
                 self._inline_waiting[loop] = batch
+                self._inline_waits[loop] = waits
                 self._wait_requests.put(loop)
                 return
         self._hand_over(batch)  # refused: the store is closing
@@ -300,14 +305,16 @@ class WriteBatcher:
                 loop.call_soon_threadsafe(self._lock_freed, loop, error)
             except RuntimeError:  # that event loop has closed: nobody is waiting any more
                 self._inline_waiting.pop(loop, None)
+                self._inline_waits.pop(loop, None)
 
     def _lock_freed(self, loop: asyncio.AbstractEventLoop, error: Exception | None) -> None:
         """On the loop: the write lock was free a moment ago (or could not be had: `error`); try once more."""
         batch = self._inline_waiting.pop(loop, [])
+        waits = self._inline_waits.pop(loop, 0) + 1
         if error is not None:
             self._fail(batch, error)
             return
-        self._guarded(batch, lambda: self._flush_jobs(batch, loop, waited=True))
+        self._guarded(batch, lambda: self._flush_jobs(batch, loop, waits))
 
     def _hand_over(self, jobs: list[_Job]) -> None:
         """Give jobs to the writer thread; if it has stopped, refuse them rather than leave them waiting."""
