@@ -250,8 +250,7 @@ def test_a_lock_held_past_its_timeout_refuses_the_waiting_writes_and_the_loop_ke
 
     async def main() -> tuple[BaseException | None, int]:
         write = asyncio.ensure_future(store.run_async(_put("k1")))
-        ticks = await _serve_until_done(
-            [write], lambda tick: seen_waiting.append(bool(store._batcher._inline_waiting)) if tick == 2 else None)
+        ticks = await _serve_until_done([write], lambda tick: seen_waiting.append(bool(store._batcher._inline_waiting)))
         return write.exception(), ticks
 
     try:
@@ -259,11 +258,37 @@ def test_a_lock_held_past_its_timeout_refuses_the_waiting_writes_and_the_loop_ke
     finally:
         other.release()
         other.close()
-    assert seen_waiting == [True]  # the helper waited, not the writer thread
+    assert any(seen_waiting)  # the helper waited, not the writer thread
     assert isinstance(error, StoreUnavailable) and ticks > 2 and begins == []
     assert _keys(store) == {}
     lock.timeout = 30
     assert asyncio.run(_run(store, _put("k2"))) == threading.current_thread().name  # and writes again after
+
+
+def test_a_batch_that_takes_the_lock_as_the_store_closes_commits_nothing_and_lets_go(sqlite_url: str) -> None:
+    """Closing can start between the check for it and taking the lock; once the lock's file is gone a commit
+    would run without the cross-process lock, so the batch is refused and the lock released."""
+    store = Store(sqlite_url)
+    batcher = store._batcher
+    lock = batcher._inline_lock
+    assert lock is not None
+    begins = _begins(store)
+    original = lock.try_acquire
+
+    def closing_meanwhile() -> bool:
+        taken = original()
+        batcher._closed = True  # what close() does first
+        return taken
+
+    lock.try_acquire = closing_meanwhile  # type: ignore[method-assign]
+    try:
+        with pytest.raises(StoreUnavailable, match="shutting down"):
+            asyncio.run(asyncio.wait_for(_run(store, _put("k1")), 60))
+        assert begins == [] and not lock.held_in_this_process()
+    finally:
+        lock.try_acquire = original  # type: ignore[method-assign]
+        batcher._closed = False
+        store.close()
 
 
 def test_a_write_waiting_for_the_lock_as_the_store_closes_is_refused_not_left_waiting(sqlite_url: str) -> None:
