@@ -326,21 +326,22 @@ def _machine_jiffies() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def _loop_thread_ticks(pid: int) -> tuple[int, int]:
-    """(user, system) clock ticks of a worker's main thread, the one that runs its event loop."""
+def _stat_ticks(stat_path: str) -> tuple[int, int]:
+    """(user, system) clock ticks from a /proc stat file (0, 0 once the process or thread has gone)."""
     try:
-        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
         return int(fields[11]), int(fields[12])
     except (OSError, IndexError, ValueError):
         return 0, 0
 
 
+def _loop_thread_ticks(pid: int) -> tuple[int, int]:
+    """(user, system) clock ticks of a worker's main thread, the one that runs its event loop."""
+    return _stat_ticks(f"/proc/{pid}/task/{pid}/stat")
+
+
 def _process_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return 0
+    return sum(_stat_ticks(f"/proc/{pid}/stat"))
 
 
 class CpuWatch:

@@ -149,10 +149,9 @@ class WriteBatcher:
         self._inline_lock = process_lock if inline_engine is not None else None
         self._inline = _Lane(inline_engine, inline=True) if inline_engine is not None else None
         self._inline_pending: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
-        # Loops whose writes wait for another process's lock; their next writes join the same batch. One helper
-        # thread waits for them in turn (`_wait_requests`, one per waiting loop).
-        self._inline_waiting: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
-        self._inline_waits: dict[asyncio.AbstractEventLoop, int] = {}  # how often each has waited already
+        # Loops whose writes wait for another process's lock: the batch (their next writes join it) and how often
+        # it has waited already. One helper thread waits for them in turn (`_wait_requests`, one per loop).
+        self._inline_waiting: dict[asyncio.AbstractEventLoop, tuple[list[_Job], int]] = {}
         self._wait_requests: queue.SimpleQueue[asyncio.AbstractEventLoop | None] = queue.SimpleQueue()
         self._between_batches = between_batches
         self._between_due = between_due
@@ -193,7 +192,7 @@ class WriteBatcher:
             raise StoreUnavailable("the store is shutting down")
         waiting = self._inline_waiting.get(loop)
         if waiting is not None:  # this loop's earlier writes wait for the lock: commit with them
-            waiting.append(job)
+            waiting[0].append(job)
             return awaited
         pending = self._inline_pending.get(loop)
         if pending is None:  # the first write of this pass of the loop: commit once the pass is done
@@ -278,8 +277,7 @@ class WriteBatcher:
     def _request_wait(self, loop: asyncio.AbstractEventLoop, batch: list[_Job], waits: int) -> None:
         with self._queue_lock:  # not after close() has told the helper to stop: nobody would answer
             if not self._closed:
-                self._inline_waiting[loop] = batch
-                self._inline_waits[loop] = waits
+                self._inline_waiting[loop] = (batch, waits)
                 self._wait_requests.put(loop)
                 return
         self._hand_over(batch)  # refused: the store is closing
@@ -305,16 +303,14 @@ class WriteBatcher:
                 loop.call_soon_threadsafe(self._lock_freed, loop, error)
             except RuntimeError:  # that event loop has closed: nobody is waiting any more
                 self._inline_waiting.pop(loop, None)
-                self._inline_waits.pop(loop, None)
 
     def _lock_freed(self, loop: asyncio.AbstractEventLoop, error: Exception | None) -> None:
         """On the loop: the write lock was free a moment ago (or could not be had: `error`); try once more."""
-        batch = self._inline_waiting.pop(loop, [])
-        waits = self._inline_waits.pop(loop, 0) + 1
+        batch, waits = self._inline_waiting.pop(loop, ([], 0))
         if error is not None:
             self._fail(batch, error)
             return
-        self._guarded(batch, lambda: self._flush_jobs(batch, loop, waits))
+        self._guarded(batch, lambda: self._flush_jobs(batch, loop, waits + 1))
 
     def _hand_over(self, jobs: list[_Job]) -> None:
         """Give jobs to the writer thread; if it has stopped, refuse them rather than leave them waiting."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,14 +92,21 @@ def test_while_the_writer_thread_holds_the_lock_the_loop_hands_its_writes_over(s
     assert set(_keys(store)) == {"k-long", "k-async"}
 
 
-def _other_process_lock(sqlite_url: str) -> ProcessWriteLock:
-    """The lock as another worker process has it: a lock on its own open file, which `flock` keeps apart."""
-    return ProcessWriteLock(sqlite_url.removeprefix("sqlite:///"), timeout=30)
-
-
 def _holds(lock: ProcessWriteLock) -> bool:
     """Whether this test still holds `lock` (its thread lock is taken only while it is held)."""
     return lock._local.locked()
+
+
+@pytest.fixture
+def other(sqlite_url: str) -> Iterator[ProcessWriteLock]:
+    """The write lock, held as another worker process holds it: a lock on its own open file, which `flock`
+    keeps apart from the store's. Released (if the test has not) and closed afterwards."""
+    lock = ProcessWriteLock(sqlite_url.removeprefix("sqlite:///"), timeout=30)
+    lock.__enter__()
+    yield lock
+    if _holds(lock):
+        lock.release()
+    lock.close()
 
 
 async def _serve_until_done(writes: list[asyncio.Future[Any]], at_tick: Callable[[int], None]) -> int:
@@ -117,13 +124,11 @@ async def _serve_until_done(writes: list[asyncio.Future[Any]], at_tick: Callable
 
 
 def test_while_another_process_commits_the_loops_writes_wait_together_then_commit_inline(
-    store: Store, sqlite_url: str
+    store: Store, other: ProcessWriteLock
 ) -> None:
     """Writes of several passes made while another worker holds the lock share one transaction on the loop's
     thread once it is free; meanwhile the loop keeps serving."""
     begins = _begins(store)
-    other = _other_process_lock(sqlite_url)
-    other.__enter__()
     seen_waiting: list[bool] = []
 
     async def main() -> tuple[list[str], int]:
@@ -139,25 +144,20 @@ def test_while_another_process_commits_the_loops_writes_wait_together_then_commi
         ticks = await _serve_until_done(writes, act)
         return [w.result() for w in writes], ticks
 
-    try:
-        ran_on, ticks = asyncio.run(main())
-    finally:
-        if _holds(other):
-            other.release()
-        other.close()
+    ran_on, ticks = asyncio.run(main())
     assert seen_waiting == [True] and ticks >= 20
     assert set(ran_on) == {threading.current_thread().name}
     assert begins == [threading.current_thread().name]  # one transaction for all five
     assert sorted(_keys(store)) == [f"k{i}" for i in range(5)]
 
 
-def test_a_waiting_backlog_commits_a_chunk_per_pass_and_a_failing_job_alone(store: Store, sqlite_url: str) -> None:
+def test_a_waiting_backlog_commits_a_chunk_per_pass_and_a_failing_job_alone(
+    store: Store, other: ProcessWriteLock
+) -> None:
     """What piled up during a wait is not committed in one go (that would hold up the loop's requests): a chunk
     commits, its requests resume, then the next chunk commits. A job that fails in it is refused alone."""
     store._batcher._max_batch = 2
     begins = _begins(store)
-    other = _other_process_lock(sqlite_url)
-    other.__enter__()
     resumed: list[int] = []  # writes whose requests went on after their answer
     seen: dict[int, list[int]] = {}  # per write: which requests had resumed when it ran
 
@@ -184,12 +184,7 @@ def test_a_waiting_backlog_commits_a_chunk_per_pass_and_a_failing_job_alone(stor
         await _serve_until_done(writes, lambda tick: other.release() if tick == 10 else None)
         return [w.exception() or w.result() for w in writes]
 
-    try:
-        outcomes = asyncio.run(main())
-    finally:
-        if _holds(other):
-            other.release()
-        other.close()
+    outcomes = asyncio.run(main())
     assert outcomes[:4] == [threading.current_thread().name] * 4 and isinstance(outcomes[4], StoreUnavailable)
     assert seen[0] == seen[1] == [] and seen[2] == seen[3] == [0, 1]  # the second chunk after the first resumed
     # Chunks of two, two and the failing job; the failing chunk runs twice (without savepoints, then with): four
@@ -199,13 +194,11 @@ def test_a_waiting_backlog_commits_a_chunk_per_pass_and_a_failing_job_alone(stor
 
 
 def test_if_the_other_process_takes_the_lock_again_first_the_writer_thread_queues_for_it(
-    store: Store, sqlite_url: str
+    store: Store, other: ProcessWriteLock
 ) -> None:
     """A batch waits through the helper a bounded number of times: if the other worker has the lock again each
     time the loop tries, the writer thread, which queues in the kernel, takes the batch (retrying from the loop
     could go on for ever)."""
-    other = _other_process_lock(sqlite_url)
-    other.__enter__()
     batcher = store._batcher
     original = batcher._lock_freed
     retook: list[int] = []
@@ -227,22 +220,15 @@ def test_if_the_other_process_takes_the_lock_again_first_the_writer_thread_queue
         ticks = await _serve_until_done([write], act)
         return write.result(), ticks
 
-    try:
-        ran_on, ticks = asyncio.run(main())
-    finally:
-        if _holds(other):
-            other.release()
-        other.close()
+    ran_on, ticks = asyncio.run(main())
     assert len(retook) == MAX_LOCK_WAITS and ran_on == "nba-writer" and ticks > 5
     assert set(_keys(store)) == {"k1"}
 
 
 def test_a_lock_held_past_its_timeout_refuses_the_waiting_writes_and_the_loop_keeps_serving(
-    store: Store, sqlite_url: str
+    store: Store, other: ProcessWriteLock
 ) -> None:
     begins = _begins(store)
-    other = _other_process_lock(sqlite_url)
-    other.__enter__()
     lock = store._batcher._inline_lock
     assert lock is not None
     lock.timeout = 0.2
@@ -253,11 +239,8 @@ def test_a_lock_held_past_its_timeout_refuses_the_waiting_writes_and_the_loop_ke
         ticks = await _serve_until_done([write], lambda tick: seen_waiting.append(bool(store._batcher._inline_waiting)))
         return write.exception(), ticks
 
-    try:
-        error, ticks = asyncio.run(main())
-    finally:
-        other.release()
-        other.close()
+    error, ticks = asyncio.run(main())
+    other.release()
     assert any(seen_waiting)  # the helper waited, not the writer thread
     assert isinstance(error, StoreUnavailable) and ticks > 2 and begins == []
     assert _keys(store) == {}
@@ -291,10 +274,10 @@ def test_a_batch_that_takes_the_lock_as_the_store_closes_commits_nothing_and_let
         store.close()
 
 
-def test_a_write_waiting_for_the_lock_as_the_store_closes_is_refused_not_left_waiting(sqlite_url: str) -> None:
+def test_a_write_waiting_for_the_lock_as_the_store_closes_is_refused_not_left_waiting(
+    sqlite_url: str, other: ProcessWriteLock
+) -> None:
     store = Store(sqlite_url)
-    other = _other_process_lock(sqlite_url)
-    other.__enter__()
     closing = threading.Thread(target=store.close)
 
     async def main() -> None:
@@ -312,8 +295,7 @@ def test_a_write_waiting_for_the_lock_as_the_store_closes_is_refused_not_left_wa
             asyncio.run(asyncio.wait_for(main(), 60))
     finally:
         if _holds(other):
-            other.release()
-        other.close()
+            other.release()  # before waiting for close(), which waits for the lock
         closing.join(30)
     assert not closing.is_alive()
 
