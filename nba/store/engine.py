@@ -9,6 +9,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 
 from nba.store.checkpointer import WAL_LIMIT_BYTES
+from nba.store.prepared import driver_sql
 
 
 def is_sqlite(url: str) -> bool:
@@ -57,7 +58,7 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL",
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+        driver_sql(conn, "BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
 

@@ -83,9 +83,15 @@ def _run(conn: Connection, sql: str, args: Any, many: bool = False) -> Any:
     """Execute on a DBAPI cursor in the connection's transaction (begun through SQLAlchemy, so its hooks ran)."""
     if not conn.in_transaction() and not conn.info.get(AUTOCOMMIT_READS):
         conn.begin()
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    return driver_sql(conn, sql, args, many)
+
+
+def driver_sql(conn: Connection, sql: str, args: Any = (), many: bool = False) -> Any:
+    """Execute on the connection's DBAPI cursor as it stands (no transaction begun): for statements such as
+    `BEGIN IMMEDIATE` in a `begin` hook, where `Connection.exec_driver_sql` costs several times the statement."""
     dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # fails on a closed one
         if conn.dispatch.before_cursor_execute:
             conn.dispatch.before_cursor_execute(conn, cursor, sql, args, None, many)
         if many:
