@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from nba.catalog import EventType
 from nba.errors import InvalidInput
+from nba.numbers import is_finite_number
 
 BUILTIN_TYPES: dict[str, EventType] = {
     "opt_out": EventType(properties={"channel": "string"}),
@@ -21,9 +21,9 @@ def _type_ok(kind: str, value: Any) -> bool:
     if kind == "string":
         return isinstance(value, str)
     if kind == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return isinstance(value, int | float) and not isinstance(value, bool) and is_finite_number(value)
     if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and is_finite_number(value)
     if kind == "bool":
         return isinstance(value, bool)
     if kind == "list":
@@ -43,7 +43,7 @@ def _flat_value(value: Any) -> bool:
     if isinstance(value, bool | str):
         return len(value) <= 1024 if isinstance(value, str) else True
     if isinstance(value, int | float):
-        return math.isfinite(value)
+        return is_finite_number(value)
     if isinstance(value, list):
         return len(value) <= 100 and all(isinstance(v, str) and len(v) <= 1024 for v in value)
     return False

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from nba.numbers import is_finite_number
 from nba.types import CustomerState
 
 Namespace = dict[str, float]
@@ -28,6 +29,11 @@ def to_namespace(values: Mapping[str, Any], prefix: str = "") -> Namespace:
 
     >>> to_namespace({"cart_value": 84.5, "device": "mobile", "tags": ["new", "vip"], "member": True})
     {'cart_value': 84.5, 'device=mobile': 1.0, 'tags=new': 1.0, 'tags=vip': 1.0, 'member': 1.0}
+
+    Numbers that are not finite as a float are left out (the API refuses them; a store may predate that):
+
+    >>> to_namespace({"huge": 10**400, "nan": float("nan"), "count": 3})
+    {'count': 3.0}
     """
     features: Namespace = {}
     for name, value in values.items():
@@ -35,9 +41,8 @@ def to_namespace(values: Mapping[str, Any], prefix: str = "") -> Namespace:
         if isinstance(value, bool):
             features[key] = 1.0 if value else 0.0
         elif isinstance(value, int | float):
-            number = float(value)
-            if math.isfinite(number):
-                features[key] = number
+            if is_finite_number(value):  # a stored value that is not (an integer too large for a float) is left out
+                features[key] = float(value)
         elif isinstance(value, str):
             features[f"{key}={value}"] = 1.0
         elif isinstance(value, list):

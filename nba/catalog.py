@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import (
 
 from nba.durations import parse_duration
 from nba.ids import ID_PATTERN
+from nba.numbers import is_finite_number
 from nba.rules import CompiledRule
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -107,7 +107,7 @@ class Action(_Model):
     @classmethod
     def _finite(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key, item in value.items():
-            if isinstance(item, float) and not math.isfinite(item):
+            if isinstance(item, int | float) and not isinstance(item, bool) and not is_finite_number(item):
                 raise ValueError(f"attribute {key!r} must be a finite number")
         return value
 

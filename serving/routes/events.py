@@ -10,6 +10,7 @@ from litestar import Request, post
 
 from features.events import validate_event
 from features.state import apply_event
+from nba.errors import InvalidInput
 from nba.ids import new_id
 from nba.types import Event
 from serving.metrics import EVENTS, child
@@ -39,6 +40,17 @@ class EventResult(msgspec.Struct):
 EventsBody = EventIn | Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=1000)]
 
 
+def _utc(when: datetime, field: str) -> datetime:
+    """The event's time in UTC (naive times are UTC); one whose offset takes it past year 1 or 9999 is refused."""
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput("the timestamp is out of range: in UTC it falls outside years 1 to 9999",
+                           field=field) from None
+
+
 @post("/v1/events", status_code=202, opt={"role": "channel", "body": EventsBody}, tags=["events"],
       summary="Ingest one event or a list of up to 1,000", responses=answers(400, 401, 403, 413, 422, 503))
 async def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[EventResult]:
@@ -50,11 +62,8 @@ async def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[Even
     for index, item in enumerate(items):
         prefix = f"[{index}]." if isinstance(data, list) else ""
         validate_event(item.type, item.properties, registry, field_prefix=prefix)
-        when = item.timestamp or now
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        batch.append(Event(item.event_id or new_id("e-"), item.customer_id, item.type, when.astimezone(UTC),
-                           dict(item.properties)))
+        batch.append(Event(item.event_id or new_id("e-"), item.customer_id, item.type,
+                           _utc(item.timestamp or now, f"{prefix}timestamp"), dict(item.properties)))
     outcomes = await runtime.store.run_async(runtime.store.events_write(batch, apply_event, now))
     for outcome in outcomes:
         child(EVENTS, "true" if outcome.duplicate else "false").inc()

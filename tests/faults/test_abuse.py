@@ -155,6 +155,56 @@ def test_ids_with_unicode_or_control_characters_are_refused_naming_the_field(
     assert row_counts(app.state.runtime.store) == before
 
 
+# JSON integers have no size limit; these are too large for a float, as features, rules and the model see numbers.
+HUGE = [10**400, -(10**309)]
+
+
+@pytest.mark.parametrize("huge", HUGE, ids=["1e400", "-1e309"])
+def test_integers_too_large_for_a_float_are_refused_naming_the_field(
+    app: Litestar, client: TestClient[Litestar], huge: int
+) -> None:
+    """In a context, an event's properties (declared or not) or an action's attributes: a 422 naming the field,
+    nothing stored, and decisions afterwards are made as before (a stored one would fail every decide)."""
+    put = client.put("/v1/event-types/measure", json={"properties": {"n": "number", "i": "integer"}}, headers=ADMIN)
+    assert put.status_code == 201, put.text
+    before = row_counts(app.state.runtime.store)
+    calls = [
+        ("context.x", "POST", "/v1/decide", CHANNEL, {"customer_id": "c-1", "channel": "web", "context": {"x": huge}}),
+        ("properties.x", "POST", "/v1/events", CHANNEL,
+         {"customer_id": "c-1", "type": "profile_updated", "properties": {"x": huge}}),
+        ("properties.n", "POST", "/v1/events", CHANNEL,
+         {"customer_id": "c-1", "type": "measure", "properties": {"n": huge}}),
+        ("[1].properties.i", "POST", "/v1/events", CHANNEL,
+         [{"customer_id": "c-1", "type": "measure", "properties": {"i": 1}},
+          {"customer_id": "c-1", "type": "measure", "properties": {"i": huge}}]),
+        ("attributes", "PUT", "/v1/actions/a0", ADMIN, {"channels": ["web"], "attributes": {"x": huge}}),
+    ]
+    for field, method, path, auth, body in calls:
+        response = client.request(method, path, json=body, headers=auth)
+        problem = assert_problem(response, 422)
+        assert any(error["field"] == field or error["field"].startswith(field + ".") for error in problem["errors"]), (
+            field, problem)
+    assert row_counts(app.state.runtime.store) == before
+    answer = decide(client, "c-1", candidates=list(ACTIONS), context={"x": 2**70})  # large, but a float
+    assert answer["policy"]["mode"] == "online" and len(answer["ranking"]) == len(ACTIONS), answer
+
+
+@pytest.mark.parametrize("timestamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_event_times_past_the_calendar_in_utc_are_refused_naming_the_field(
+    app: Litestar, client: TestClient[Litestar], timestamp: str
+) -> None:
+    """A valid date whose offset takes it before year 1 or after 9999 in UTC: 422, and none of the batch is stored."""
+    before = row_counts(app.state.runtime.store)
+    good = {"customer_id": "c-1", "type": "page_view"}
+    assert_problem(client.post("/v1/events", json={**good, "timestamp": timestamp}, headers=CHANNEL), 422, "timestamp")
+    assert_problem(client.post("/v1/events", json=[good, {**good, "timestamp": timestamp}], headers=CHANNEL), 422,
+                   "[1].timestamp")
+    assert row_counts(app.state.runtime.store) == before
+    edge = timestamp[:-6] + "Z"  # the same wall time in UTC is in range
+    accepted = client.post("/v1/events", json={**good, "timestamp": edge}, headers=CHANNEL)
+    assert accepted.status_code == 202, accepted.text
+
+
 tricky_text = st.text(st.one_of(st.characters(exclude_categories=("Cs",)), st.sampled_from(TRICKY)),
                       min_size=1, max_size=24)
 # Magnitudes a context carries in practice (amounts, rates, counts); extreme ones have their own tests below.
