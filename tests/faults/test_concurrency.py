@@ -118,7 +118,9 @@ def test_caps_and_budgets_never_overshoot_across_two_workers(
     # Contended and exhausted: nearly every customer reached each limit, and the budget ran out exactly.
     for counts, limit in ((capped, 2), (channel_capped, 1), (cooled, 1)):
         assert sum(count == limit for count in counts) >= 0.9 * len(counts), counts
-    assert max(budget_by_day.values()) == BUDGET and sum(budget_by_day.values()) >= BUDGET, budget_by_day
+    # The budget is per UTC day: never over it on any day, and used up (unless the run straddled midnight UTC).
+    assert all(n <= BUDGET for n in budget_by_day.values()), budget_by_day
+    assert max(budget_by_day.values()) == BUDGET or len(budget_by_day) > 1, budget_by_day
 
     store = Store(database)
     try:

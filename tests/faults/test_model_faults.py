@@ -90,12 +90,9 @@ def test_bad_model_at_start_is_never_served(
         decision = decide(client, "c-1", context=probe_context("s1"))
         health = client.get("/health").json()
     (model,) = health["models"]
-    if decision["policy"]["mode"] == "fallback":
-        assert [r["probability"] for r in decision["ranking"]] == pytest.approx([0.25] * 4)
-        assert model["healthy"] is False and health["status"] == "degraded"
-    else:  # the last good snapshot was loaded instead
-        assert model["snapshot_id"] == good_id, model
-        assert top_action(decision)[0] == SIM.best_action("s1")
+    # The last good snapshot is loaded instead: online, and it ranks as the trained model does.
+    assert decision["policy"]["mode"] == "online" and model["snapshot_id"] == good_id, (decision["policy"], model)
+    assert top_action(decision)[0] == SIM.best_action("s1")
     assert _says_rejected(model["message"], bad_id) and REASON[kind] in model["message"], model
     assert any(str(bad_id) in message for message in _registry_errors(service_log)), "the log does not name it"
 
@@ -119,7 +116,7 @@ def test_bad_model_at_hot_swap_keeps_the_last_good_one(
     (model,) = health["models"]
     assert model["healthy"] is True and model["snapshot_id"] == good_id, model
     assert _says_rejected(model["message"], bad_id) and REASON[kind] in model["message"], model
-    assert _registry_errors(service_log), "the rejected hot-swap was not logged"
+    assert any(str(bad_id) in message for message in _registry_errors(service_log)), "the log does not name it"
 
 
 def test_learner_replaces_an_unusable_model_with_a_relearned_one(

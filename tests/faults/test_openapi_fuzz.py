@@ -231,7 +231,8 @@ def test_every_4xx_is_a_problem(exchanges: list[Exchange]) -> None:
             and body.get("status") == status
             and "Traceback" not in body["detail"]
             and (status != 422 or (isinstance(body.get("errors"), list) and body["errors"]
-                                   and all(set(e) == {"field", "message"} for e in body["errors"])))
+                                   and all(set(e) == {"field", "message"} and isinstance(e["field"], str)
+                                           and e["field"] and isinstance(e["message"], str) for e in body["errors"])))
         )
         if not ok:
             bad.append(exchange.describe())

@@ -104,6 +104,31 @@ def test_outage_answers_503_and_uses_up_nothing(
         assert client.get("/health").status_code == 200
 
 
+# What a decision must read to respect a limit, and a decide that reads it: (statement text, candidate, customer).
+LIMIT_READS = {"contact-history": ("contacts", "capped", "c-1"), "budget-use": ("budget_counters", "budgeted", "c-2")}
+
+
+@pytest.mark.parametrize("read", list(LIMIT_READS))
+def test_a_decision_whose_limit_read_fails_is_refused_not_made_blind(
+    store_url: str, make_app: AppFactory, faults_for: Faults, read: str
+) -> None:
+    """Only the read of contact history (caps, cooldowns) or of budget use fails; writes work. A decision made
+    without it could break the limit the read would have shown, so the answer is 503 and nothing is stored."""
+    matching, action, customer = LIMIT_READS[read]
+    app = make_app(store_url, CATALOG)
+    store = app.state.runtime.store
+    faults = faults_for(store)
+    with TestClient(app) as client:
+        body = {"customer_id": customer, "channel": "web", "candidates": [action]}
+        before = row_counts(store)
+        with faults.broken(reads=True, matching=matching):
+            assert_problem(client.post("/v1/decide", json=body, headers=CHANNEL), 503)
+        assert faults.raised >= 1
+        assert row_counts(store) == before
+        made = client.post("/v1/decide", json=body, headers=CHANNEL)
+        assert made.status_code == 200 and [a["action_id"] for a in made.json()["actions"]] == [action], made.text
+
+
 def test_health_reports_a_store_that_cannot_be_read(
     store_url: str, make_app: AppFactory, faults_for: Faults
 ) -> None:
@@ -191,7 +216,7 @@ def test_flaky_store_under_concurrent_load_stores_exactly_what_was_answered(
     store = app.state.runtime.store
     faults = faults_for(store)
     outcomes: dict[str, list[str]] = {"decided": [], "refused": [], "rewarded": [], "reward_refused": [],
-                                      "events": [], "events_refused": []}
+                                      "events": [], "events_refused": [], "chosen": []}
     unexpected: list[str] = []
     lock = threading.Lock()
 
@@ -207,6 +232,8 @@ def test_flaky_store_under_concurrent_load_stores_exactly_what_was_answered(
             if response.status_code == 200:
                 decision_id = response.json()["decision_id"]
                 record("decided", decision_id)
+                for action in response.json()["actions"]:
+                    record("chosen", f"c-{worker}-{i % 5} {action['action_id']}")
                 reward = client.post(f"/v1/decisions/{decision_id}/reward", json={"value": 1.0}, headers=CHANNEL)
                 if reward.status_code == 202:
                     record("rewarded", decision_id)
@@ -252,6 +279,14 @@ def test_flaky_store_under_concurrent_load_stores_exactly_what_was_answered(
         assert Counter(rewards) == Counter(outcomes["rewarded"])
         events = store.read(lambda c: [r[0] for r in c.execute(select(t.events.c.event_id))])
         assert Counter(events) == Counter(outcomes["events"])
+        # Failures never let a limit slip: the cap (1 per customer) and the budget (1 in all), answered and stored.
+        chosen = Counter(outcomes["chosen"])
+        assert all(n <= 1 for key, n in chosen.items() if key.endswith(" capped")), chosen
+        assert sum(n for key, n in chosen.items() if key.endswith(" budgeted")) <= 1, chosen
+        contacts = store.read(lambda c: Counter(
+            f"{r[0]} {r[1]}" for r in c.execute(select(t.contacts.c.customer_id, t.contacts.c.action_id))))
+        assert all(n <= 1 for key, n in contacts.items() if key.endswith(" capped")), contacts
+        assert sum(n for key, n in contacts.items() if key.endswith(" budgeted")) <= 1, contacts
         # Each customer's state counts exactly the events stored for it: no event without its state change.
         for worker in range(8):
             for slot in range(5):
