@@ -196,12 +196,13 @@ class PolicyModels:
             self._models[(name, version)] = (model, status)
 
     def _keep_current(self, name: str, version: int, what: str, exc: Exception) -> None:
-        log.error("policy %s v%d: %s is unusable, keeping the last good model: %s", name, version, what, exc)
+        """Leave what serves in place (the last good model, or the fallback if there is none) and say so."""
         with self._lock:
             current = self._models.get((name, version))
+            serving = "the previous model" if current is None or current[1].healthy else "fallback"
             if current is not None:
-                current[1].message = (f"last hot-swap rejected: {what} is unusable ({exc}); "
-                                      f"serving the previous model")
+                current[1].message = f"last hot-swap rejected: {what} is unusable ({exc}); serving {serving}"
+        log.error("policy %s v%d: %s is unusable, still serving %s: %s", name, version, what, serving, exc)
 
     def statuses(self) -> list[ModelStatus]:
         return [status for _, status in self._models.values()]

@@ -145,6 +145,30 @@ def test_learner_replaces_an_unusable_model_with_a_relearned_one(
     assert model["healthy"] is True and model["examples_learned"] == 30 and health["status"] == "ok"
 
 
+def test_bad_model_at_hot_swap_while_fallback_serves_says_fallback(
+    sqlite_url: str, clock: ManualClock, make_app: AppFactory, service_log: list[logging.LogRecord]
+) -> None:
+    """With no usable model (fallback serving), a newer bad snapshot is refused too, and /health names it and
+    says fallback still serves: not "the previous model", which does not exist."""
+    store = Store(sqlite_url)
+    store.seed_catalog(CatalogFile.model_validate(SIM_CATALOG), clock.now())
+    store.save_snapshot("web", 1, b"this is not a Vowpal Wabbit model", 100, [], clock.now())
+    store.close()
+    app = make_app(sqlite_url, SIM_CATALOG)
+    runtime = app.state.runtime
+    with TestClient(app) as client:
+        assert decide(client, "c-1", context=probe_context("s1"))["policy"]["mode"] == "fallback"
+        bad_id = runtime.store.save_snapshot("web", 1, b"", 200, [], clock.now())
+        runtime.models.refresh(runtime.catalog().policies)
+        after = decide(client, "c-2", context=probe_context("s1"))
+        health = client.get("/health").json()
+    assert after["policy"]["mode"] == "fallback"
+    (model,) = health["models"]
+    assert model["healthy"] is False and health["status"] == "degraded", health
+    assert f"snapshot {bad_id} is unusable" in model["message"] and "serving fallback" in model["message"], model
+    assert any(str(bad_id) in m and "fallback" in m for m in _registry_errors(service_log)), "the log does not say so"
+
+
 @pytest.mark.e2e
 def test_server_started_on_a_corrupt_model_says_so_in_health_and_log(
     start_server: Any, tmp_path: Path, clock: ManualClock

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, event, select
 from nba.clock import ManualClock
 from nba.store import Store
 from nba.store import schema as t
-from tests.conftest import ANALYST, CHANNEL
+from tests.conftest import ADMIN, ANALYST, CHANNEL
 from tests.faults.conftest import (
     SIM,
     SIM_CATALOG,
@@ -80,7 +80,16 @@ def test_outage_answers_503_and_uses_up_nothing(
             "reward": lambda: client.post(f"/v1/decisions/{served}/reward", json={"value": 1.0}, headers=CHANNEL),
             "activate": lambda: client.post(f"/v1/decisions/{deferred}/activate", headers=CHANNEL),
             "events": lambda: client.post("/v1/events", json=_events("ev-1", "ev-2"), headers=CHANNEL),
+            "put an action": lambda: client.put("/v1/actions/new", json={"channels": ["web"]}, headers=ADMIN),
+            "change an action": lambda: client.put("/v1/actions/open", json={"channels": ["web"], "active": False},
+                                                   headers=ADMIN),
+            "delete an action": lambda: client.delete("/v1/actions/capped", headers=ADMIN),
+            "put a policy": lambda: client.put("/v1/policies/web", headers=ADMIN, json={
+                "channels": ["web"], "reward": {"window": "2h", "aggregation": "first"}}),
+            "put an event type": lambda: client.put("/v1/event-types/signup", json={"properties": {}},
+                                                    headers=ADMIN),
         }
+        catalog = client.get("/v1/actions", headers=ADMIN).json(), client.get("/v1/policies", headers=ADMIN).json()
         with faults.broken(**OUTAGES[outage]):
             for name, call in calls.items():
                 response = call()
@@ -88,6 +97,8 @@ def test_outage_answers_503_and_uses_up_nothing(
                 assert_problem(response, 503)
         assert faults.raised >= len(calls)
         assert row_counts(store) == before, "a call that answered 503 changed the store"
+        assert (client.get("/v1/actions", headers=ADMIN).json(), client.get("/v1/policies", headers=ADMIN).json()
+                ) == catalog, "a catalog change that answered 503 took effect"
 
         # The store is back: every call works, and none of the failed ones used anything up.
         again = decide(client, "c-1", candidates=["capped"], request_id="r-1", context={"retry": 1})
