@@ -19,6 +19,7 @@ from nba.store import Store
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
+MODEL_REFRESH_TICKS = 4  # maintenance ticks (0.25 s) between looks for new model snapshots without a learner
 
 
 class Service(Protocol):
@@ -101,9 +102,12 @@ class Runtime:
         return self.store.close_due(self.clock.now())
 
     def _maintain(self) -> None:
-        """Keep the catalog current and close reward windows, until stopped."""
+        """Keep the catalog current and close reward windows, until stopped. A process that runs no learner also
+        picks up, every second, the models a learner elsewhere snapshots (a learner's own process does that
+        while another holds the learning lease)."""
         ticks = 0
         sweep_every = max(1, int(self.settings.sweep_seconds / 0.25))
+        refresh_every = 0 if self.settings.learner else MODEL_REFRESH_TICKS
         while not self._stop.wait(0.25):
             ticks += 1
             try:
@@ -111,6 +115,8 @@ class Runtime:
                     self.refresh_catalog()
                 if ticks % sweep_every == 0:
                     self.sweep()
+                if refresh_every and ticks % refresh_every == 0:
+                    self.models.refresh(self._catalog.policies)
                 self.store_healthy = True
             except StoreUnavailable as exc:
                 self.store_healthy = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,40 @@ def test_learner_replaces_an_unusable_model_with_a_relearned_one(
     assert recovered["policy"]["mode"] == "online"
     (model,) = health["models"]
     assert model["healthy"] is True and model["examples_learned"] == 30 and health["status"] == "ok"
+
+
+def test_a_process_without_the_learner_picks_up_snapshots_and_refuses_bad_ones(
+    sqlite_url: str, clock: ManualClock, make_app: AppFactory, service_log: list[logging.LogRecord]
+) -> None:
+    """A serving-only process (`NBA_LEARNER=false`, the learner on another host) swaps in a model the learner
+    snapshots, by itself, and later refuses a bad one, keeping the good model: the server's own path, not a call
+    from the test."""
+    app = make_app(sqlite_url, SIM_CATALOG)  # the learner is off in these apps
+    stop = threading.Event()
+
+    def model_status(client: TestClient[Any]) -> dict[str, Any]:
+        (status,) = client.get("/health").json()["models"]
+        return dict(status)
+
+    def wait_for(client: TestClient[Any], done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while not done(status := model_status(client)):  # polling the server's progress, not timing it
+            assert time.monotonic() < deadline, status
+            stop.wait(0.05)
+        return status
+
+    with TestClient(app) as client:
+        assert model_status(client)["snapshot_id"] == 0
+        good_id = train_snapshot(sqlite_url, clock, make_app)  # as the learner elsewhere writes it
+        wait_for(client, lambda status: status["snapshot_id"] == good_id)
+        trained = decide(client, "c-1", context=probe_context("s1"))
+        assert trained["policy"]["mode"] == "online" and top_action(trained)[0] == SIM.best_action("s1")
+        bad_id = _save_bad_snapshot(app.state.runtime.store, "garbage", clock)
+        status = wait_for(client, lambda status: str(bad_id) in status["message"])
+        after = decide(client, "c-2", context=probe_context("s1"))
+    assert status["healthy"] is True and status["snapshot_id"] == good_id, status
+    assert after["ranking"] == trained["ranking"], "the serving model changed"
+    assert any(str(bad_id) in message for message in _registry_errors(service_log)), "the log does not name it"
 
 
 def test_bad_model_at_hot_swap_while_fallback_serves_says_fallback(
