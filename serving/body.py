@@ -8,13 +8,18 @@ body type in `opt={"body": Type}`.
 from __future__ import annotations
 
 import re
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 from litestar import Request
 from litestar.exceptions import ClientException, ValidationException
+from pydantic import BaseModel, ValidationError
+
+from nba.errors import InvalidInput
 
 _PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_KEY_AT = re.compile(r" - at `key` in `\$([^`]*)`$")
 _NAMED = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 
@@ -43,16 +48,25 @@ async def check_body(request: Request[Any, Any, Any]) -> None:
     if body_type is None:
         return
     raw = await request.body()
+    model_errors: list[tuple[str, str]] = []
     try:
-        msgspec.json.decode(raw, type=body_type, strict=True)
+        if isinstance(body_type, type) and issubclass(body_type, BaseModel):
+            model_errors = _model_errors(body_type, raw)
+        else:
+            msgspec.json.decode(raw, type=body_type, strict=True)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        if message.startswith("Number out of range"):
-            field, _ = error_field(message)
-            raise ValidationException("a number is out of range",
-                                      extra=[{"key": field, "message": "number out of range"}]) from exc
         field, text = error_field(message)
-        raise ValidationException(text, extra=[{"key": field, "message": text}]) from exc
+        bad_key = _KEY_AT.search(message)
+        in_map = _PATH.match(message)
+        if bad_key:  # "... - at `key` in `$.context`": a key of that map is at fault
+            text = message[:bad_key.start()]
+            field = _name_keys(raw, body_type, bad_key.group(1).lstrip(".") + "[...]", bad_key=True)
+        elif in_map is not None and "[...]" in (in_map.group("path") or ""):
+            field = _name_keys(raw, body_type, (in_map.group("path") or "").lstrip("."))
+        if message.startswith("Number out of range"):
+            raise InvalidInput("a number is out of range", field=field) from exc
+        raise InvalidInput(text, field=field) from exc
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError) as exc:
         detail = str(exc) or exc.__class__.__name__
         if not raw.strip():
@@ -60,3 +74,108 @@ async def check_body(request: Request[Any, Any, Any]) -> None:
         if not detail.startswith("JSON is malformed"):
             detail = f"JSON is malformed: {detail}"
         raise ClientException(detail) from exc
+    if model_errors:
+        raise ValidationException("; ".join(f"{field}: {message}" for field, message in model_errors),
+                                  extra=[{"key": field, "message": message, "final": True}
+                                         for field, message in model_errors])
+
+
+def _model_errors(model: type[BaseModel], raw: bytes) -> list[tuple[str, str]]:
+    """What is wrong with a pydantic body, checked strictly: Litestar would turn `"5"` into 5 and `"yes"` into
+    True. Parsed as JSON first, so that bad JSON is a 400 as on every route."""
+    data = msgspec.json.decode(raw)
+    try:
+        model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        return _merge_union_members(exc.errors(include_url=False))
+    return []
+
+
+def _merge_union_members(errors: list[Any]) -> list[tuple[str, str]]:
+    """(field, message) per input at fault: pydantic reports a value that fits no member of a union once per
+    member (`attributes.a.bool`, `attributes.a.int`, ...); those become one error naming the value."""
+    grouped: dict[tuple[Any, ...], list[Any]] = {}
+    for error in errors:
+        grouped.setdefault(tuple(error["loc"][:-1]), []).append(error)
+    out: list[tuple[str, str]] = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        members = grouped.get(loc[:-1], [])
+        if len(members) > 1 and all(isinstance(m["loc"][-1], str) and m["type"].endswith("_type") for m in members):
+            if members[0] is error:
+                kinds = ", ".join(str(m["loc"][-1]) for m in members)
+                out.append((_dotted(loc[:-1]), f"Input should be one of: {kinds}"))
+            continue
+        out.append((_dotted(loc), str(error["msg"])))
+    return out
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def _name_keys(raw: bytes, body_type: Any, field: str, bad_key: bool = False) -> str:
+    """Put the map key in place of msgspec's `[...]` (which it reports for a bad value inside a map): the first
+    key of that map whose value (or, with `bad_key`, the key itself) does not fit the map's types. Without one
+    found, the path with `[...]` dropped."""
+    if "[...]" not in field:
+        return field
+    fallback = field.replace("[...]", "") or "body"
+    try:
+        data = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError, ValueError):
+        return fallback
+    tokens = re.findall(r"\.?[^.\[]+|\[[^\]]*\]", field)
+    out: list[str] = []
+    value, kind = data, body_type
+    for index, token in enumerate(tokens):
+        value, kind, named = _step(value, kind, token, key_only=bad_key and index == len(tokens) - 1)
+        if named is None:
+            return fallback
+        out.append(named)
+    return "".join(out).lstrip(".") or "body"
+
+
+def _step(value: Any, kind: Any, token: str, key_only: bool) -> tuple[Any, Any, str | None]:
+    """One step of a path through the decoded body and its declared type: (value, type, how the step is named)."""
+    kind = _concrete(kind, value)
+    if token == "[...]":
+        if not isinstance(value, dict) or get_origin(kind) is not dict:
+            return value, kind, None
+        key_type, value_type = get_args(kind)
+        for key, item in value.items():
+            if not _fits(key, key_type) or (not key_only and not _fits(item, value_type)):
+                return item, value_type, f".{key}" if key else ".(empty key)"
+        return value, kind, None
+    if token.startswith("["):
+        if not isinstance(value, list) or get_origin(kind) is not list:
+            return value, kind, None
+        index = int(token[1:-1])
+        return (value[index] if index < len(value) else None), get_args(kind)[0], token
+    name = token.lstrip(".")
+    if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+        return value.get(name), get_type_hints(kind, include_extras=True).get(name, Any), f".{name}"
+    return value, kind, None
+
+
+def _concrete(kind: Any, value: Any) -> Any:
+    """The declared type without `Annotated`, and of a union the member that has the value's shape."""
+    while get_origin(kind) is Annotated:
+        kind = get_args(kind)[0]
+    if get_origin(kind) in (Union, UnionType):
+        for member in get_args(kind):
+            member = _concrete(member, value)
+            if isinstance(value, list) and get_origin(member) is list:
+                return member
+            if isinstance(value, dict) and (get_origin(member) is dict or
+                                            (isinstance(member, type) and issubclass(member, msgspec.Struct))):
+                return member
+    return kind
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    try:
+        msgspec.convert(value, kind, strict=True)
+    except (msgspec.ValidationError, TypeError):
+        return False
+    return True

@@ -91,7 +91,8 @@ def validation_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]
             if param:
                 errors.append({"field": param.group(1), "message": message})
                 continue
-            errors.append({"field": _field(str(item.get("key", "")), message), "message": message})
+            key = str(item.get("key", ""))
+            errors.append({"field": key if item.get("final") else _field(key, message), "message": message})
     if not errors:
         param = _MISSING_PARAM.search(str(exc.detail))
         errors = [{"field": param.group(1) if param else "body", "message": str(exc.detail)}]

@@ -29,7 +29,8 @@ def _dump(model: Any, **extra: Any) -> dict[str, Any]:
     return {**extra, **model.model_dump(mode="json", by_alias=True)}
 
 
-@put("/v1/actions/{action_id:str}", opt={"role": "admin"}, tags=["catalog"], summary="Create or replace an action",
+@put("/v1/actions/{action_id:str}", opt={"role": "admin", "body": Action}, tags=["catalog"],
+     summary="Create or replace an action",
      responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
 async def put_action(request: Request[Any, Any, Any], action_id: ActionId, data: Action) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
@@ -72,7 +73,7 @@ def _check_learner(policy: Policy) -> None:
         raise InvalidInput(str(exc), field="learner") from exc
 
 
-@put("/v1/policies/{name:str}", opt={"role": "admin"}, tags=["policies"],
+@put("/v1/policies/{name:str}", opt={"role": "admin", "body": Policy}, tags=["policies"],
      summary="Create or replace a policy; a changed policy gets a new version",
      responses=answers(201, 400, 401, 403, NO_ROUTE, (409, "A channel it names is served by another policy"), 413,
                        422, 503, body=dict[str, Any]))
@@ -101,7 +102,7 @@ def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, A
     return _dump(entry[1], name=name, version=str(entry[0]))
 
 
-@put("/v1/event-types/{type:str}", opt={"role": "admin"}, tags=["events"],
+@put("/v1/event-types/{type:str}", opt={"role": "admin", "body": EventType}, tags=["events"],
      summary="Register or replace an event type's schema",
      responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
 async def put_event_type(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 
-from tests.conftest import ANALYST, CHANNEL
+from tests.conftest import ADMIN, ANALYST, CHANNEL
 from tests.serving.helpers import Client, assert_problem, decide, decision_count, rewards_of
 
 JSON_HEADERS = {**CHANNEL, "content-type": "application/json"}
@@ -172,3 +172,66 @@ def test_unknown_decision_is_404(app: Litestar, client: Client, before: int, met
     body = {"value": 1.0} if path.endswith("reward") else None
     assert_problem(client.request(method, path, json=body, headers=headers), 404)
     assert decision_count(app) == before
+
+
+EXACT_FIELDS = [
+    pytest.param("/v1/decide", json.dumps({"channel": "web"}).encode(), ["customer_id"], id="missing-field"),
+    pytest.param("/v1/decide", _body(surprise=1), ["surprise"], id="unknown-field"),
+    pytest.param("/v1/decide", _body(context={"ok": 1, "cart": {"value": 84.5}}), ["context.cart"], id="nested-object"),
+    pytest.param("/v1/decide", _body(context={"tags": ["a", 2]}), ["context.tags[1]"], id="list-item"),
+    pytest.param("/v1/decide", _body(context={"ok": "x", "note": "x" * 1025}), ["context.note"], id="long-string"),
+    pytest.param("/v1/decide", _body(context={"ok": 1, "k" * 129: 1}), ["context." + "k" * 129], id="long-key"),
+    pytest.param("/v1/decisions/{decision}/reward", b"{}", ["value"], id="reward-missing-value"),
+    pytest.param("/v1/events", json.dumps([{"customer_id": "c-1", "type": "page_view"}, {"type": "page_view"}]
+                                          ).encode(), ["[1].customer_id"], id="event-in-a-batch"),
+    pytest.param("/v1/events", json.dumps({"customer_id": "c-1", "type": "page_view", "properties": {"p": {}}}
+                                          ).encode(), ["properties.p"], id="event-property"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "fields"), EXACT_FIELDS)
+def test_errors_name_exactly_the_input_at_fault(
+    app: Litestar, client: Client, before: int, path: str, body: bytes, fields: list[str]
+) -> None:
+    """The field of each error is the path to the input at fault: not doubled (`customer_id.customer_id`), and
+    inside a map it names the key (`context.cart`), not just the map."""
+    target = path.format(decision=decide(client, "c-9")["decision_id"]) if "{" in path else path
+    count = decision_count(app)
+    problem = assert_problem(client.post(target, content=body, headers=JSON_HEADERS), 422)
+    assert [error["field"] for error in problem["errors"]] == fields, problem
+    assert decision_count(app) == count
+
+
+STRICT_ADMIN = [
+    pytest.param("/v1/actions/x", {"channels": ["web"], "active": "yes"}, ["active"], id="bool-as-string"),
+    pytest.param("/v1/actions/x", {"channels": ["web"], "active": 1}, ["active"], id="bool-as-number"),
+    pytest.param("/v1/actions/x", {"channels": ["web"], "caps": [{"per": "customer", "limit": "5", "window": "1d"}]},
+                 ["caps.0.limit"], id="int-as-string"),
+    pytest.param("/v1/actions/x", {"channels": ["web"], "attributes": {"ok": 1, "a": {"b": 1}}}, ["attributes.a"],
+                 id="attribute-object"),
+    pytest.param("/v1/policies/p", {"channels": ["kiosk"], "learner": {"exploration": "epsilon", "epsilon": "0.1"}},
+                 ["learner.epsilon"], id="float-as-string"),
+    pytest.param("/v1/policies/p", {"channels": ["kiosk"], "reward": {"window": "1h", "default": True}},
+                 ["reward.default"], id="float-as-bool"),
+    pytest.param("/v1/event-types/t", {"properties": {"a": 5}}, ["properties.a"], id="kind-as-number"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "fields"), STRICT_ADMIN)
+def test_admin_bodies_are_strict_naming_the_field(
+    client: Client, path: str, body: dict[str, Any], fields: list[str]
+) -> None:
+    """API.md: JSON that fails validation is a 422. A wrong type is not converted (`"5"` to 5, `"yes"` to true),
+    and nothing changes; the same body with the right types is accepted."""
+    listing = {path: client.get(path.rsplit("/", 1)[0], headers=ADMIN).json()}
+    problem = assert_problem(client.put(path, json=body, headers=ADMIN), 422)
+    assert [error["field"] for error in problem["errors"]] == fields, problem
+    assert {path: client.get(path.rsplit("/", 1)[0], headers=ADMIN).json()} == listing
+
+
+def test_admin_bodies_take_an_integer_where_a_number_is_asked(client: Client) -> None:
+    """Strict is about types, not about JSON's one kind of number: 1 is a valid epsilon or reward default."""
+    response = client.put("/v1/policies/p", headers=ADMIN, json={"channels": ["kiosk"], "reward": {
+        "window": "1h", "default": 0}, "learner": {"exploration": "epsilon", "epsilon": 1}})
+    assert response.status_code == 201, response.text
+    assert response.json()["learner"]["epsilon"] == 1.0
