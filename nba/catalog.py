@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,6 +30,16 @@ Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,6}[smhd]$")]
 AttributeValue = bool | int | float | Annotated[str, StringConstraints(max_length=1024)] | list[
     Annotated[str, StringConstraints(max_length=1024)]
 ]
+
+
+def _distinct(names: list[str]) -> list[str]:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"channels are listed more than once: {repeated}")
+    return names
+
+
+Channels = Annotated[list[Name], Field(min_length=1, max_length=64), AfterValidator(_distinct)]
 
 
 class _Model(BaseModel):
@@ -92,7 +103,7 @@ class Suppression(_Model):
 class Action(_Model):
     """One thing the service can offer, with the hard constraints that govern it."""
 
-    channels: list[Name] = Field(min_length=1, max_length=64)
+    channels: Channels
     attributes: dict[Name, AttributeValue] = Field(default_factory=dict, max_length=256)
     eligibility: Annotated[str, StringConstraints(max_length=4096)] | None = None
     caps: list[Cap] = Field(default_factory=list, max_length=16)
@@ -179,7 +190,7 @@ class RewardSpec(_Model):
 class Policy(_Model):
     """Which channels a learner serves, how it learns, and how rewards are joined to its decisions."""
 
-    channels: list[Name] = Field(min_length=1, max_length=64)
+    channels: Channels
     learner: Learner = Field(default_factory=Learner)
     reward: RewardSpec = Field(default_factory=RewardSpec)
     mode: Literal["online", "fallback"] = "online"

@@ -10,6 +10,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
+    MethodNotAllowedException,
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
@@ -116,6 +117,8 @@ def http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthorizedException) else None
     if isinstance(exc, NotFoundException | PermissionDeniedException):
         headers = None
+    if isinstance(exc, MethodNotAllowedException) and exc.headers:  # RFC 9110: a 405 lists the allowed methods
+        headers = {"Allow": exc.headers.get("allow", "")}
     return problem(status, detail, kinds.get(status), headers=headers)
 
 

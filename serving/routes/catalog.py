@@ -10,8 +10,9 @@ from litestar.params import Parameter
 
 from bandits.vw_args import build_args
 from bandits.vw_policy import ModelLoadError, VWPolicy
+from features.events import BUILTIN_TYPES
 from nba.catalog import Action, EventType, Policy
-from nba.errors import ActionNotFound, InvalidInput, PolicyNotFound
+from nba.errors import ActionNotFound, Conflict, InvalidInput, PolicyNotFound
 from nba.ids import ID_REGEX, NAME_REGEX
 from serving.openapi import NO_ROUTE, ProblemOperation, answers
 from serving.runtime import Runtime
@@ -104,10 +105,14 @@ def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, A
 
 @put("/v1/event-types/{type:str}", opt={"role": "admin", "body": EventType}, tags=["events"],
      summary="Register or replace an event type's schema",
-     responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
+     responses=answers(201, 400, 401, 403, NO_ROUTE, (409, "A built-in event type: opt_out, opt_in, profile_updated"),
+                       413, 422, 503, body=dict[str, Any]))
 async def put_event_type(
     request: Request[Any, Any, Any], type: PolicyName, data: EventType  # noqa: A002 - the API names it `type`
 ) -> Response[dict[str, Any]]:
+    if type in BUILTIN_TYPES:
+        raise Conflict(f"{type!r} is a built-in event type ({', '.join(sorted(BUILTIN_TYPES))}): its meaning "
+                       "(consent, the customer's attributes) is the service's, not the catalog's", field="type")
     runtime = _runtime(request)
     created = await to_thread.run_sync(runtime.store.put_event_type, type, data, runtime.clock.now())
     await to_thread.run_sync(runtime.refresh_catalog)

@@ -37,4 +37,5 @@ def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 @get("/metrics", sync_to_thread=False, tags=["ops"], security=[{}], summary="Prometheus metrics of this process",
      media_type=MediaType.TEXT)
 def metrics() -> Response[bytes]:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # As the header itself: Litestar would add a second `charset` to the text type, which has one.
+    return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})

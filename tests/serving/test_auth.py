@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from litestar import Litestar
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tests.conftest import ADMIN, ANALYST, CHANNEL
 from tests.serving.helpers import Client, assert_problem, decide, decision_count
@@ -136,5 +137,12 @@ def test_health_and_metrics_answer_in_their_formats(client: Client) -> None:
     assert health.json()["status"] == "ok"
     decide(client)
     metrics = client.get("/metrics")
-    assert metrics.headers["content-type"].startswith("text/plain")
+    assert metrics.headers["content-type"] == CONTENT_TYPE_LATEST  # Prometheus's own, one charset
     assert any(line.startswith("# TYPE ") for line in metrics.text.splitlines())
+
+
+def test_a_method_a_route_does_not_take_is_405_listing_those_it_does(client: Client) -> None:
+    """RFC 9110 §15.5.6: a 405 carries `Allow`; as every error here, it is a problem."""
+    response = client.delete("/v1/decide", headers=ADMIN)
+    assert_problem(response, 405)
+    assert set(response.headers["allow"].split(", ")) == {"POST", "OPTIONS"}, response.headers

@@ -235,3 +235,24 @@ def test_admin_bodies_take_an_integer_where_a_number_is_asked(client: Client) ->
         "window": "1h", "default": 0}, "learner": {"exploration": "epsilon", "epsilon": 1}})
     assert response.status_code == 201, response.text
     assert response.json()["learner"]["epsilon"] == 1.0
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    pytest.param("/v1/policies/p", {"channels": ["kiosk", "kiosk"]}, id="policy"),
+    pytest.param("/v1/actions/x", {"channels": ["web", "app", "web"]}, id="action"),
+])
+def test_a_channel_listed_twice_is_422(client: Client, path: str, body: dict[str, Any]) -> None:
+    problem = assert_problem(client.put(path, json=body, headers=ADMIN), 422)
+    assert [error["field"] for error in problem["errors"]] == ["channels"], problem
+
+
+@pytest.mark.parametrize("name", ["opt_out", "opt_in", "profile_updated"])
+def test_a_built_in_event_type_cannot_be_replaced(client: Client, name: str) -> None:
+    """Their meaning is the service's: `opt_out` with `channel` as a number would refuse every opt-out."""
+    before = client.get("/v1/event-types", headers=ADMIN).json()
+    assert_problem(client.put(f"/v1/event-types/{name}", json={"properties": {"channel": "number"}}, headers=ADMIN),
+                   409)
+    assert client.get("/v1/event-types", headers=ADMIN).json() == before
+    opted = client.post("/v1/events", headers=CHANNEL, json={
+        "customer_id": "c-1", "type": "opt_out", "properties": {"channel": "web"}})
+    assert opted.status_code == 202, opted.text
