@@ -188,10 +188,16 @@ class PolicyModels:
                 self._keep_current(name, version, f"snapshot {snapshot.snapshot_id}", exc)
                 continue
             _loaded_unverified(name, version, snapshot)
-            self._install(name, version, loaded, snapshot.snapshot_id, snapshot.examples)
+            self._install(name, version, loaded, snapshot.snapshot_id, snapshot.examples, only_if_newer=True)
 
-    def _install(self, name: str, version: int, model: VWPolicy, snapshot_id: int, examples: int) -> None:
+    def _install(self, name: str, version: int, model: VWPolicy, snapshot_id: int, examples: int,
+                 only_if_newer: bool = False) -> None:
+        """Serve `model`; with `only_if_newer`, not over a healthy model that has learned as much (one that
+        another path installed while this one was loading)."""
         with self._lock:
+            current = self._models.get((name, version))
+            if only_if_newer and current is not None and current[1].healthy and current[1].examples >= examples:
+                return
             status = ModelStatus(name, version, snapshot_id, examples, True, "serving")
             self._models[(name, version)] = (model, status)
 

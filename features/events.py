@@ -49,6 +49,25 @@ def _flat_value(value: Any) -> bool:
     return False
 
 
+def effective_schema(event_type: str, registry: Mapping[str, EventType]) -> EventType | None:
+    """The schema events of a type are checked against. A registered schema may extend a built-in type (more
+    properties, required ones) but not change the type of a property the service reads, such as `opt_out`'s
+    `channel`: those keep the built-in type whatever a catalog says."""
+    builtin, registered = BUILTIN_TYPES.get(event_type), registry.get(event_type)
+    if builtin is None or registered is None:
+        return registered or builtin
+    properties = {**registered.properties, **builtin.properties}
+    return EventType(properties=properties, required=[n for n in registered.required if n in properties])
+
+
+def changed_builtin_properties(event_type: str, schema: EventType) -> list[str]:
+    """Properties of a built-in type that `schema` would give another type (refused when it is registered)."""
+    builtin = BUILTIN_TYPES.get(event_type)
+    if builtin is None:
+        return []
+    return [name for name, kind in builtin.properties.items() if schema.properties.get(name, kind) != kind]
+
+
 def validate_event(
     event_type: str, properties: Mapping[str, Any], registry: Mapping[str, EventType], field_prefix: str = ""
 ) -> None:
@@ -57,7 +76,7 @@ def validate_event(
     Properties the schema does not declare are accepted (producers may add fields); declared ones must have
     the declared type, and required ones must be present.
     """
-    schema = registry.get(event_type) or BUILTIN_TYPES.get(event_type)
+    schema = effective_schema(event_type, registry)
     if schema is None:
         raise InvalidInput(
             f"unknown event type {event_type!r}: register it with PUT /v1/event-types/{event_type}",

@@ -14,10 +14,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from nba.durations import parse_duration
 from nba.ids import ID_PATTERN
@@ -27,16 +31,31 @@ from nba.rules import CompiledRule
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,63}$")]
 Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,6}[smhd]$")]
-AttributeValue = bool | int | float | Annotated[str, StringConstraints(max_length=1024)] | list[
-    Annotated[str, StringConstraints(max_length=1024)]
-]
+_Text = Annotated[str, StringConstraints(max_length=1024)]
 
 
-def _distinct(names: list[str]) -> list[str]:
+def _one_value_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """One error for a value that fits no kind of attribute, not one per kind it was tried as."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "attribute_value", "Input should be a boolean, a number, a string of at most 1024 characters or a list "
+            "of such strings") from None
+
+
+AttributeValue = Annotated[bool | int | float | _Text | list[_Text], WrapValidator(_one_value_error)]
+# Set in the validation context by the HTTP layer: what a client sends is refused where stored data is mended.
+REFUSE_REPEATS = "refuse_repeats"
+
+
+def _distinct(names: list[str], info: ValidationInfo) -> list[str]:
+    """Channels without repeats. A client's repeat is a 422; a catalog stored or written before repeats were
+    refused still loads, each channel kept once."""
     repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
+    if repeated and info.context and info.context.get(REFUSE_REPEATS):
         raise ValueError(f"channels are listed more than once: {repeated}")
-    return names
+    return list(dict.fromkeys(names))
 
 
 Channels = Annotated[list[Name], Field(min_length=1, max_length=64), AfterValidator(_distinct)]

@@ -16,6 +16,7 @@ from litestar import Request
 from litestar.exceptions import ClientException, ValidationException
 from pydantic import BaseModel, ValidationError
 
+from nba.catalog import REFUSE_REPEATS
 from nba.errors import InvalidInput
 
 _PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -85,29 +86,10 @@ def _model_errors(model: type[BaseModel], raw: bytes) -> list[tuple[str, str]]:
     True. Parsed as JSON first, so that bad JSON is a 400 as on every route."""
     data = msgspec.json.decode(raw)
     try:
-        model.model_validate(data, strict=True)
+        model.model_validate(data, strict=True, context={REFUSE_REPEATS: True})
     except ValidationError as exc:
-        return _merge_union_members(exc.errors(include_url=False))
+        return [(_dotted(tuple(error["loc"])), str(error["msg"])) for error in exc.errors(include_url=False)]
     return []
-
-
-def _merge_union_members(errors: list[Any]) -> list[tuple[str, str]]:
-    """(field, message) per input at fault: pydantic reports a value that fits no member of a union once per
-    member (`attributes.a.bool`, `attributes.a.int`, ...); those become one error naming the value."""
-    grouped: dict[tuple[Any, ...], list[Any]] = {}
-    for error in errors:
-        grouped.setdefault(tuple(error["loc"][:-1]), []).append(error)
-    out: list[tuple[str, str]] = []
-    for error in errors:
-        loc = tuple(error["loc"])
-        members = grouped.get(loc[:-1], [])
-        if len(members) > 1 and all(isinstance(m["loc"][-1], str) and m["type"].endswith("_type") for m in members):
-            if members[0] is error:
-                kinds = ", ".join(str(m["loc"][-1]) for m in members)
-                out.append((_dotted(loc[:-1]), f"Input should be one of: {kinds}"))
-            continue
-        out.append((_dotted(loc), str(error["msg"])))
-    return out
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

@@ -10,9 +10,9 @@ from litestar.params import Parameter
 
 from bandits.vw_args import build_args
 from bandits.vw_policy import ModelLoadError, VWPolicy
-from features.events import BUILTIN_TYPES
+from features.events import BUILTIN_TYPES, changed_builtin_properties
 from nba.catalog import Action, EventType, Policy
-from nba.errors import ActionNotFound, Conflict, InvalidInput, PolicyNotFound
+from nba.errors import ActionNotFound, InvalidInput, PolicyNotFound
 from nba.ids import ID_REGEX, NAME_REGEX
 from serving.openapi import NO_ROUTE, ProblemOperation, answers
 from serving.runtime import Runtime
@@ -105,14 +105,14 @@ def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, A
 
 @put("/v1/event-types/{type:str}", opt={"role": "admin", "body": EventType}, tags=["events"],
      summary="Register or replace an event type's schema",
-     responses=answers(201, 400, 401, 403, NO_ROUTE, (409, "A built-in event type: opt_out, opt_in, profile_updated"),
-                       413, 422, 503, body=dict[str, Any]))
+     responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
 async def put_event_type(
     request: Request[Any, Any, Any], type: PolicyName, data: EventType  # noqa: A002 - the API names it `type`
 ) -> Response[dict[str, Any]]:
-    if type in BUILTIN_TYPES:
-        raise Conflict(f"{type!r} is a built-in event type ({', '.join(sorted(BUILTIN_TYPES))}): its meaning "
-                       "(consent, the customer's attributes) is the service's, not the catalog's", field="type")
+    changed = changed_builtin_properties(type, data)
+    if changed:  # a built-in type may be extended; what the service reads of it keeps its meaning
+        raise InvalidInput(f"{type!r} is a built-in event type: its property {changed[0]!r} must stay "
+                           f"{BUILTIN_TYPES[type].properties[changed[0]]!r}", field=f"properties.{changed[0]}")
     runtime = _runtime(request)
     created = await to_thread.run_sync(runtime.store.put_event_type, type, data, runtime.clock.now())
     await to_thread.run_sync(runtime.refresh_catalog)

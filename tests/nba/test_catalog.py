@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from nba import ids
 from nba.catalog import (
+    REFUSE_REPEATS,
     Action,
     Budget,
     Cap,
@@ -319,3 +320,12 @@ def test_view_finds_the_policy_of_a_channel() -> None:
     with pytest.raises(NoPolicyForChannel) as info:
         view.policy_for("email")
     assert info.value.field == "channel"
+
+
+def test_a_channel_listed_twice_is_refused_from_clients_and_mended_in_stored_data() -> None:
+    """The HTTP layer validates with `REFUSE_REPEATS` (a 422); a catalog stored or written before repeats were
+    refused must still load, or a process would not start: there each channel is kept once, in order."""
+    with pytest.raises(ValidationError, match="more than once"):
+        Action.model_validate({"channels": ["web", "app", "web"]}, context={REFUSE_REPEATS: True})
+    assert Action.model_validate({"channels": ["web", "app", "web"]}).channels == ["web", "app"]
+    assert Policy.model_validate({"channels": ["sms", "sms"]}).channels == ["sms"]

@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 from litestar import Litestar
 
+from features.events import validate_event
+from nba.catalog import EventType
+from nba.errors import InvalidInput
 from tests.conftest import ADMIN, ANALYST, CHANNEL
 from tests.serving.helpers import Client, assert_problem, decide, decision_count, rewards_of
 
@@ -214,6 +217,11 @@ STRICT_ADMIN = [
     pytest.param("/v1/policies/p", {"channels": ["kiosk"], "reward": {"window": "1h", "default": True}},
                  ["reward.default"], id="float-as-bool"),
     pytest.param("/v1/event-types/t", {"properties": {"a": 5}}, ["properties.a"], id="kind-as-number"),
+    pytest.param("/v1/actions/x", {"channels": "web", "caps": {}}, ["channels", "caps"], id="two-fields"),
+    pytest.param("/v1/actions/x", {"channels": ["web"], "attributes": {"a": "x" * 1025}}, ["attributes.a"],
+                 id="attribute-too-long"),
+    pytest.param("/v1/actions/x", {"channels": ["web"], "attributes": {"a": [1]}}, ["attributes.a"],
+                 id="attribute-list-of-numbers"),
 ]
 
 
@@ -246,13 +254,23 @@ def test_a_channel_listed_twice_is_422(client: Client, path: str, body: dict[str
     assert [error["field"] for error in problem["errors"]] == ["channels"], problem
 
 
-@pytest.mark.parametrize("name", ["opt_out", "opt_in", "profile_updated"])
-def test_a_built_in_event_type_cannot_be_replaced(client: Client, name: str) -> None:
-    """Their meaning is the service's: `opt_out` with `channel` as a number would refuse every opt-out."""
+@pytest.mark.parametrize("name", ["opt_out", "opt_in"])
+def test_a_built_in_event_type_can_be_extended_but_not_changed(client: Client, name: str) -> None:
+    """What the service reads of a built-in type keeps its meaning: `opt_out` with `channel` as a number would
+    refuse every opt-out (422, nothing stored). Adding properties, required ones too, is allowed; and a schema
+    under that name from elsewhere (a YAML catalog, an older store) cannot change the built-in property either."""
     before = client.get("/v1/event-types", headers=ADMIN).json()
     assert_problem(client.put(f"/v1/event-types/{name}", json={"properties": {"channel": "number"}}, headers=ADMIN),
-                   409)
+                   422, "properties.channel")
     assert client.get("/v1/event-types", headers=ADMIN).json() == before
-    opted = client.post("/v1/events", headers=CHANNEL, json={
-        "customer_id": "c-1", "type": "opt_out", "properties": {"channel": "web"}})
-    assert opted.status_code == 202, opted.text
+    extended = client.put(f"/v1/event-types/{name}", headers=ADMIN, json={
+        "properties": {"channel": "string", "reason": "string"}, "required": ["reason"]})
+    assert extended.status_code == 201, extended.text
+    event = {"customer_id": "c-1", "type": name, "properties": {"channel": "web"}}
+    assert_problem(client.post("/v1/events", headers=CHANNEL, json=event), 422, "properties.reason")
+    event["properties"]["reason"] = "moved"
+    assert client.post("/v1/events", headers=CHANNEL, json=event).status_code == 202
+    elsewhere = {name: EventType(properties={"channel": "number"})}
+    assert validate_event(name, {"channel": "web"}, elsewhere) is None
+    with pytest.raises(InvalidInput):
+        validate_event(name, {"channel": 3}, elsewhere)
