@@ -45,15 +45,16 @@ def _one_value_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 
 
 AttributeValue = Annotated[bool | int | float | _Text | list[_Text], WrapValidator(_one_value_error)]
-# Set in the validation context by the HTTP layer: what a client sends is refused where stored data is mended.
-REFUSE_REPEATS = "refuse_repeats"
+# Set in the validation context by the HTTP layer: some things a client sends are refused that a catalog already
+# stored (or a YAML file written for an earlier version) must still load with, or a process would not start.
+CLIENT_INPUT = "client_input"
 
 
 def _distinct(names: list[str], info: ValidationInfo) -> list[str]:
     """Channels without repeats. A client's repeat is a 422; a catalog stored or written before repeats were
     refused still loads, each channel kept once."""
     repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated and info.context and info.context.get(REFUSE_REPEATS):
+    if repeated and info.context and info.context.get(CLIENT_INPUT):
         raise ValueError(f"channels are listed more than once: {repeated}")
     return list(dict.fromkeys(names))
 
@@ -143,9 +144,15 @@ class Action(_Model):
 
     @field_validator("eligibility")
     @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
+    def _compiles(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            CompiledRule(value)
+            rule = CompiledRule(value)
+            if not rule.names and info.context and info.context.get(CLIENT_INPUT):
+                # It reads nothing, so its outcome is known now: one that is not a bool would exclude the action
+                # from every decision.
+                result = rule.evaluate({})
+                if result.failed:
+                    raise ValueError(f"the expression is not a condition: {result.detail}")
         return value
 
     @property

@@ -16,7 +16,7 @@ from litestar import Request
 from litestar.exceptions import ClientException, ValidationException
 from pydantic import BaseModel, ValidationError
 
-from nba.catalog import REFUSE_REPEATS
+from nba.catalog import CLIENT_INPUT
 from nba.errors import InvalidInput
 
 _PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -86,7 +86,7 @@ def _model_errors(model: type[BaseModel], raw: bytes) -> list[tuple[str, str]]:
     True. Parsed as JSON first, so that bad JSON is a 400 as on every route."""
     data = msgspec.json.decode(raw)
     try:
-        model.model_validate(data, strict=True, context={REFUSE_REPEATS: True})
+        model.model_validate(data, strict=True, context={CLIENT_INPUT: True})
     except ValidationError as exc:
         return [(_dotted(tuple(error["loc"])), str(error["msg"])) for error in exc.errors(include_url=False)]
     return []

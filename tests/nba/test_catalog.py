@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from nba import ids
 from nba.catalog import (
-    REFUSE_REPEATS,
+    CLIENT_INPUT,
     Action,
     Budget,
     Cap,
@@ -323,9 +323,19 @@ def test_view_finds_the_policy_of_a_channel() -> None:
 
 
 def test_a_channel_listed_twice_is_refused_from_clients_and_mended_in_stored_data() -> None:
-    """The HTTP layer validates with `REFUSE_REPEATS` (a 422); a catalog stored or written before repeats were
+    """The HTTP layer validates with `CLIENT_INPUT` (a 422); a catalog stored or written before repeats were
     refused must still load, or a process would not start: there each channel is kept once, in order."""
     with pytest.raises(ValidationError, match="more than once"):
-        Action.model_validate({"channels": ["web", "app", "web"]}, context={REFUSE_REPEATS: True})
+        Action.model_validate({"channels": ["web", "app", "web"]}, context={CLIENT_INPUT: True})
     assert Action.model_validate({"channels": ["web", "app", "web"]}).channels == ["web", "app"]
     assert Policy.model_validate({"channels": ["sms", "sms"]}).channels == ["sms"]
+
+
+def test_an_eligibility_that_reads_nothing_must_be_a_condition_when_a_client_saves_it() -> None:
+    """`1 + 2` compiles but would exclude the action from every decision: refused from a client; a catalog that
+    already holds one still loads (the action stays excluded, with the reason in each decision)."""
+    with pytest.raises(ValidationError, match="not a condition"):
+        Action.model_validate({"channels": ["web"], "eligibility": "1 + 2"}, context={CLIENT_INPUT: True})
+    assert Action.model_validate({"channels": ["web"], "eligibility": "1 + 2"}).eligibility == "1 + 2"
+    assert Action.model_validate({"channels": ["web"], "eligibility": "customer.age + 1 > 2"},
+                                 context={CLIENT_INPUT: True}).eligibility is not None

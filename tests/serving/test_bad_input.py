@@ -222,6 +222,8 @@ STRICT_ADMIN = [
                  id="attribute-too-long"),
     pytest.param("/v1/actions/x", {"channels": ["web"], "attributes": {"a": [1]}}, ["attributes.a"],
                  id="attribute-list-of-numbers"),
+    pytest.param("/v1/actions/x", {"channels": ["web"], "eligibility": "1 + 2"}, ["eligibility"],
+                 id="eligibility-not-a-condition"),
 ]
 
 
