@@ -35,13 +35,17 @@ _Text = Annotated[str, StringConstraints(max_length=1024)]
 
 
 def _one_value_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """One error for a value that fits no kind of attribute, not one per kind it was tried as."""
+    """One error for a value that fits no kind of attribute, not one per kind it was tried as; and a number must
+    be finite as a float (features and rules read it as one)."""
     try:
-        return handler(value)
+        result = handler(value)
     except ValidationError:
         raise PydanticCustomError(
             "attribute_value", "Input should be a boolean, a number, a string of at most 1024 characters or a list "
             "of such strings") from None
+    if isinstance(result, int | float) and not isinstance(result, bool) and not is_finite_number(result):
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    return result
 
 
 AttributeValue = Annotated[bool | int | float | _Text | list[_Text], WrapValidator(_one_value_error)]
@@ -133,14 +137,6 @@ class Action(_Model):
     active: bool = True
 
     _cooldown = field_validator("cooldown")(_check_duration)
-
-    @field_validator("attributes")
-    @classmethod
-    def _finite(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key, item in value.items():
-            if isinstance(item, int | float) and not isinstance(item, bool) and not is_finite_number(item):
-                raise ValueError(f"attribute {key!r} must be a finite number")
-        return value
 
     @field_validator("eligibility")
     @classmethod

@@ -7,6 +7,7 @@ body type in `opt={"body": Type}`.
 
 from __future__ import annotations
 
+import json
 import re
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from nba.catalog import CLIENT_INPUT
 from nba.errors import InvalidInput
+from nba.numbers import is_finite_number
 
 _PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _KEY_AT = re.compile(r" - at `key` in `\$([^`]*)`$")
@@ -84,7 +86,10 @@ async def check_body(request: Request[Any, Any, Any]) -> None:
 def _model_errors(model: type[BaseModel], raw: bytes) -> list[tuple[str, str]]:
     """What is wrong with a pydantic body, checked strictly: Litestar would turn `"5"` into 5 and `"yes"` into
     True. Parsed as JSON first, so that bad JSON is a 400 as on every route."""
-    data = msgspec.json.decode(raw)
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.ValidationError:  # a number out of a float's range: read as infinity, which the model refuses
+        data = json.loads(raw)  # by name (its text is valid JSON: msgspec has already refused NaN and the like)
     try:
         model.model_validate(data, strict=True, context={CLIENT_INPUT: True})
     except ValidationError as exc:
@@ -104,8 +109,9 @@ def _name_keys(raw: bytes, body_type: Any, field: str, bad_key: bool = False) ->
         return field
     fallback = field.replace("[...]", "") or "body"
     try:
-        data = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError, ValueError):
+        # Python's parser reads a number out of a float's range (1e999) as infinity, where msgspec refuses the body.
+        data = json.loads(raw)
+    except (RecursionError, ValueError):
         return fallback
     tokens = re.findall(r"\.?[^.\[]+|\[[^\]]*\]", field)
     out: list[str] = []
@@ -156,6 +162,8 @@ def _concrete(kind: Any, value: Any) -> Any:
 
 
 def _fits(value: Any, kind: Any) -> bool:
+    if isinstance(value, int | float) and not isinstance(value, bool) and not is_finite_number(value):
+        return False  # what JSON's text held was out of range, whatever the declared type
     try:
         msgspec.convert(value, kind, strict=True)
     except (msgspec.ValidationError, TypeError):

@@ -184,6 +184,8 @@ EXACT_FIELDS = [
     pytest.param("/v1/decide", _body(context={"tags": ["a", 2]}), ["context.tags[1]"], id="list-item"),
     pytest.param("/v1/decide", _body(context={"ok": "x", "note": "x" * 1025}), ["context.note"], id="long-string"),
     pytest.param("/v1/decide", _body(context={"ok": 1, "k" * 129: 1}), ["context." + "k" * 129], id="long-key"),
+    pytest.param("/v1/decide", b'{"customer_id": "c-1", "channel": "web", "context": {"ok": 1, "x": 1e999}}',
+                 ["context.x"], id="number-out-of-range"),
     pytest.param("/v1/decisions/{decision}/reward", b"{}", ["value"], id="reward-missing-value"),
     pytest.param("/v1/events", json.dumps([{"customer_id": "c-1", "type": "page_view"}, {"type": "page_view"}]
                                           ).encode(), ["[1].customer_id"], id="event-in-a-batch"),
@@ -276,3 +278,10 @@ def test_a_built_in_event_type_can_be_extended_but_not_changed(client: Client, n
     assert validate_event(name, {"channel": "web"}, elsewhere) is None
     with pytest.raises(InvalidInput):
         validate_event(name, {"channel": 3}, elsewhere)
+
+
+def test_an_attribute_out_of_a_floats_range_is_named(client: Client) -> None:
+    body = b'{"channels": ["web"], "attributes": {"ok": 1, "v": 1e999, "n": 1' + b"0" * 400 + b"}}"
+    response = client.put("/v1/actions/x", headers={**ADMIN, "content-type": "application/json"}, content=body)
+    problem = assert_problem(response, 422)
+    assert sorted(error["field"] for error in problem["errors"]) == ["attributes.n", "attributes.v"], problem
