@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from nba.durations import parse_duration
 from nba.ids import ID_PATTERN
-from nba.numbers import is_finite_number
+from nba.numbers import is_unusable_number
 from nba.rules import CompiledRule
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -43,7 +43,7 @@ def _one_value_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         raise PydanticCustomError(
             "attribute_value", "Input should be a boolean, a number, a string of at most 1024 characters or a list "
             "of such strings") from None
-    if isinstance(result, int | float) and not isinstance(result, bool) and not is_finite_number(result):
+    if is_unusable_number(result):
         raise PydanticCustomError("finite_number", "Input should be a finite number")
     return result
 

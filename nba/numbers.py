@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 def is_finite_number(value: int | float) -> bool:
@@ -16,3 +17,13 @@ def is_finite_number(value: int | float) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
+
+
+def is_unusable_number(value: Any) -> bool:
+    """Whether a decoded JSON value is a number (a bool is not one) that is not finite as a float: what every
+    input check refuses.
+
+    >>> is_unusable_number(10**400), is_unusable_number(1.5), is_unusable_number(True), is_unusable_number("1e999")
+    (True, False, False, False)
+    """
+    return isinstance(value, int | float) and not isinstance(value, bool) and not is_finite_number(value)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from nba.catalog import CLIENT_INPUT
 from nba.errors import InvalidInput
-from nba.numbers import is_finite_number
+from nba.numbers import is_unusable_number
 
 _PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _KEY_AT = re.compile(r" - at `key` in `\$([^`]*)`$")
@@ -162,7 +162,7 @@ def _concrete(kind: Any, value: Any) -> Any:
 
 
 def _fits(value: Any, kind: Any) -> bool:
-    if isinstance(value, int | float) and not isinstance(value, bool) and not is_finite_number(value):
+    if is_unusable_number(value):
         return False  # what JSON's text held was out of range, whatever the declared type
     try:
         msgspec.convert(value, kind, strict=True)

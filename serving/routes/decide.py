@@ -14,7 +14,7 @@ from nba.clock import to_rfc3339
 from nba.decide import DecideRequest
 from nba.errors import InvalidInput
 from nba.ids import ID_REGEX, NAME_REGEX
-from nba.numbers import is_finite_number
+from nba.numbers import is_unusable_number
 from nba.types import Decision
 from serving.metrics import DECIDE_LATENCY, DECISIONS, child
 from serving.openapi import NO_ROUTE, ProblemOperation, answers
@@ -83,7 +83,7 @@ def decision_out(decision: Decision) -> DecisionOut:
 
 def _check_finite(context: dict[str, Any]) -> None:
     for key, value in context.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and not is_finite_number(value):
+        if is_unusable_number(value):
             raise InvalidInput(f"context value {key!r} must be a finite number", field=f"context.{key}")
 
 
