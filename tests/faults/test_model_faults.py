@@ -70,6 +70,16 @@ def _save_bad_snapshot(store: Store, kind: str, clock: ManualClock) -> int:
                                checksum=checksum, fingerprint=fingerprint)
 
 
+def _store_holding_only_a_garbage_snapshot(database_url: str, clock: ManualClock) -> int:
+    """The SIM catalog and one snapshot that is not a model at all (100 examples): nothing usable to load."""
+    store = Store(database_url)
+    try:
+        store.seed_catalog(CatalogFile.model_validate(SIM_CATALOG), clock.now())
+        return store.save_snapshot("web", 1, CORRUPTIONS["garbage"](b""), 100, [], clock.now())
+    finally:
+        store.close()
+
+
 def _registry_errors(records: list[logging.LogRecord]) -> list[str]:
     return [r.getMessage() for r in records if r.name == "bandits.registry" and r.levelno >= logging.ERROR]
 
@@ -124,10 +134,7 @@ def test_bad_model_at_hot_swap_keeps_the_last_good_one(
 def test_learner_replaces_an_unusable_model_with_a_relearned_one(
     sqlite_url: str, clock: ManualClock, make_app: AppFactory
 ) -> None:
-    store = Store(sqlite_url)
-    store.seed_catalog(CatalogFile.model_validate(SIM_CATALOG), clock.now())
-    store.save_snapshot("web", 1, b"this is not a Vowpal Wabbit model", 100, [], clock.now())
-    store.close()
+    _store_holding_only_a_garbage_snapshot(sqlite_url, clock)
     app = make_app(sqlite_url, SIM_CATALOG)
     runtime = app.state.runtime
     learner = OnlineLearner(runtime.store, runtime.models, runtime.featurizer, runtime.catalog, runtime.clock)
@@ -186,10 +193,7 @@ def test_bad_model_at_hot_swap_while_fallback_serves_says_fallback(
 ) -> None:
     """With no usable model (fallback serving), a newer bad snapshot is refused too, and /health names it and
     says fallback still serves: not "the previous model", which does not exist."""
-    store = Store(sqlite_url)
-    store.seed_catalog(CatalogFile.model_validate(SIM_CATALOG), clock.now())
-    store.save_snapshot("web", 1, b"this is not a Vowpal Wabbit model", 100, [], clock.now())
-    store.close()
+    _store_holding_only_a_garbage_snapshot(sqlite_url, clock)
     app = make_app(sqlite_url, SIM_CATALOG)
     runtime = app.state.runtime
     with TestClient(app) as client:
@@ -210,10 +214,7 @@ def test_server_started_on_a_corrupt_model_says_so_in_health_and_log(
     start_server: Any, tmp_path: Path, clock: ManualClock
 ) -> None:
     database = f"sqlite:///{tmp_path / 'nba.db'}"
-    store = Store(database)
-    store.seed_catalog(CatalogFile.model_validate(SIM_CATALOG), clock.now())
-    bad_id = store.save_snapshot("web", 1, b"this is not a Vowpal Wabbit model", 100, [], clock.now())
-    store.close()
+    bad_id = _store_holding_only_a_garbage_snapshot(database, clock)
     server = start_server(SIM_CATALOG, database_url=database)
     with httpx.Client(base_url=server.url, timeout=10) as client:
         response = client.post("/v1/decide", headers=CHANNEL, json={
