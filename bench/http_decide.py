@@ -41,6 +41,7 @@ TARGET_SHARE = 0.5  # decide at 20 candidates must reach this share of the ceili
 TARGET_P99_MS = 10.0  # ... and keep p99 under this at half its own maximum rate
 OTHER_LOAD_LIMIT = 0.15  # cores used by processes outside the bench above which a run is flagged
 FIXED_REPEATS = 3  # fixed-rate runs per configuration; the one with the median p99 is reported
+FIXED_WARMUP = 2.0  # seconds of each fixed-rate run sent at the rate before the measured window
 
 
 def wrk_env(channel: str, token: str) -> dict[str, str]:
@@ -48,13 +49,17 @@ def wrk_env(channel: str, token: str) -> dict[str, str]:
             "BENCH_TOKEN": token, "BENCH_PATH": "/v1/decide"}
 
 
-def fixed_rate(server: Server, channel: str, rate: float, seconds: float, connections: int = 64) -> dict[str, Any]:
-    """Open-loop load at `rate` req/s from a second process; latency counted from each request's due time."""
+def fixed_rate(server: Server, channel: str, rate: float, seconds: float, connections: int = 64,
+               warmup: float = FIXED_WARMUP) -> dict[str, Any]:
+    """Open-loop load at `rate` req/s from a second process; latency counted from each request's due time.
+
+    The first `warmup` seconds of requests go out at the same rate and are not measured (as the closed-loop
+    run's wrk warm-up): each run follows an idle spell (`wait_for_quiet`), whose cold start is not the load."""
     argv = [sys.executable, "-m", "bench.loadgen", "--port", str(server.port), "--token", CHANNEL_KEY,
             "--channel", channel, "--customers", str(CUSTOMERS), "--rate", f"{rate:.1f}", "--duration", str(seconds),
-            "--connections", str(connections)]
+            "--connections", str(connections), "--warmup", str(warmup)]
     with CpuWatch(server) as watch:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, cwd=BENCH.parent)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + warmup + 60, cwd=BENCH.parent)
     if out.returncode != 0:
         raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -178,7 +183,8 @@ def run(workdir: Path, seconds: float = 10.0, warmup: float = 3.0, fixed_seconds
             "customers_with_state": CUSTOMERS,
             "wrk": {"threads": 1, "connections": CONNECTIONS, "seconds": seconds, "warmup_seconds": warmup},
             "fixed_rate": {"client": "bench/loadgen.py (open loop, latency from due time)", "connections": 64,
-                           "seconds": fixed_seconds, "rate": "half of decide's closed-loop req/s",
+                           "seconds": fixed_seconds, "warmup_seconds": FIXED_WARMUP,
+                           "rate": "half of decide's closed-loop req/s",
                            "repeats": FIXED_REPEATS, "reported": "the run with the median p99"},
             "ceiling": "bench/ceiling.py: async Litestar POST parsing the same body into a msgspec Struct",
             "decisions_logged": decisions,

@@ -4,6 +4,9 @@ Request i is due at `t0 + i / rate` whatever happened to earlier requests; its l
 due time, so a server stall shows up as latency for every request that should have been sent during it (no
 coordinated omission). Requests go over `--connections` keep-alive HTTP/1.1 connections; when all are busy, due
 requests wait in a queue and that wait counts. The time from the actual send is reported separately.
+`--warmup S` first sends S seconds of requests at the same rate and leaves them out of every figure, as wrk's
+warm-up run does for the closed-loop measurement: the first requests after an idle spell meet cold caches and
+fresh connections, which is not the steady state the rate is meant to measure.
 
 `--rate 0` runs closed-loop instead (each connection sends its next request when the last one is answered), with
 `--capture FILE` writing the decision ids it got back, one per line.
@@ -140,11 +143,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     errors = 0
     sent = 0
     open_loop = args.rate > 0
-    total = int(args.rate * args.duration) if open_loop else args.requests
+    warm = int(args.rate * args.warmup) if open_loop else 0  # the first `warm` requests are not measured
+    total = warm + int(args.rate * args.duration) if open_loop else args.requests
     queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
     now = time.perf_counter
     start = now() + 0.05
-    deadline = start + args.duration + args.grace
+    measured_from = start + warm / args.rate if open_loop else start
+    deadline = measured_from + args.duration + args.grace
 
     async def worker(conn: Connection) -> None:
         nonlocal errors, sent
@@ -160,6 +165,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 index, due = sent, now()
             sent += 1
             raw = build(index)
+            counted = index >= warm
             began = now()
             try:
                 status, body = await asyncio.wait_for(conn.request(raw), timeout=max(0.1, deadline - began))
@@ -167,9 +173,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 errors += 1
                 return
             finished = now()
+            if not counted:
+                continue
             latencies.append(finished - due)
             if args.timeline:
-                timeline.append((due - start, finished - due))
+                timeline.append((due - measured_from, finished - due))
             service.append(finished - began)
             statuses[status] = statuses.get(status, 0) + 1
             if args.capture and status == 200:
@@ -196,7 +204,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     except TimeoutError:
         for task in workers:
             task.cancel()
-    elapsed = max(now(), start) - start
+    elapsed = max(now(), measured_from) - measured_from
     for conn in connections:
         if conn.transport is not None:
             conn.transport.close()
@@ -206,9 +214,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     if args.timeline:
         with open(args.timeline, "w") as handle:
             handle.writelines(f"{due:.6f} {latency:.6f}\n" for due, latency in sorted(timeline))
-    result = _summary(latencies, service, statuses, errors, elapsed, sent, total)
+    result = _summary(latencies, service, statuses, errors, elapsed, max(0, sent - warm), total - warm)
     result.update({"mode": "open" if open_loop else "closed", "target_rps": args.rate,
-                   "connections": args.connections, "duration_s": args.duration, "captured": len(captured)})
+                   "connections": args.connections, "duration_s": args.duration, "captured": len(captured),
+                   "warmup_s": args.warmup if open_loop else 0.0, "warmup_requests": warm})
     return result
 
 
@@ -222,13 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id-format", default="c-{}", help="customer id from a random index in [0, customers)")
     parser.add_argument("--rate", type=float, default=0.0, help="requests per second; 0 for closed loop")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=0.0,
+                        help="open loop: seconds of requests at the rate sent first and not measured")
     parser.add_argument("--requests", type=int, default=100_000, help="closed loop: stop after this many")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--capture", default=None)
     parser.add_argument("--timeline", default=None, help="write 'due-time latency' (seconds) per request to FILE")
     args = parser.parse_args(argv)
-    if args.duration > 120 or args.rate > 100_000 or args.requests > 2_000_000:
+    if args.duration + args.warmup > 120 or args.warmup < 0 or args.rate > 100_000 or args.requests > 2_000_000:
         parser.error("bounded runs only: duration <= 120 s, rate <= 100,000/s, requests <= 2,000,000")
     try:
         import uvloop  # type: ignore[import-not-found]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Request, get
@@ -10,6 +11,7 @@ from litestar.params import Parameter
 from nba.clock import to_rfc3339
 from nba.errors import CustomerNotFound
 from nba.ids import ID_REGEX
+from nba.types import CustomerState
 from serving.openapi import ProblemOperation, answers
 from serving.runtime import Runtime
 
@@ -29,7 +31,7 @@ def get_customer(
     return {
         "customer_id": canonical,
         "aliases": runtime.store.customer_aliases(canonical),
-        "state": state.to_json() if state else {},
+        "state": _state_out(state) if state else {},
         "recent_decisions": [
             {
                 "decision_id": d.decision_id,
@@ -41,3 +43,11 @@ def get_customer(
             for d in decisions
         ],
     }
+
+
+def _state_out(state: CustomerState) -> dict[str, Any]:
+    """The stored state, with its times in the API's form (RFC 3339 in UTC, milliseconds and a `Z`)."""
+    out = state.to_json()
+    out["last_event_at"] = {name: to_rfc3339(datetime.fromisoformat(when))
+                            for name, when in state.last_event_at.items()}
+    return out

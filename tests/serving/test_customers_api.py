@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from nba.clock import ManualClock
+from nba.clock import ManualClock, to_rfc3339
 from tests.conftest import ANALYST
 from tests.serving.helpers import Client, assert_problem, decide, send_events
 
@@ -28,6 +28,9 @@ def test_state_is_what_the_events_built(client: Client, clock: ManualClock) -> N
     assert body["recent_decisions"] == []
     assert body["state"]["attributes"] == {"age": 34, "tier": "gold", "cart_value": 55.0, "items": ["a", "b"]}
     assert body["state"]["event_counts"] == {"profile_updated": 1, "cart_abandoned": 2}
+    # Times as everywhere in the API (API.md: RFC 3339 in UTC), in the form decisions use: milliseconds and `Z`.
+    assert body["state"]["last_event_at"] == {"profile_updated": to_rfc3339(clock.now()),
+                                              "cart_abandoned": to_rfc3339(clock.now())}
 
 
 def test_recent_decisions_are_the_newest_50_newest_first(client: Client, clock: ManualClock) -> None:
