@@ -41,7 +41,8 @@ class _RandomPool:
     """Bytes from the OS's random source, read 4 KiB at a time.
 
     Every `os.urandom` call is a system call that lets go of the GIL; on the decide path each one is a chance
-    for another thread to take it and make the request wait. One read serves about 400 ids.
+    for another thread to take it and make the request wait. One read serves about 400 ids. A forked child
+    (server workers are forked) empties its copy at once, so it never hands out its parent's bytes.
     """
 
     def __init__(self, size: int = 4096) -> None:
@@ -49,12 +50,16 @@ class _RandomPool:
         self._buffer = b""
         self._offset = 0
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()  # the parent may have held it at the fork
+        self._buffer, self._offset = b"", 0
 
     def take(self, count: int) -> bytes:
         with self._lock:
-            if self._offset + count > len(self._buffer) or os.getpid() != self._pid:  # a fork must not share
-                self._buffer, self._offset, self._pid = os.urandom(max(self._size, count)), 0, os.getpid()
+            if self._offset + count > len(self._buffer):
+                self._buffer, self._offset = os.urandom(max(self._size, count)), 0
             start = self._offset
             self._offset += count
             return self._buffer[start:self._offset]
