@@ -202,10 +202,14 @@ class PolicyModels:
             self._models[(name, version)] = (model, status)
 
     def _keep_current(self, name: str, version: int, what: str, exc: Exception) -> None:
-        """Leave what serves in place (the last good model, or the fallback if there is none) and say so."""
+        """Leave what serves in place (the last good model, or the fallback if there is none) and say so. With
+        nothing loaded yet, the policy's first decision loads the newest snapshot that passes its checks."""
         with self._lock:
             current = self._models.get((name, version))
-            serving = "the previous model" if current is None or current[1].healthy else "fallback"
+            if current is None:
+                serving = "nothing loaded yet (the first decision loads the newest usable snapshot)"
+            else:
+                serving = "the previous model" if current[1].healthy else "fallback"
             if current is not None:
                 current[1].message = f"last hot-swap rejected: {what} is unusable ({exc}); serving {serving}"
         log.error("policy %s v%d: %s is unusable, still serving %s: %s", name, version, what, serving, exc)

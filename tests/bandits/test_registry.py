@@ -126,3 +126,21 @@ def test_a_legacy_snapshot_vowpal_wabbit_refuses_means_fallback(store: Store, cl
     assert models.scorer("web", 1, POLICY) is None
     (status,) = models.statuses()
     assert not status.healthy and f"snapshot {legacy_id} unusable" in status.message
+
+
+def test_a_bad_snapshot_refused_before_any_model_is_loaded_says_so(
+    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process without a learner may see a snapshot before its first decision: refused, the log does not claim a
+    previous model serves, and the first decision loads the last good snapshot, never the refused one."""
+    good = _trained(ARGS)
+    good_id = _save(store, clock, good)
+    models = PolicyModels(store, NamespaceFeaturizer())
+    bad_id = _save(store, clock, good, model=b"not a model", examples=300)
+    with caplog.at_level(logging.ERROR, logger="bandits.registry"):
+        models.refresh({"web": (1, POLICY)})
+    (error,) = [m for m in _errors(caplog) if f"snapshot {bad_id}" in m]
+    assert "nothing loaded yet" in error and "previous model" not in error, error
+    assert models.scorer("web", 1, POLICY) is not None
+    (status,) = models.statuses()
+    assert status.healthy and status.snapshot_id == good_id, status
