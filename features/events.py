@@ -32,10 +32,10 @@ def _type_ok(kind: str, value: Any) -> bool:
         if not isinstance(value, str):
             return False
         try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return False
-        return True
+        return parsed.tzinfo is not None  # RFC 3339: a time without its offset could be any zone's
     return False
 
 

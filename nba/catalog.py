@@ -143,7 +143,10 @@ class Action(_Model):
     def _compiles(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
             rule = CompiledRule(value)
-            if not rule.names and info.context and info.context.get(CLIENT_INPUT):
+            client_input = bool(info.context and info.context.get(CLIENT_INPUT))
+            if client_input:
+                rule.check_functions()
+            if not rule.names and client_input:
                 # It reads nothing, so its outcome is known now: one that is not a bool would exclude the action
                 # from every decision.
                 result = rule.evaluate({})

@@ -13,6 +13,20 @@ from nba.errors import RuleCompileError
 
 RULE_VARIABLES = frozenset({"customer", "context", "action", "now"})
 
+# The functions the CEL runtime defines (its core specification; `tests/nba/test_rules.py` calls each one).
+# Operators (`_&&_`, `@in`, `!_`) are not listed: the parser only produces ones that exist.
+CEL_FUNCTIONS = frozenset({
+    "size", "contains", "startsWith", "endsWith", "matches",
+    "int", "uint", "double", "string", "bytes", "dyn", "type", "timestamp", "duration",
+    "getFullYear", "getMonth", "getDayOfYear", "getDayOfMonth", "getDate", "getDayOfWeek",
+    "getHours", "getMinutes", "getSeconds", "getMilliseconds",
+    "of", "ofNonZeroValue", "none", "hasValue", "value", "or", "orValue",
+})
+# Names the runtime defines that the parser reports as variables: type names (`type(x) == int`) and the
+# `optional` namespace.
+CEL_BUILTIN_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type",
+                               "optional"})
+
 # Per variable: the fields rules select from it (`customer.age` -> {"age"}), or None for the whole value.
 Selection = Mapping[str, frozenset[str] | None]
 
@@ -126,7 +140,7 @@ class CompiledRule:
             self._program = cel.compile(source)
         except ValueError as exc:
             raise RuleCompileError(f"does not compile: {exc}") from exc
-        self.names = frozenset(self._program.variables()) - (bound_names(source) - variables)
+        self.names = frozenset(self._program.variables()) - (bound_names(source) - variables) - CEL_BUILTIN_NAMES
         unknown = self.names - variables
         if unknown:
             raise RuleCompileError(
@@ -134,6 +148,17 @@ class CompiledRule:
             )
         self.source = source
         self.selection: Selection = selected_fields(source, self.names - {"action"})
+
+    def check_functions(self) -> None:
+        """Refuse a rule that calls a function the CEL runtime does not define (it could never pass).
+
+        Checked when a client saves a rule, not when a stored one is loaded: a stored rule keeps loading
+        (and fails closed at decide time, excluding its action) rather than stop the whole catalog.
+        """
+        unknown = {name for name in self._program.functions() if name[0].isalpha()} - CEL_FUNCTIONS
+        if unknown:
+            raise RuleCompileError(f"unknown function(s) {sorted(unknown)}: CEL's standard functions are "
+                                   f"{', '.join(sorted(CEL_FUNCTIONS))}")
 
     def evaluate(self, variables: Mapping[str, Any]) -> RuleResult:
         return self._run(dict(variables))

@@ -104,10 +104,10 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 def _name_keys(raw: bytes, body_type: Any, field: str, bad_key: bool = False) -> str:
     """Put the map key in place of msgspec's `[...]` (which it reports for a bad value inside a map): the first
     key of that map whose value (or, with `bad_key`, the key itself) does not fit the map's types. Without one
-    found, the path with `[...]` dropped."""
+    found (a body too deep for Python's parser), the path up to that map: what follows it names no real field."""
     if "[...]" not in field:
         return field
-    fallback = field.replace("[...]", "") or "body"
+    fallback = field.split("[...]", 1)[0] or "body"
     try:
         # Python's parser reads a number out of a float's range (1e999) as infinity, where msgspec refuses the body.
         data = json.loads(raw)

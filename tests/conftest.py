@@ -9,10 +9,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine, text
 
 from nba.clock import ManualClock
 from nba.store import Store
+
+# Property tests assert behaviour, not speed: Hypothesis's per-example deadline (200 ms) would fail a correct
+# example on a loaded machine. Speed lives in bench/.
+settings.register_profile("nba", deadline=None)
+settings.load_profile("nba")
 
 POSTGRES_URL = os.environ.get("NBA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DEMO_CATALOG = Path(__file__).resolve().parents[1] / "serving" / "demo" / "catalog.yaml"

@@ -22,10 +22,14 @@ from serving.runtime import Runtime
 Properties = Annotated[dict[Key, Any], msgspec.Meta(max_length=256)]
 
 
+# RFC 3339 times carry their offset: a time without one could be any zone's, and windows run from it.
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
 class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     customer_id: Id
     type: Name
-    timestamp: datetime | None = None
+    timestamp: Timestamp | None = None
     properties: Properties = msgspec.field(default_factory=dict)
     event_id: Id | None = None
 
@@ -41,9 +45,7 @@ EventsBody = EventIn | Annotated[list[EventIn], msgspec.Meta(min_length=1, max_l
 
 
 def _utc(when: datetime, field: str) -> datetime:
-    """The event's time in UTC (naive times are UTC); one whose offset takes it past year 1 or 9999 is refused."""
-    if when.tzinfo is None:
-        return when.replace(tzinfo=UTC)
+    """The event's time in UTC; one whose offset takes it past year 1 or 9999 is refused."""
     try:
         return when.astimezone(UTC)
     except OverflowError:

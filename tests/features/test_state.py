@@ -154,7 +154,7 @@ def test_a_missing_required_property_is_refused() -> None:
     ("name", "value"),
     [("amount", "84.5"), ("amount", True), ("amount", math.nan), ("amount", math.inf), ("attempt", 2.0),
      ("attempt", False), ("retry", 1), ("method", 5), ("items", ["a", 1]), ("items", "a"),
-     ("at", "yesterday"), ("at", 1732443298)],
+     ("at", "yesterday"), ("at", 1732443298), ("at", "2026-11-24T10:14:58"), ("at", "2026-11-24")],
 )
 def test_a_property_of_the_wrong_type_is_refused(name: str, value: Any) -> None:
     properties = {"amount": 1.0, name: value}

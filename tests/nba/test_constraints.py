@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import cel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from nba.constraints import (
     static_exclusion,
 )
 from nba.errors import RuleCompileError
-from nba.rules import CompiledRule
+from nba.rules import CEL_FUNCTIONS, CompiledRule, RuleResult
 from nba.types import Contact, CustomerState
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -168,6 +169,41 @@ def test_cel_variables_expose_state_with_times_as_datetimes() -> None:
 def test_rules_that_do_not_compile_or_read_unknown_variables_are_refused(source: str) -> None:
     with pytest.raises(RuleCompileError):
         CompiledRule(source)
+
+
+@pytest.mark.parametrize("source", ["nosuchfn(customer.age)", "customer.name.lowerAscii() == 'x'",
+                                    "max(customer.age, 1) > 2", "context.tags.exists(t, bool(t))"])
+def test_rules_calling_functions_cel_does_not_define_are_refused(source: str) -> None:
+    rule = CompiledRule(source)  # a stored rule still loads (and fails closed when evaluated) ...
+    assert rule.evaluate({"customer": {"age": 20, "name": "x"}, "context": {"tags": ["a"]}}).failed
+    with pytest.raises(RuleCompileError, match="unknown function"):  # ... but a client cannot save one
+        rule.check_functions()
+
+
+# Each function `CEL_FUNCTIONS` allows, called once: should the CEL runtime drop one, this fails, not a decision.
+CALLS_OF_EVERY_FUNCTION = [
+    "size(context.page) == 4 && context.page.size() == 4",
+    "context.page.contains('om') && context.page.startsWith('h') && context.page.endsWith('e')",
+    "context.page.matches('^h.*e$')",
+    "int('1') == 1 && uint(1) == 1u && double(1) == 1.0 && string(1) == '1' && bytes('a') == b'a'",
+    "dyn(1) == 1 && type(1) == int",
+    "timestamp('2026-01-01T00:00:00Z') < now && duration('2h') > duration('1m')",
+    "now.getFullYear() == 2026 && now.getMonth() == 10 && now.getDayOfYear() == 327",
+    "now.getDayOfMonth() == 23 && now.getDate() == 24 && now.getDayOfWeek() == 2",
+    "now.getHours() == 10 && now.getMinutes() == 0 && now.getSeconds() == 0 && now.getMilliseconds() == 0",
+    "optional.of(1).hasValue() && optional.of(1).value() == 1 && optional.none().orValue(2) == 2",
+    "optional.none().or(optional.ofNonZeroValue(1)).hasValue()",
+]
+
+
+def test_every_allowed_function_is_defined_by_the_cel_runtime() -> None:
+    called = set()
+    for source in CALLS_OF_EVERY_FUNCTION:
+        rule = CompiledRule(source)
+        rule.check_functions()
+        assert rule.evaluate({"context": {"page": "home"}, "now": NOW}) == RuleResult(True, f"{source} is true")
+        called |= set(cel.compile(source).functions())
+    assert CEL_FUNCTIONS <= called
 
 
 def test_a_rule_that_is_not_boolean_does_not_pass() -> None:

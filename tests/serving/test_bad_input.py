@@ -38,10 +38,15 @@ NOT_JSON = [
     pytest.param(b'{"customer_id": "c-1", "channel": "web", "context": {"x": Infinity}}', id="infinity"),
     pytest.param(b'{"customer_id": "c-\xff\xfe", "channel": "web"}', id="invalid-utf8"),
 ]
-DEEP = [
-    pytest.param(_nested(100_000).encode(), id="top-level"),
+DEEP = [  # the body, and the fields a 422 may name: the map holding the bad value, or its key
+    pytest.param(_nested(100_000).encode(), {"body"}, id="top-level"),
     pytest.param(b'{"customer_id": "c-1", "channel": "web", "context": {"x": ' + _nested(20_000).encode() + b"}}",
-                 id="in-context"),
+                 {"context", "context.x"}, id="in-context"),
+    pytest.param(b'{"customer_id": "c-1", "channel": "web", "context": {"x": ' + _nested(100_000).encode() + b"}}",
+                 {"context", "context.x"}, id="in-context-past-pythons-parser"),
+    pytest.param(b'{"customer_id": "c-1", "channel": "web", "context": {"x": '
+                 + b'{"y": ' * 50_000 + b"1" + b"}" * 50_000 + b"}}", {"context", "context.x"},
+                 id="objects-in-context"),
 ]
 
 INVALID_DECIDE = [
@@ -95,15 +100,18 @@ def test_decide_body_that_is_not_json_is_400(app: Litestar, client: Client, befo
     assert decision_count(app) == before
 
 
-@pytest.mark.parametrize("body", DEEP)
+@pytest.mark.parametrize(("body", "fields"), DEEP)
 def test_decide_body_nested_past_any_parser_limit_is_a_client_error(
-    app: Litestar, client: Client, before: int, body: bytes
+    app: Litestar, client: Client, before: int, body: bytes, fields: set[str]
 ) -> None:
     """A parser may refuse deep nesting (RFC 8259 §9): then the body cannot be read, a 400. A decoder that checks the
-    schema as it goes stops at the first value that is not flat, a 422. Either keeps API.md; a 500 does not."""
+    schema as it goes stops at the first value that is not flat, a 422 naming a field the body has. Either keeps
+    API.md; a 500 does not."""
     response = client.post("/v1/decide", content=body, headers=JSON_HEADERS)
     assert response.status_code in (400, 422), response.text[:500]
-    assert_problem(response, response.status_code)
+    problem = assert_problem(response, response.status_code)
+    if response.status_code == 422:
+        assert {error["field"] for error in problem["errors"]} <= fields, problem["errors"]
     assert decision_count(app) == before
 
 
@@ -226,6 +234,8 @@ STRICT_ADMIN = [
                  id="attribute-list-of-numbers"),
     pytest.param("/v1/actions/x", {"channels": ["web"], "eligibility": "1 + 2"}, ["eligibility"],
                  id="eligibility-not-a-condition"),
+    pytest.param("/v1/actions/x", {"channels": ["web"], "eligibility": "nosuchfn(customer.age)"}, ["eligibility"],
+                 id="eligibility-unknown-function"),
 ]
 
 

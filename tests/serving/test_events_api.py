@@ -82,6 +82,8 @@ def test_up_to_1000_events_in_one_call(client: Client) -> None:
                      id="event-id-129-chars"),
         pytest.param({"customer_id": "c-1", "type": "page_view", "timestamp": "yesterday"}, "timestamp",
                      id="timestamp-not-rfc3339"),
+        pytest.param({"customer_id": "c-1", "type": "page_view", "timestamp": "2026-11-24T09:14:58"}, "timestamp",
+                     id="timestamp-without-offset"),
         pytest.param({"customer_id": "c-1", "type": "page_view", "colour": "red"}, "colour", id="unknown-field"),
         pytest.param({"type": "page_view"}, "customer_id", id="missing-customer-id"),
         pytest.param([{"customer_id": "c-1", "type": "page_view"}] * 1001, "body", id="1001-events"),
