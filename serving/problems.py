@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from http import HTTPStatus
 from typing import Any
 
@@ -16,6 +17,7 @@ from litestar.exceptions import (
     PermissionDeniedException,
     ValidationException,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from nba.errors import (
     ActionNotFound,
@@ -126,6 +128,21 @@ def too_deep(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return problem(400, "the body is not valid JSON: nested too deeply", "malformed")
 
 
+def store_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A database error that reached the route without the store turning it into `StoreUnavailable`: still the
+    store failing, not the client, so a 503 (logged with its traceback: the store should have caught it)."""
+    log.error("store error outside the store's handling", exc_info=exc)
+    return problem(503, f"the store failed: {exc.__class__.__name__}", "unavailable", headers={"Retry-After": "1"})
+
+
+def _driver_errors() -> tuple[type[Exception], ...]:
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
 def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error", exc_info=exc)
     return problem(500, "an internal error occurred; it has been logged", "internal")
@@ -136,5 +153,7 @@ HANDLERS: dict[type[Exception], Any] = {
     ValidationException: validation_error,
     HTTPException: http_error,
     RecursionError: too_deep,
+    SQLAlchemyError: store_error,
+    **{error: store_error for error in _driver_errors()},
     Exception: internal_error,
 }

@@ -490,13 +490,16 @@ class WriteBatcher:
 
     def _run_jobs(self, conn: Connection, batch: list[_Job], savepoints: bool,
                   outcomes: list[tuple[bool, Any]]) -> None:
+        # The database failing (also as the driver's own error, should one escape its wrapping) fails the whole
+        # batch: it is not one job's fault, and its writes cannot be trusted to have happened.
+        store_failed = (DBAPIError, conn.dialect.loaded_dbapi.Error)
         for job in batch:
             if not savepoints:
                 try:
                     outcomes.append((True, job.fn(conn)))
                 except IntegrityError as exc:
                     raise _JobFailed() from exc
-                except DBAPIError:
+                except store_failed:
                     raise
                 except Exception as exc:
                     raise _JobFailed() from exc
@@ -510,7 +513,7 @@ class WriteBatcher:
             except IntegrityError as exc:
                 _rollback(conn, savepoint)
                 outcomes.append((False, Conflict(f"conflicting write: {exc.orig}")))
-            except DBAPIError:
+            except store_failed:
                 raise
             except Exception as exc:
                 log.exception("write job failed")

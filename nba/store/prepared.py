@@ -11,13 +11,15 @@ raised as SQLAlchemy's exceptions, as if the statement had gone through `Connect
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, Table, bindparam
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+
+T = TypeVar("T")
 
 
 class _Compiled(NamedTuple):
@@ -73,10 +75,23 @@ class Prepared:
         _run(conn, compiled.sql, [compiled.args(params) for params in rows], many=True)
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
-        return list(self.execute(conn, params).fetchall())
+        cursor = self.execute(conn, params)
+        return list(_fetch(conn, cursor.fetchall))
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
-        return self.execute(conn, params).fetchone()
+        cursor = self.execute(conn, params)
+        return _fetch(conn, cursor.fetchone)
+
+
+def _fetch(conn: Connection, fetch: Callable[[], T]) -> T:
+    """Read rows off the driver's cursor: a page that fails to read mid-scan raises there, after `execute`
+    returned, and must reach callers as SQLAlchemy's error (a store failure, 503), like an error of `execute`."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        return fetch()
+    except dbapi_error as exc:
+        raise DBAPIError.instance("(fetching rows)", None, exc, dbapi_error, hide_parameters=True,
+                                  dialect=conn.dialect) from exc
 
 
 def _run(conn: Connection, sql: str, args: Any, many: bool = False) -> Any:
