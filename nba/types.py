@@ -20,6 +20,8 @@ class CustomerState:
     event_counts: dict[str, int] = field(default_factory=dict)
     last_event_at: dict[str, str] = field(default_factory=dict)
     opt_outs: list[str] = field(default_factory=list)
+    # The newest consent event per scope (a channel, or `*` for every channel): [time, "opt_out" | "opt_in"].
+    consent: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -27,6 +29,7 @@ class CustomerState:
             "event_counts": self.event_counts,
             "last_event_at": self.last_event_at,
             "opt_outs": self.opt_outs,
+            "consent": self.consent,
         }
 
     @classmethod
@@ -38,6 +41,7 @@ class CustomerState:
             event_counts=dict(data.get("event_counts", {})),
             last_event_at=dict(data.get("last_event_at", {})),
             opt_outs=list(data.get("opt_outs", [])),
+            consent={scope: list(entry) for scope, entry in data.get("consent", {}).items()},
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -44,13 +44,23 @@ class EventResult(msgspec.Struct):
 EventsBody = EventIn | Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=1000)]
 
 
-def _utc(when: datetime, field: str) -> datetime:
-    """The event's time in UTC; one whose offset takes it past year 1 or 9999 is refused."""
+# How far ahead of the server's clock an event may be dated (clients' clocks drift). A later time is refused:
+# state and consent keep each scope's newest event, so a mis-dated one would outrank every real one until then.
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
+
+
+def _utc(when: datetime, field: str, now: datetime) -> datetime:
+    """The event's time in UTC; one whose offset takes it past year 1 or 9999, or that lies in the future
+    (beyond `MAX_CLOCK_AHEAD`), is refused."""
     try:
-        return when.astimezone(UTC)
+        utc = when.astimezone(UTC)
     except OverflowError:
         raise InvalidInput("the timestamp is out of range: in UTC it falls outside years 1 to 9999",
                            field=field) from None
+    if utc > now + MAX_CLOCK_AHEAD:
+        raise InvalidInput(f"the timestamp is in the future: more than {MAX_CLOCK_AHEAD.seconds // 60} minutes "
+                           f"after the server's time ({now.isoformat()})", field=field)
+    return utc
 
 
 @post("/v1/events", status_code=202, opt={"role": "channel", "body": EventsBody}, tags=["events"],
@@ -65,7 +75,7 @@ async def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[Even
         prefix = f"[{index}]." if isinstance(data, list) else ""
         validate_event(item.type, item.properties, registry, field_prefix=prefix)
         batch.append(Event(item.event_id or new_id("e-"), item.customer_id, item.type,
-                           _utc(item.timestamp or now, f"{prefix}timestamp"), dict(item.properties)))
+                           _utc(item.timestamp or now, f"{prefix}timestamp", now), dict(item.properties)))
     outcomes = await runtime.store.run_async(runtime.store.events_write(batch, apply_event, now))
     for outcome in outcomes:
         child(EVENTS, "true" if outcome.duplicate else "false").inc()

@@ -109,6 +109,55 @@ def test_a_late_consent_event_cannot_override_a_newer_one(
     assert state.opt_outs == expected
 
 
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ([("opt_in", 10, "email"), ("opt_out", 5, "web")], ["web"]),
+        ([("opt_out", 10, "email"), ("opt_out", 5, "web")], ["email", "web"]),
+        ([("opt_in", 365 * 86400, "email"), ("opt_out", 0, None)], ["*"]),
+        ([("opt_in", 10, None), ("opt_out", 5, "web")], []),
+        ([("opt_out", 10, None), ("opt_in", 20, "web")], ["*"]),
+        ([("opt_out", 10, "web"), ("opt_in", 10, "web")], []),
+    ],
+    ids=["late-opt-out-behind-another-channels-opt-in", "late-opt-out-behind-another-channels-opt-out",
+         "mis-dated-opt-in-elsewhere-does-not-block-an-opt-out", "opt-in-everywhere-lifts-an-older-late-opt-out",
+         "a-channel-opt-in-does-not-lift-an-opt-out-from-everything", "at-equal-times-the-later-arrival-wins"],
+)
+def test_each_scope_orders_its_own_consent_events(
+    events: list[tuple[str, int, str | None]], expected: list[str]
+) -> None:
+    """A channel's consent depends on its own events and those for every channel, never on another channel's."""
+    state = _fold(*(_event(kind, T0 + timedelta(seconds=at), **({"channel": ch} if ch else {}))
+                    for kind, at, ch in events))
+    assert state.opt_outs == expected
+
+
+CONSENT_EVENTS = st.lists(  # distinct times: at equal times the later arrival wins, by design
+    st.tuples(st.sampled_from(["opt_out", "opt_in"]), st.integers(0, 20), st.sampled_from([None, "web", "email"])),
+    max_size=8, unique_by=lambda event: event[1],
+)
+
+
+@given(CONSENT_EVENTS, st.randoms(use_true_random=False))
+def test_consent_does_not_depend_on_the_order_events_arrive_in(
+    events: list[tuple[str, int, str | None]], rng: Any
+) -> None:
+    def fold(order: list[tuple[str, int, str | None]]) -> list[str]:
+        return _fold(*(_event(kind, T0 + timedelta(minutes=at), **({"channel": ch} if ch else {}))
+                       for kind, at, ch in order)).opt_outs
+
+    shuffled = list(events)
+    rng.shuffle(shuffled)
+    assert fold(events) == fold(shuffled)
+
+
+def test_a_state_stored_before_per_scope_consent_keeps_its_opt_outs() -> None:
+    stored = CustomerState.from_json("c1", {"opt_outs": ["web"], "last_event_at": {"opt_out": T0.isoformat()}})
+    assert _fold(_event("opt_in", T0 - timedelta(hours=1), channel="web"), state=stored).opt_outs == ["web"]
+    assert _fold(_event("opt_out", T0 + timedelta(hours=1), channel="email"), state=stored).opt_outs == ["email", "web"]
+    assert _fold(_event("opt_in", T0 + timedelta(hours=1), channel="web"), state=stored).opt_outs == []
+
+
 # -- validate_event -----------------------------------------------------------------------------------
 
 REGISTRY = {

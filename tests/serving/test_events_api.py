@@ -154,3 +154,32 @@ def test_rejected_events_do_not_touch_the_decision_log(app: Litestar, client: Cl
     count = decision_count(app)
     assert_problem(client.post("/v1/events", json={"customer_id": "c-1", "type": "teleported"}, headers=CHANNEL), 422)
     assert decision_count(app) == count
+
+
+def test_a_late_opt_out_for_one_channel_holds_whatever_another_channel_said_later(
+    client: Client, clock: ManualClock
+) -> None:
+    """The opt-out (sent first, delivered late) is older than an opt-in for email, but that one is about email."""
+    t0 = clock.now()
+    send_events(client, {"customer_id": "c-1", "type": "opt_in", "properties": {"channel": "email"},
+                         "timestamp": (t0 + timedelta(seconds=10)).isoformat()})
+    send_events(client, {"customer_id": "c-1", "type": "opt_out", "properties": {"channel": "web"},
+                         "timestamp": (t0 + timedelta(seconds=5)).isoformat()})
+    clock.advance(timedelta(minutes=1))
+    decision = decide(client, "c-1")
+    assert decision["actions"] == [] and set(excluded_rules(decision).values()) == {"opt_out"}
+
+
+def test_an_event_dated_in_the_future_is_refused_and_a_little_clock_skew_is_not(
+    client: Client, clock: ManualClock
+) -> None:
+    """A mis-dated event would outrank every real one of its kind until its date (an opt-in a year ahead would
+    outlast a year of opt-outs): more than five minutes ahead of the server's clock is a 422."""
+    ahead = (clock.now() + timedelta(minutes=6)).isoformat()
+    problem = assert_problem(client.post("/v1/events", json=[
+        {"customer_id": "c-1", "type": "page_view"},
+        {"customer_id": "c-1", "type": "opt_in", "timestamp": ahead}], headers=CHANNEL), 422, "[1].timestamp")
+    assert "in the future" in problem["detail"]
+    assert customer(client, "c-1") is None
+    send_events(client, {"customer_id": "c-1", "type": "opt_in",
+                         "timestamp": (clock.now() + timedelta(minutes=4)).isoformat()})
