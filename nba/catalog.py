@@ -110,6 +110,15 @@ class Budget(_Model):
     def rule(self) -> str:
         return f"budget:{self.window}"
 
+    def window_at(self, now_ms: int) -> tuple[int, int]:
+        """(window length in seconds, window start in epoch ms) of the budget window containing `now_ms`.
+
+        >>> Budget(limit=1, window="1d").window_at(90_000_000)
+        (86400, 86400000)
+        """
+        window_s = int(self.window_delta.total_seconds())
+        return window_s, now_ms // (window_s * 1000) * window_s * 1000
+
 
 class Suppression(_Model):
     """An event type that stops the action for a while after it happens."""

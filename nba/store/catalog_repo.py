@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from nba.catalog import Action, EventType, Policy
 from nba.catalog_view import CatalogView
@@ -72,8 +72,40 @@ def put_action(conn: Connection, action_id: str, action: Action, now_ms: int) ->
         conn.execute(
             update(t.actions).where(t.actions.c.action_id == action_id).values(spec=spec, updated_ms=now_ms)
         )
+    if action.budget is not None:
+        carry_budget_use(conn, action_id, action, now_ms)
     bump_version(conn)
     return existing is None
+
+
+def carry_budget_use(conn: Connection, action_id: str, action: Action, now_ms: int) -> None:
+    """Count, in the budget window now current, the units the action used under windows of another length.
+
+    Budget use is counted per window (length and start), so an action saved with a new budget window would
+    otherwise start it at zero and offer again what the budget had already spent. The units of every window of
+    another length that overlaps the current one are carried over: possibly more than were used in the current
+    window itself (a `1d` day is carried whole into a `12h` half), never fewer, so a budget errs on the side of
+    offering less. Runs in the catalog write that changes the action, which decisions wait for (the catalog key).
+    """
+    assert action.budget is not None
+    window_s, start_ms = action.budget.window_at(now_ms)
+    c = t.budget_counters.c
+    overlapping = conn.execute(
+        select(func.coalesce(func.sum(c.used), 0)).where(
+            c.action_id == action_id, c.window_s != window_s, c.window_start_ms < start_ms + window_s * 1000,
+            c.window_start_ms + c.window_s * 1000 > start_ms,
+        )
+    ).scalar_one()
+    carried = int(overlapping)
+    if carried <= 0:
+        return
+    key = (c.action_id == action_id, c.window_s == window_s, c.window_start_ms == start_ms)
+    current = conn.execute(select(c.used).where(*key)).scalar()
+    if current is None:
+        conn.execute(t.budget_counters.insert().values(action_id=action_id, window_s=window_s,
+                                                       window_start_ms=start_ms, used=carried))
+    elif int(current) < carried:
+        conn.execute(update(t.budget_counters).where(*key).values(used=carried))
 
 
 def delete_action(conn: Connection, action_id: str) -> bool:

@@ -118,8 +118,7 @@ def load_contacts(conn: Connection, customer_id: str, now_ms: int, lookback: tim
 def budget_window(action: Action, now_ms: int) -> tuple[int, int]:
     """(window length in seconds, window start in epoch ms) of the budget window containing now."""
     assert action.budget is not None
-    window_s = int(action.budget.window_delta.total_seconds())
-    return window_s, now_ms // (window_s * 1000) * window_s * 1000
+    return action.budget.window_at(now_ms)
 
 
 def load_budget_used(conn: Connection, actions: Mapping[str, Action], now_ms: int) -> dict[str, int]:

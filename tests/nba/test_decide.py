@@ -13,7 +13,7 @@ import pytest
 from bandits.registry import PolicyModels
 from features.namespaces import NamespaceFeaturizer
 from features.state import apply_event
-from nba.catalog import Action, Cap, Learner, Policy
+from nba.catalog import Action, Budget, Cap, Learner, Policy
 from nba.catalog_view import CatalogView
 from nba.clock import ManualClock
 from nba.constraints import CounterState
@@ -308,3 +308,30 @@ def test_a_stale_catalog_view_is_never_used_to_bypass_a_rule(store: Store, clock
     assert [e.rule for e in decision.excluded] == ["inactive"]
     assert refreshed and refreshed[-1] == stale.version + 1
     assert store.count_decisions() == 1
+
+
+@pytest.mark.parametrize("windows", [["1d", "2d"], ["1d", "12h"], ["12h", "1d"], ["1d", "2d", "1d"]],
+                         ids=lambda windows: "-".join(windows))
+def test_saving_an_action_with_another_budget_window_keeps_what_its_budget_spent(
+    store: Store, clock: ManualClock, windows: list[str]
+) -> None:
+    """Budget use is counted per window: a new window length must not start from zero (found by review)."""
+    _seed(store, clock, {"x": Action(channels=["web"], budget=Budget(limit=1, window=windows[0]))})
+    engine = _engine(store, clock)
+    assert [a.action_id for a in _decide(engine, "c1").actions] == ["x"]
+    for window in windows[1:]:
+        store.put_action("x", Action(channels=["web"], budget=Budget(limit=1, window=window)), clock.now())
+        clock.advance(timedelta(minutes=1))
+        decision = _decide(engine, "c2")
+        assert decision.actions == [] and [e.rule for e in decision.excluded] == [f"budget:{window}"]
+
+
+def test_budget_use_of_windows_that_have_ended_is_not_carried_to_a_new_window_length(
+    store: Store, clock: ManualClock
+) -> None:
+    _seed(store, clock, {"x": Action(channels=["web"], budget=Budget(limit=1, window="1d"))})
+    engine = _engine(store, clock)
+    assert [a.action_id for a in _decide(engine, "c1").actions] == ["x"]
+    clock.advance(timedelta(days=1))
+    store.put_action("x", Action(channels=["web"], budget=Budget(limit=1, window="12h")), clock.now())
+    assert [a.action_id for a in _decide(engine, "c2").actions] == ["x"]
