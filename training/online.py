@@ -13,7 +13,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from bandits.registry import Featurizer, PolicyModels, newest_usable
 from bandits.vw_args import build_args
@@ -27,13 +27,14 @@ from nba.store.learning_repo import JoinedExample
 
 log = logging.getLogger(__name__)
 LEASE = "online-learner"
+LEASE_TTL = timedelta(seconds=10)
 
 
 @dataclass
 class _Track:
     model: VWPolicy
-    last_seq: int = 0
-    unsnapshotted: list[int] = field(default_factory=list)
+    # Seqs learned since the last snapshot: their rows are still pending, and are not to be learned again.
+    unsnapshotted: set[int] = field(default_factory=set)
     published_examples: int = 0
     snapshot_id: int = 0
 
@@ -79,6 +80,7 @@ class OnlineLearner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.has_lease = False
+        self._lease_until: datetime | None = None  # when the lease last granted to this learner runs out
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="nba-learner", daemon=True)
@@ -90,7 +92,8 @@ class OnlineLearner:
             self._thread.join(timeout=30)
         if self.has_lease:
             try:
-                self.snapshot_all()
+                if self.renew_lease():  # a lease lost meanwhile must not end in a snapshot of a stale model
+                    self.snapshot_all()
                 self._store.release_lease(LEASE, self._holder)
             except StoreUnavailable as exc:
                 log.error("final snapshot failed: %s", exc)
@@ -103,9 +106,7 @@ class OnlineLearner:
             now = clock()
             try:
                 if now - last_lease > 2.0 or not self.has_lease:
-                    self.has_lease = self._store.try_lease(
-                        LEASE, self._holder, self._clock.now(), timedelta(seconds=10)
-                    )
+                    self.renew_lease()
                     last_lease = now
                 if not self.has_lease:
                     self._models.refresh(self._catalog().policies)
@@ -130,6 +131,28 @@ class OnlineLearner:
                 log.exception("learner iteration failed")
                 self._stop.wait(1.0)
 
+    def renew_lease(self) -> bool:
+        """Take or renew the learner lease; true while this learner holds it.
+
+        A learner that did not hold the lease throughout drops its models: meanwhile another learner may have held
+        it, learned, and snapshotted examples this one has not seen, so they are rebuilt from the newest snapshot
+        and the queue. That holds whether the lease was refused or lapsed unnoticed and is granted again (no
+        renewal within the TTL: a stalled process, a store outage).
+        """
+        now = self._clock.now()
+        held_throughout = self.has_lease and self._lease_until is not None and now < self._lease_until
+        self.has_lease = self._store.try_lease(LEASE, self._holder, now, LEASE_TTL)
+        self._lease_until = now + LEASE_TTL if self.has_lease else None
+        if not (self.has_lease and held_throughout):
+            self._drop_tracks()
+        return self.has_lease
+
+    def _drop_tracks(self) -> None:
+        """Forget the in-memory models; what they learned but did not snapshot is still in the queue."""
+        if self._tracks:
+            log.warning("learner: lease not held throughout; rebuilding models from the newest snapshots")
+            self._tracks.clear()
+
     def _track(self, name: str, version: int, policy: Policy) -> _Track:
         track = self._tracks.get((name, version))
         if track is None:
@@ -153,14 +176,18 @@ class OnlineLearner:
             if policy.mode != "online":
                 continue
             track = self._track(name, version, policy)
-            examples = self._store.pending_examples(name, version, track.last_seq, batch)
+            examples = self._unlearned(name, version, track, batch)
             for example in examples:
                 shared, actions, chosen, reward, probability, keys = example_from_log(example, self._featurizer)
                 track.model.learn(shared, actions, chosen, reward, probability, keys=keys)
-                track.last_seq = example.seq
-                track.unsnapshotted.append(example.seq)
+                track.unsnapshotted.add(example.seq)
             total += len(examples)
         return total
+
+    def _unlearned(self, name: str, version: int, track: _Track, batch: int) -> list[JoinedExample]:
+        """The pending examples `track` has not learned, by what it learned rather than by the highest seq read:
+        on PostgreSQL a lower seq can commit after a higher one was read."""
+        return self._store.unlearned_examples(name, version, track.unsnapshotted, batch)
 
     def publish_all(self) -> None:
         for (name, version), track in self._tracks.items():
@@ -176,13 +203,13 @@ class OnlineLearner:
         for (name, version), track in self._tracks.items():
             if not track.unsnapshotted:
                 continue
-            seqs = list(track.unsnapshotted)
+            seqs = sorted(track.unsnapshotted)
             model = track.model.serialize()
             track.snapshot_id = self._store.save_snapshot(
                 name, version, model, track.model.examples_learned, seqs, self._clock.now(),
                 checksum=model_checksum(model), fingerprint=model_fingerprint(track.model.args),
             )
-            del track.unsnapshotted[: len(seqs)]
+            track.unsnapshotted.difference_update(seqs)
 
 
 class _Monotonic:

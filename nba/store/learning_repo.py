@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import ColumnElement, Connection, select, update
 
 from nba.store import schema as t
 from nba.store.codec import loads
+
+_IN_CHUNK = 500  # seqs per IN list: under the 999 parameters SQLite bound per statement before 3.32
 
 
 @dataclass(frozen=True)
@@ -39,17 +42,45 @@ def pending_examples(
     conn: Connection, policy: str, version: int, after_seq: int, limit: int
 ) -> list[JoinedExample]:
     """Joined examples not yet in any snapshot, oldest first, after `after_seq`."""
+    q = t.learn_queue.c
+    return _joined(conn, policy, version, q.seq > after_seq, limit=limit)
+
+
+def unlearned_examples(
+    conn: Connection, policy: str, version: int, learned: AbstractSet[int], limit: int
+) -> list[JoinedExample]:
+    """Joined examples in no snapshot and not in `learned`, oldest first: what a live learner has yet to learn.
+
+    `learned` is what the learner has learned since its last snapshot, so it is exactly the part of the pending
+    rows to skip. A cursor (`seq > the last seq read`) would not do: a seq is taken at INSERT and becomes visible
+    at COMMIT, so on PostgreSQL a row can commit below a seq already read, and a cursor would pass it by for good.
+    The pending seqs are listed from ix_learn_pending alone (no bodies), at most `limit` past those learned, and
+    only the wanted rows are then read in full.
+    """
+    q = t.learn_queue.c
+    pending = conn.execute(
+        select(q.seq)
+        .where(q.policy_name == policy, q.policy_version == version, q.snapshot_id.is_(None))
+        .order_by(q.seq)
+        .limit(limit + len(learned))
+    ).scalars()
+    wanted = [seq for seq in pending if seq not in learned][:limit]
+    examples: list[JoinedExample] = []
+    for start in range(0, len(wanted), _IN_CHUNK):
+        examples += _joined(conn, policy, version, q.seq.in_(wanted[start:start + _IN_CHUNK]))
+    return examples
+
+
+def _joined(
+    conn: Connection, policy: str, version: int, condition: ColumnElement[bool], limit: int | None = None
+) -> list[JoinedExample]:
+    """The pending rows of one policy version meeting `condition`, oldest first, with their logged decisions."""
+    q = t.learn_queue.c
     rows = conn.execute(
-        select(t.learn_queue.c.seq, t.learn_queue.c.decision_id, t.learn_queue.c.slot, t.learn_queue.c.reward,
-               t.decisions.c.body)
-        .join(t.decisions, t.decisions.c.decision_id == t.learn_queue.c.decision_id)
-        .where(
-            t.learn_queue.c.policy_name == policy,
-            t.learn_queue.c.policy_version == version,
-            t.learn_queue.c.snapshot_id.is_(None),
-            t.learn_queue.c.seq > after_seq,
-        )
-        .order_by(t.learn_queue.c.seq)
+        select(q.seq, q.decision_id, q.slot, q.reward, t.decisions.c.body)
+        .join(t.decisions, t.decisions.c.decision_id == q.decision_id)
+        .where(q.policy_name == policy, q.policy_version == version, q.snapshot_id.is_(None), condition)
+        .order_by(q.seq)
         .limit(limit)
     )
     return [JoinedExample(r.seq, r.decision_id, r.slot, float(r.reward), loads(r.body)) for r in rows]
@@ -72,10 +103,10 @@ def save_snapshot(
     ).inserted_primary_key
     assert inserted is not None
     snapshot_id = inserted[0]
-    for start in range(0, len(seqs), 500):
+    for start in range(0, len(seqs), _IN_CHUNK):
         conn.execute(
             update(t.learn_queue)
-            .where(t.learn_queue.c.seq.in_(seqs[start:start + 500]))
+            .where(t.learn_queue.c.seq.in_(seqs[start:start + _IN_CHUNK]))
             .values(snapshot_id=snapshot_id)
         )
     old = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
@@ -313,6 +314,12 @@ class Store:
         self, policy: str, version: int, after_seq: int, limit: int = 1000
     ) -> list[learning_repo.JoinedExample]:
         return self.read(lambda c: learning_repo.pending_examples(c, policy, version, after_seq, limit))
+
+    def unlearned_examples(
+        self, policy: str, version: int, learned: AbstractSet[int], limit: int = 1000
+    ) -> list[learning_repo.JoinedExample]:
+        """Pending examples not among `learned` (see `learning_repo.unlearned_examples`)."""
+        return self.read(lambda c: learning_repo.unlearned_examples(c, policy, version, learned, limit))
 
     def save_snapshot(
         self, policy: str, version: int, model: bytes, examples: int, seqs: Sequence[int], now: datetime, *,

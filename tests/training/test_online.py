@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+
+import pytest
+from sqlalchemy import Connection
 
 from bandits.registry import PolicyModels
 from bandits.vw_args import build_args
 from bandits.vw_policy import model_checksum, model_fingerprint
 from features.namespaces import NamespaceFeaturizer
 from nba.catalog import Action, Policy, RewardSpec
-from nba.clock import ManualClock
+from nba.clock import ManualClock, epoch_ms
 from nba.decide import DecideRequest, DecisionEngine
-from nba.store import Store
-from training.online import OnlineLearner, example_from_log
+from nba.store import Store, outcome_repo
+from training.online import LEASE_TTL, OnlineLearner, example_from_log
 from training.simulator import SegmentSimulator
 
 
@@ -134,3 +139,94 @@ def test_learner_resumes_from_the_newest_snapshot_that_passes_its_checks(store: 
     restarted.snapshot_all()
     latest = store.latest_snapshot("web", 1)
     assert latest is not None and latest.examples == 45  # the good snapshot's 40, then the 5 new ones
+
+
+def test_learner_skips_what_it_learned_since_the_snapshot_however_much(store: Store, clock: ManualClock) -> None:
+    """Examples learned but not yet snapshotted are still pending in the store: each poll passes over them, even
+    when they outnumber a batch, and learns only the rest."""
+    sim = SegmentSimulator(seed=14)
+    engine, models = _setup(store, clock, sim)
+    learner = _learner(store, models, clock)
+    _play(engine, store, sim, clock, 25)
+    assert [learner.learn_pending(batch=10) for _ in range(4)] == [10, 10, 5, 0]
+    learner.snapshot_all()
+    snapshot = store.latest_snapshot("web", 1)
+    assert snapshot is not None and snapshot.examples == 25
+    assert store.pending_examples("web", 1, 0) == []
+
+
+@pytest.mark.postgres
+def test_example_committed_below_a_seq_already_read_is_learned_once(postgres_url: str, clock: ManualClock) -> None:
+    """Two workers on one PostgreSQL database. A queued example takes its seq at INSERT and becomes visible at
+    COMMIT, so a reward whose transaction commits late appears below a seq the learner has already read: the live
+    learner learns it once it is committed, and learns nothing twice."""
+    first, second = Store(postgres_url), Store(postgres_url)
+    try:
+        engine, _ = _setup(first, clock, SegmentSimulator(seed=16))
+        slow, quick = (engine.decide(DecideRequest(f"c-{i}", "web", {})).decision.decision_id for i in range(2))
+        enqueued, commit = threading.Event(), threading.Event()
+
+        def slow_reward(conn: Connection) -> str:
+            status = outcome_repo.add_reward(conn, slow, 0, 1.0, epoch_ms(clock.now()))  # its seq is taken here
+            enqueued.set()
+            assert commit.wait(timeout=60)  # ... and it commits once the learner has read past it
+            return status
+
+        learner = _learner(second, PolicyModels(second, NamespaceFeaturizer()), clock)
+        with ThreadPoolExecutor(1) as pool:
+            try:
+                written = pool.submit(first.write, slow_reward, [f"decision:{slow}"])
+                assert enqueued.wait(timeout=60)
+                assert second.add_reward(quick, 0, 1.0, clock.now()) == "accepted"  # a higher seq, committed first
+                assert [e.decision_id for e in second.pending_examples("web", 1, 0)] == [quick]
+                assert learner.learn_pending() == 1
+            finally:
+                commit.set()
+            assert written.result(timeout=60) == "accepted"
+        assert [e.decision_id for e in second.pending_examples("web", 1, 0)] == [slow, quick]
+        assert learner.learn_pending() == 1  # the late one, below the seq already read
+        assert learner.learn_pending() == 0  # and the one learned before is not learned again
+        learner.snapshot_all()
+        snapshot = second.latest_snapshot("web", 1)
+        assert snapshot is not None and snapshot.examples == 2
+        assert second.pending_examples("web", 1, 0) == []
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("refused_meanwhile", [False, True], ids=["lapsed", "refused"])
+def test_learner_that_regains_the_lease_resumes_from_the_other_learners_snapshot(
+    store: Store, clock: ManualClock, refused_meanwhile: bool
+) -> None:
+    """Learner A cannot renew its lease within the TTL; B takes it over, learns and snapshots, then releases it.
+    When A takes the lease again (whether or not it was refused it meanwhile), its in-memory model and learned
+    seqs are stale: it rebuilds from B's snapshot, so the newest snapshot holds every example exactly once."""
+    sim = SegmentSimulator(seed=18)
+    engine, models = _setup(store, clock, sim)
+    a, b = _learner(store, models, clock), _learner(store, models, clock)
+    assert a.renew_lease()
+    _play(engine, store, sim, clock, 3)
+    assert a.learn_pending() == 3
+    a.snapshot_all()
+    _play(engine, store, sim, clock, 2)
+    assert a.learn_pending() == 2  # learned, not yet snapshotted
+    assert a.renew_lease() and a.learn_pending() == 0  # renewed in time: A keeps what it learned
+
+    clock.advance(LEASE_TTL + timedelta(seconds=1))  # A does not renew within the TTL
+    assert b.renew_lease()
+    assert b.learn_pending() == 2  # B resumes from A's snapshot: the 2 it lacks
+    _play(engine, store, sim, clock, 2)
+    assert b.learn_pending() == 2
+    b.snapshot_all()
+    if refused_meanwhile:
+        assert not a.renew_lease()
+    b.stop()  # B's worker stops: lease released
+
+    assert a.renew_lease()
+    _play(engine, store, sim, clock, 1)
+    assert a.learn_pending() == 1
+    a.snapshot_all()
+    latest = store.latest_snapshot("web", 1)
+    assert latest is not None and latest.examples == 8
+    assert store.pending_examples("web", 1, 0) == []
