@@ -125,7 +125,9 @@ def counter_exclusion(
     if cooldown is not None and mine:
         last = max(c.at for c in mine)
         if now - last < cooldown:
-            return Exclusion(action_id, "cooldown", f"last shown at {to_rfc3339(last)}, cooldown {action.cooldown}")
+            shown = (f"reserved by a deferred decision until {to_rfc3339(last)}" if last > now
+                     else f"last shown at {to_rfc3339(last)}")
+            return Exclusion(action_id, "cooldown", f"{shown}, cooldown {action.cooldown}")
     for cap in action.caps:
         start = now - cap.window_delta
         used = sum(

@@ -144,9 +144,15 @@ def find_idempotent(conn: Connection, channel: str, request_id: str, now_ms: int
 
 
 def _reserve(
-    conn: Connection, decision: Decision, actions: Mapping[str, Action], lookback: timedelta, now_ms: int
+    conn: Connection, decision: Decision, actions: Mapping[str, Action], lookback: timedelta, now_ms: int,
+    release_ms: int,
 ) -> None:
-    """Re-check the chosen actions' counter rules in the writing transaction, then take their units."""
+    """Re-check the chosen actions' counter rules in the writing transaction, then take their units.
+
+    A deferred decision's contacts are timed at `release_ms`, the end of its reservation: until then the action
+    may reach the customer at any moment, so caps and cooldowns count it as late as it could be shown (activation
+    then times it when it was; a release makes it count no more).
+    """
     chosen = [(c, actions[c.action_id]) for c in decision.actions]
     now = from_epoch_ms(now_ms)
     if any(action.counter_window for _, action in chosen):  # a cap or a cooldown reads contact history
@@ -164,7 +170,8 @@ def _reserve(
             _take_budget(conn, choice.action_id, action, window_s, window_ms, now)
         _CONTACT_NEW.execute(conn, {
             "customer_id": decision.customer_id, "action_id": choice.action_id,
-            "channel": decision.channel, "at_ms": now_ms, "decision_id": decision.decision_id, "status": status,
+            "channel": decision.channel, "at_ms": release_ms if decision.deferred else now_ms,
+            "decision_id": decision.decision_id, "status": status,
             "budget_window_s": window_s, "budget_window_ms": window_ms,
         })
 
@@ -252,8 +259,8 @@ def insert_decision(
             "channel": decision.channel, "request_id": decision.request_id, "body_hash": body_hash,
             "decision_id": decision.decision_id, "created_ms": now_ms,
         })
-    _reserve(conn, decision, actions, lookback, now_ms)
     window_ms = int(reward.window_delta.total_seconds() * 1000)
+    _reserve(conn, decision, actions, lookback, now_ms, now_ms + window_ms)
     _DECISION_NEW.execute(conn, {
         "decision_id": decision.decision_id,
         "customer_id": decision.customer_id,

@@ -139,10 +139,10 @@ def activate(conn: Connection, decision_id: str, now_ms: int) -> str:
         .where(t.decisions.c.decision_id == decision_id)
         .values(activated_ms=now_ms, window_end_ms=window_end, release_ms=None)
     )
-    conn.execute(
+    conn.execute(  # shown by now: counted from now on, as if shown now (caps and cooldowns run from delivery)
         update(t.contacts)
         .where(t.contacts.c.decision_id == decision_id, t.contacts.c.status == "reserved")
-        .values(status="counted")
+        .values(status="counted", at_ms=now_ms)
     )
     if spec.aggregation == "first":
         for slot_row in conn.execute(

@@ -13,7 +13,7 @@ import pytest
 from bandits.registry import PolicyModels
 from features.namespaces import NamespaceFeaturizer
 from features.state import apply_event
-from nba.catalog import Action, Budget, Cap, Learner, Policy
+from nba.catalog import Action, Budget, Cap, Learner, Policy, RewardSpec
 from nba.catalog_view import CatalogView
 from nba.clock import ManualClock
 from nba.constraints import CounterState
@@ -335,3 +335,35 @@ def test_budget_use_of_windows_that_have_ended_is_not_carried_to_a_new_window_le
     clock.advance(timedelta(days=1))
     store.put_action("x", Action(channels=["web"], budget=Budget(limit=1, window="12h")), clock.now())
     assert [a.action_id for a in _decide(engine, "c2").actions] == ["x"]
+
+
+def test_caps_and_cooldowns_run_from_when_a_deferred_action_was_shown(store: Store, clock: ManualClock) -> None:
+    """Activation says the action reached the customer: it counts from then, not from the decision (review)."""
+    _seed(store, clock, {"x": Action(channels=["web"], caps=[Cap(per="customer", limit=1, window="1d")])},
+          reward=RewardSpec(window="6h"))
+    engine = _engine(store, clock)
+    t0 = clock.now()
+    deferred = _decide(engine, "c1", defer_activation=True)
+    assert [a.action_id for a in deferred.actions] == ["x"]
+    clock.advance(timedelta(hours=5, minutes=59))
+    store.activate(deferred.decision_id, clock.now())
+    clock.set(t0 + timedelta(days=1, seconds=1))  # a day after the decision, 18 h after the action was shown
+    assert [e.rule for e in _decide(engine, "c1").excluded] == ["cap:customer:1d"]
+    clock.set(t0 + timedelta(hours=5, minutes=59, days=1, seconds=1))
+    assert [a.action_id for a in _decide(engine, "c1").actions] == ["x"]
+
+
+def test_a_reservation_counts_until_it_ends_however_long_the_reward_window(store: Store, clock: ManualClock) -> None:
+    """A deferred action may be shown at any moment until its reservation ends, so caps and cooldowns count it
+    as shown then; once released it counts no more."""
+    capped = Action(channels=["web"], cooldown="1h", caps=[Cap(per="customer", limit=1, window="1d")])
+    _seed(store, clock, {"x": capped}, reward=RewardSpec(window="2d"))
+    engine = _engine(store, clock)
+    t0 = clock.now()
+    assert [a.action_id for a in _decide(engine, "c1", defer_activation=True).actions] == ["x"]
+    clock.set(t0 + timedelta(days=1, hours=1))  # past the cap's window and the cooldown, still reserved
+    excluded = _decide(engine, "c1").excluded
+    assert [e.rule for e in excluded] == ["cooldown"] and "reserved by a deferred decision until" in excluded[0].detail
+    clock.set(t0 + timedelta(days=2, seconds=1))  # the reservation has ended: released by the sweep
+    store.close_due(clock.now())
+    assert [a.action_id for a in _decide(engine, "c1").actions] == ["x"]
