@@ -230,3 +230,7 @@ def _release(conn: Connection, decision_id: str) -> None:
         .values(status="released")
     )
     conn.execute(update(t.decisions).where(t.decisions.c.decision_id == decision_id).values(state="released"))
+    conn.execute(  # rewards sent before an activation that never came: stored, never learned from
+        update(t.rewards).where(t.rewards.c.decision_id == decision_id, t.rewards.c.status == "accepted")
+        .values(status="late")
+    )

@@ -124,3 +124,15 @@ def test_deferred_decisions_window_starts_at_activation(app: Litestar, client: C
     assert reward(client, decision["decision_id"], 1.0)["status"] == "accepted"
     close_windows(app, clock, timedelta(minutes=10))
     assert learned(app, decision) == [(0, 1.0)]
+
+
+def test_a_reward_for_a_deferred_decision_never_activated_ends_late_and_unlearned(
+    app: Litestar, client: Client, clock: ManualClock
+) -> None:
+    """Accepted while the decision may still be activated; once its reservation is released the reward is listed
+    as what it turned out to be: stored, never learned from (review: it stayed `accepted`)."""
+    decision = decide(client, defer_activation=True)
+    assert reward(client, decision["decision_id"], 1.0)["status"] == "accepted"
+    close_windows(app, clock, WEB_WINDOW)
+    assert [r["status"] for r in rewards_of(client, decision["decision_id"])] == ["late"]
+    assert learned(app, decision) == []
