@@ -34,13 +34,19 @@ class WriteLockTimeout(StoreUnavailable):
     """Another process held the database's write lock for longer than the timeout."""
 
 
+class WriteLockUnavailable(StoreUnavailable):
+    """The lock file could not be opened or locked (e.g. the process is out of file descriptors)."""
+
+
 class ProcessWriteLock:
     """An exclusive advisory lock on `<database>-writelock`, taken around each group commit."""
 
     def __init__(self, database_path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = f"{database_path}-writelock"
         self.timeout = timeout
+        # None once closed, or after a timed-out wait gave its descriptor away until the next attempt opens one
         self._fd: int | None = self._open()
+        self._closed = False
         self._waiter: ThreadPoolExecutor | None = None  # waits in the kernel when the lock is taken
         self._local = threading.Lock()  # this process's writers (its writer thread, its event loops)
 
@@ -52,6 +58,9 @@ class ProcessWriteLock:
             raise WriteLockTimeout(f"another writer of this process has held the lock for more than {self.timeout:g} s")
         try:
             return self._enter_process()
+        except OSError as exc:  # e.g. no descriptor left to open the file with: the store fails (503), not a bug
+            self._local.release()
+            raise WriteLockUnavailable(f"the database's write lock cannot be taken: {exc}") from exc
         except BaseException:
             self._local.release()
             raise
@@ -73,9 +82,11 @@ class ProcessWriteLock:
         return self._local.locked()
 
     def _flock_now(self) -> bool:
-        """Take the cross-process lock if it is free now (True also when there is no lock file)."""
+        """Take the cross-process lock if it is free now (True also once closed: there is no lock file)."""
         if self._fd is None:
-            return True
+            if self._closed:
+                return True
+            self._fd = self._open()  # the first attempt since a wait timed out; if it fails, the next one tries
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
@@ -101,9 +112,12 @@ class ProcessWriteLock:
             waited.result(timeout=self.timeout)
         except FutureTimeout:
             # The abandoned wait may still get the lock: it then releases it and closes its descriptor. A lock
-            # belongs to its open file, so the next attempt opens a new one rather than share that state.
+            # belongs to its open file, so the next attempt opens a new one (`_flock_now`) rather than share that
+            # state. `_fd` lets go of the descriptor before it is handed over: were the new open to fail (no
+            # descriptors left), `_fd` would otherwise name a closed descriptor, failing every later write or,
+            # its number reused, locking another file; instead each later attempt opens the file until one can.
+            self._fd = None
             waited.add_done_callback(functools.partial(_release_and_close, fd))
-            self._fd = self._open()
             raise WriteLockTimeout(
                 f"another process has held the database's write lock for more than {self.timeout:g} s"
             ) from None
@@ -118,6 +132,7 @@ class ProcessWriteLock:
             self._waiter.shutdown(wait=False, cancel_futures=True)
         held = self._local.acquire(timeout=self.timeout)  # not under a writer of this process
         try:
+            self._closed = True
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

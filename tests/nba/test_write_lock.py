@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import Connection
@@ -77,5 +79,65 @@ def test_a_lock_held_too_long_by_another_process_fails_writes_with_503_then_reco
         store.check_writes()
         keys = store.read(lambda c: {r[0] for r in c.execute(t.meta_kv.select().with_only_columns(t.meta_kv.c.key))})
         assert "after" in keys and "blocked" not in keys
+    finally:
+        store.close()
+
+
+def test_a_lock_file_that_cannot_be_reopened_after_a_timeout_costs_one_write_not_all_later_ones(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait that timed out gives its descriptor away (the abandoned wait closes it once it gets the lock) and
+    the file is opened again; when that open fails (no descriptors left), the lock must not keep using the
+    descriptor given away: once closed, every later write would fail (EBADF), or, its number reused by another
+    file, lock that file instead while another process writes."""
+    store = Store(sqlite_url)
+    try:
+        lock = store._write_lock
+        assert lock is not None
+        lock.timeout = 0.3  # the service waits 30 s, as long as SQLite's busy timeout
+        real_open = lock._open
+        opens: list[str] = []
+
+        def open_failing_once() -> int:
+            if not opens:
+                opens.append("EMFILE")
+                raise OSError(errno.EMFILE, "Too many open files")
+            opens.append("opened")
+            return real_open()
+
+        monkeypatch.setattr(lock, "_open", open_failing_once)
+        other = os.open(lock.path, os.O_RDWR)
+        fcntl.flock(other, fcntl.LOCK_EX)  # another process's writer, stuck inside its transaction
+        with pytest.raises(StoreUnavailable):
+            store.write(lambda c: c.execute(t.meta_kv.insert().values(key="blocked", value="1")))
+        os.close(other)  # the other process lets go of the lock
+        waiter = lock._waiter
+        assert waiter is not None
+        waiter.submit(lambda: None).result(timeout=30)  # after the abandoned wait: its descriptor is closed now
+        unrelated = os.open(os.devnull, os.O_RDONLY)  # may take the closed descriptor's number
+        try:
+            seen: list[bool] = []
+
+            def job(key: str) -> Callable[[Connection], None]:
+                def write(conn: Connection) -> None:
+                    conn.execute(t.meta_kv.insert().values(key=key, value="1"))
+                    seen.append(_try_lock(lock.path))
+
+                return write
+
+            answers: list[str] = []
+            for key in ("after-1", "after-2"):
+                try:
+                    store.write(job(key))
+                    answers.append("ok")
+                except StoreUnavailable:
+                    answers.append("503")
+        finally:
+            os.close(unrelated)
+        assert answers == ["503", "ok"]  # the failed open costs its own write only
+        assert seen == [False]  # and the lock held during the write is the lock file's
+        assert opens == ["EMFILE", "opened"]
+        keys = store.read(lambda c: {r[0] for r in c.execute(t.meta_kv.select().with_only_columns(t.meta_kv.c.key))})
+        assert "after-2" in keys and not keys & {"blocked", "after-1"}
     finally:
         store.close()
