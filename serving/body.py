@@ -69,6 +69,8 @@ async def check_body(request: Request[Any, Any, Any]) -> None:
             field = _name_keys(raw, body_type, (in_map.group("path") or "").lstrip("."))
         if message.startswith("Number out of range"):
             raise InvalidInput("a number is out of range", field=field) from exc
+        if "with a timezone component" in text:
+            text = "a time must be RFC 3339 with its UTC offset, such as 2026-11-24T10:14:58Z or +01:00 at the end"
         raise InvalidInput(text, field=field) from exc
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError) as exc:
         detail = str(exc) or exc.__class__.__name__

@@ -170,6 +170,13 @@ def test_a_late_opt_out_for_one_channel_holds_whatever_another_channel_said_late
     assert decision["actions"] == [] and set(excluded_rules(decision).values()) == {"opt_out"}
 
 
+def test_a_time_without_its_offset_is_refused_saying_what_is_expected(client: Client) -> None:
+    problem = assert_problem(client.post("/v1/events", json={"customer_id": "c-1", "type": "page_view",
+                                                             "timestamp": "2026-11-24T09:14:58"}, headers=CHANNEL),
+                             422, "timestamp")
+    assert "RFC 3339 with its UTC offset" in problem["errors"][0]["message"]
+
+
 def test_an_event_dated_in_the_future_is_refused_and_a_little_clock_skew_is_not(
     client: Client, clock: ManualClock
 ) -> None:
