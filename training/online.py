@@ -86,10 +86,17 @@ class OnlineLearner:
         self._thread = threading.Thread(target=self._run, name="nba-learner", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the thread, then snapshot what it learned and release the lease (if it stopped in `timeout` s)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
+            if self._thread.is_alive():
+                # Still inside an iteration (a store that hangs): a snapshot now would race it for the models and
+                # the seqs it marks. Nothing is lost without one: what was not snapshotted stays in the queue.
+                log.error("learner did not stop within %g s; no final snapshot (the queue keeps what it learned)",
+                          timeout)
+                return
         if self.has_lease:
             try:
                 if self.renew_lease():  # a lease lost meanwhile must not end in a snapshot of a stale model

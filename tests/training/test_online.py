@@ -6,13 +6,14 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection
 
 from bandits.registry import PolicyModels
 from bandits.vw_args import build_args
-from bandits.vw_policy import model_checksum, model_fingerprint
+from bandits.vw_policy import VWPolicy, model_checksum, model_fingerprint
 from features.namespaces import NamespaceFeaturizer
 from nba.catalog import Action, Policy, RewardSpec
 from nba.clock import ManualClock, epoch_ms
@@ -230,3 +231,35 @@ def test_learner_that_regains_the_lease_resumes_from_the_other_learners_snapshot
     latest = store.latest_snapshot("web", 1)
     assert latest is not None and latest.examples == 8
     assert store.pending_examples("web", 1, 0) == []
+
+
+def test_a_learner_that_does_not_stop_in_time_takes_no_final_snapshot(
+    store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot beside a learner thread still inside an iteration would race it for the model and the seqs it
+    marks (review): a learner whose thread does not stop in time takes none; the queue keeps what it learned."""
+    sim = SegmentSimulator(seed=2)
+    engine, models = _setup(store, clock, sim)
+    _play(engine, store, sim, clock, 20)
+    learner = _learner(store, models, clock)
+    learned, entered, release = [0], threading.Event(), threading.Event()
+    learn = VWPolicy.learn
+
+    def stalling_learn(self: VWPolicy, *args: Any, **kwargs: Any) -> Any:
+        learned[0] += 1
+        if learned[0] == 10:  # nine examples learned and not snapshotted: the thread stalls on the tenth
+            entered.set()
+            release.wait()
+        return learn(self, *args, **kwargs)
+
+    monkeypatch.setattr(VWPolicy, "learn", stalling_learn)
+    learner.start()
+    assert entered.wait(timeout=30)
+    learner.stop(timeout=0.05)
+    assert store.latest_snapshot("web", 1) is None
+    release.set()
+    assert learner._thread is not None
+    learner._thread.join(timeout=30)
+    assert not learner._thread.is_alive()
+    snapshot = store.latest_snapshot("web", 1)  # the thread's own, at the end of its iteration: all of it, once
+    assert snapshot is not None and snapshot.examples == 20 and store.pending_examples("web", 1, 0) == []
