@@ -63,7 +63,7 @@ def _apply_consent(state: CustomerState, event: Event) -> None:
     for name, (at, kind) in state.consent.items():
         if kind != OPT_OUT:
             continue
-        if name == "*" or lifted_at is None or datetime.fromisoformat(at) > lifted_at:
+        if name == "*" or lifted_at is None or datetime.fromisoformat(at) >= lifted_at:
             opted.add(name)
     state.opt_outs = sorted(opted)
 

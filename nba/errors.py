@@ -54,3 +54,7 @@ class StoreUnavailable(NBAError):
 
 class CatalogChanged(NBAError):
     """The catalog changed while a decision was being made; it must be made again on the new catalog."""
+
+
+class LeaseLost(NBAError):
+    """A write that only the holder of a lease may make, by a process that no longer holds it."""

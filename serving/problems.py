@@ -17,7 +17,8 @@ from litestar.exceptions import (
     PermissionDeniedException,
     ValidationException,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from nba.errors import (
     ActionNotFound,
@@ -153,7 +154,10 @@ HANDLERS: dict[type[Exception], Any] = {
     ValidationException: validation_error,
     HTTPException: http_error,
     RecursionError: too_deep,
-    SQLAlchemyError: store_error,
+    # The database failing (its driver's errors, wrapped or not; no pooled connection in time). Other errors of
+    # SQLAlchemy's are bugs of ours, answered 500 like any other.
+    DBAPIError: store_error,
+    PoolTimeout: store_error,
     **{error: store_error for error in _driver_errors()},
     Exception: internal_error,
 }

@@ -21,7 +21,7 @@ from bandits.vw_policy import VWPolicy, model_checksum, model_fingerprint
 from nba.catalog import Policy
 from nba.catalog_view import CatalogView
 from nba.clock import Clock
-from nba.errors import StoreUnavailable
+from nba.errors import LeaseLost, StoreUnavailable
 from nba.store import Store
 from nba.store.learning_repo import JoinedExample
 
@@ -81,6 +81,9 @@ class OnlineLearner:
         self._thread: threading.Thread | None = None
         self.has_lease = False
         self._lease_until: datetime | None = None  # when the lease last granted to this learner runs out
+        # Set once this learner has asked for the lease (the running learner does, before anything else): from then
+        # on it snapshots only while it holds the lease. One driven by hand (a replay, a test) never competes.
+        self._leased = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="nba-learner", daemon=True)
@@ -146,6 +149,7 @@ class OnlineLearner:
         and the queue. That holds whether the lease was refused or lapsed unnoticed and is granted again (no
         renewal within the TTL: a stalled process, a store outage).
         """
+        self._leased = True
         now = self._clock.now()
         held_throughout = self.has_lease and self._lease_until is not None and now < self._lease_until
         self.has_lease = self._store.try_lease(LEASE, self._holder, now, LEASE_TTL)
@@ -207,15 +211,24 @@ class OnlineLearner:
                 track.published_examples = track.model.examples_learned
 
     def snapshot_all(self) -> None:
+        """Snapshot every model with examples not yet in a snapshot; a learner that has asked for the lease, only
+        while it still holds it (checked in the snapshot's own transaction)."""
         for (name, version), track in self._tracks.items():
             if not track.unsnapshotted:
                 continue
             seqs = sorted(track.unsnapshotted)
             model = track.model.serialize()
-            track.snapshot_id = self._store.save_snapshot(
-                name, version, model, track.model.examples_learned, seqs, self._clock.now(),
-                checksum=model_checksum(model), fingerprint=model_fingerprint(track.model.args),
-            )
+            try:
+                track.snapshot_id = self._store.save_snapshot(
+                    name, version, model, track.model.examples_learned, seqs, self._clock.now(),
+                    checksum=model_checksum(model), fingerprint=model_fingerprint(track.model.args),
+                    lease=(LEASE, self._holder) if self._leased else None,
+                )
+            except LeaseLost as exc:  # it ran out mid-iteration: another learner may have learned meanwhile
+                log.warning("learner: %s", exc)
+                self.has_lease, self._lease_until = False, None
+                self._drop_tracks()
+                return
             track.unsnapshotted.difference_update(seqs)
 
 

@@ -101,7 +101,7 @@ def _mark(conn: Connection, lane: _Lane) -> str | None:
     return xid
 
 
-def _transaction_status(lane: _Lane, xid: str) -> str | None:
+def _transaction_status(lane: _Lane, key: int, xid: str) -> str | None:
     """How the lane's last transaction ended, asked on a new connection once it has ended: 'committed' or
     'aborted' (None or 'in progress' would mean unknown). StoreUnavailable if the server cannot tell in time.
 
@@ -114,7 +114,7 @@ def _transaction_status(lane: _Lane, xid: str) -> str | None:
     try:  # any error here is SQLAlchemy's, which must not escape: to the caller it would mean "not committed"
         conn = lane.engine.connect()
         conn.execute(text(f"SET LOCAL lock_timeout = {IN_DOUBT_WAIT_MS}"))
-        conn.execute(_WAIT_FOR_LANE, {"lane": lane.key})
+        conn.execute(_WAIT_FOR_LANE, {"lane": key})
         status: str | None = conn.execute(_XACT_STATUS, {"xid": xid}).scalar()
     except SQLAlchemyError as exc:
         if conn is not None:
@@ -584,10 +584,13 @@ class WriteBatcher:
                 log.warning("could not roll back after a failed COMMIT: %s", failed)
             raise exc
         lane.drop()
+        # The lane's next transactions take a lock of their own: the server may keep the one whose COMMIT failed
+        # (and its lock) for as long as it has not noticed the lost connection, and they must not wait for it.
+        key, lane.key = lane.key, secrets.randbits(31)
         if xid is None:  # it wrote nothing: committed or not, the store is as the jobs' answers say
             log.warning("COMMIT of a transaction that wrote nothing failed (%s); its answers stand", exc)
             return
-        status = _transaction_status(lane, xid)
+        status = _transaction_status(lane, key, xid)
         if status == "committed":
             log.warning("COMMIT failed (%s) but the transaction committed: its answers go out", exc)
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import BigInteger, Connection, cast, func, select, update
 
 from nba.catalog import Action, EventType, Policy
 from nba.catalog_view import CatalogView
@@ -93,7 +93,7 @@ def carry_budget_use(conn: Connection, action_id: str, action: Action, now_ms: i
     overlapping = conn.execute(
         select(func.coalesce(func.sum(c.used), 0)).where(
             c.action_id == action_id, c.window_s != window_s, c.window_start_ms < start_ms + window_s * 1000,
-            c.window_start_ms + c.window_s * 1000 > start_ms,
+            c.window_start_ms + cast(c.window_s, BigInteger) * 1000 > start_ms,  # window_s * 1000 overflows int4
         )
     ).scalar_one()
     carried = int(overlapping)

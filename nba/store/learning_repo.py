@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, select, update
 
+from nba.errors import LeaseLost
 from nba.store import schema as t
 from nba.store.codec import loads
 
@@ -89,12 +90,18 @@ def _joined(
 def save_snapshot(
     conn: Connection, policy: str, version: int, model: bytes, examples: int, seqs: Sequence[int], now_ms: int,
     keep: int = 5, *, checksum: str | None = None, fingerprint: str | None = None,
+    lease: tuple[str, str] | None = None,
 ) -> int:
     """Store a model snapshot and mark the examples it contains, in one transaction.
 
     `checksum` and `fingerprint` are stored as given, not computed here: only the writer knows what the bytes
     should be, and a store that hashed whatever it received would vouch for bytes damaged on the way in.
+    With `lease` (name, holder), the snapshot is refused (`LeaseLost`) unless that holder still holds the lease:
+    a learner whose lease ran out mid-iteration would otherwise store a model missing what the next holder
+    learned meanwhile, and mark that holder's examples as in it.
     """
+    if lease is not None and not holds_lease(conn, *lease, now_ms):
+        raise LeaseLost(f"the {lease[0]!r} lease is no longer held by {lease[1]!r}: snapshot not stored")
     inserted = conn.execute(
         t.model_snapshots.insert().values(
             policy_name=policy, policy_version=version, created_ms=now_ms, examples=examples, model=model,
@@ -106,7 +113,7 @@ def save_snapshot(
     for start in range(0, len(seqs), _IN_CHUNK):
         conn.execute(
             update(t.learn_queue)
-            .where(t.learn_queue.c.seq.in_(seqs[start:start + _IN_CHUNK]))
+            .where(t.learn_queue.c.seq.in_(seqs[start:start + _IN_CHUNK]), t.learn_queue.c.snapshot_id.is_(None))
             .values(snapshot_id=snapshot_id)
         )
     old = [
@@ -152,6 +159,12 @@ def try_lease(conn: Connection, name: str, holder: str, now_ms: int, ttl_ms: int
         return False
     conn.execute(update(t.leases).where(t.leases.c.name == name).values(holder=holder, expires_ms=now_ms + ttl_ms))
     return True
+
+
+def holds_lease(conn: Connection, name: str, holder: str, now_ms: int) -> bool:
+    """Whether `holder` holds the named lease at `now_ms` (granted to it and not run out)."""
+    row = conn.execute(select(t.leases.c.holder, t.leases.c.expires_ms).where(t.leases.c.name == name)).first()
+    return row is not None and row.holder == holder and row.expires_ms > now_ms
 
 
 def release_lease(conn: Connection, name: str, holder: str) -> None:

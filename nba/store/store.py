@@ -323,13 +323,15 @@ class Store:
 
     def save_snapshot(
         self, policy: str, version: int, model: bytes, examples: int, seqs: Sequence[int], now: datetime, *,
-        checksum: str | None = None, fingerprint: str | None = None,
+        checksum: str | None = None, fingerprint: str | None = None, lease: tuple[str, str] | None = None,
     ) -> int:
-        """Store a model; `checksum` and `fingerprint` come from the learner that serialized it (None: legacy)."""
+        """Store a model; `checksum` and `fingerprint` come from the learner that serialized it (None: legacy);
+        with `lease` (name, holder), only while that holder holds the lease (else `LeaseLost`)."""
+        keys = [f"snapshot:{policy}"] + ([f"lease:{lease[0]}"] if lease is not None else [])
         return self.write(
             lambda c: learning_repo.save_snapshot(c, policy, version, model, examples, seqs, epoch_ms(now),
-                                                  checksum=checksum, fingerprint=fingerprint),
-            [f"snapshot:{policy}"],
+                                                  checksum=checksum, fingerprint=fingerprint, lease=lease),
+            keys,
         )
 
     def latest_snapshot(

@@ -118,10 +118,13 @@ def test_a_late_consent_event_cannot_override_a_newer_one(
         ([("opt_in", 10, None), ("opt_out", 5, "web")], []),
         ([("opt_out", 10, None), ("opt_in", 20, "web")], ["*"]),
         ([("opt_out", 10, "web"), ("opt_in", 10, "web")], []),
+        ([("opt_in", 10, None), ("opt_out", 10, "email")], ["email"]),
+        ([("opt_out", 10, "email"), ("opt_in", 10, None)], ["email"]),
     ],
     ids=["late-opt-out-behind-another-channels-opt-in", "late-opt-out-behind-another-channels-opt-out",
          "mis-dated-opt-in-elsewhere-does-not-block-an-opt-out", "opt-in-everywhere-lifts-an-older-late-opt-out",
-         "a-channel-opt-in-does-not-lift-an-opt-out-from-everything", "at-equal-times-the-later-arrival-wins"],
+         "a-channel-opt-in-does-not-lift-an-opt-out-from-everything", "at-equal-times-the-later-arrival-wins",
+         "a-channel-opt-out-as-late-as-an-opt-in-everywhere-holds", "whichever-arrived-first"],
 )
 def test_each_scope_orders_its_own_consent_events(
     events: list[tuple[str, int, str | None]], expected: list[str]

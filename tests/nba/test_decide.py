@@ -367,3 +367,12 @@ def test_a_reservation_counts_until_it_ends_however_long_the_reward_window(store
     clock.set(t0 + timedelta(days=2, seconds=1))  # the reservation has ended: released by the sweep
     store.close_due(clock.now())
     assert [a.action_id for a in _decide(engine, "c1").actions] == ["x"]
+
+
+def test_a_long_budget_window_can_be_changed(store: Store, clock: ManualClock) -> None:
+    """30 days in ms overflows a 32-bit integer: PostgreSQL refused the carry of a 30d window (review)."""
+    _seed(store, clock, {"x": Action(channels=["web"], budget=Budget(limit=1, window="30d"))})
+    engine = _engine(store, clock)
+    assert [a.action_id for a in _decide(engine, "c1").actions] == ["x"]
+    store.put_action("x", Action(channels=["web"], budget=Budget(limit=1, window="1d")), clock.now())
+    assert [e.rule for e in _decide(engine, "c2").excluded] == ["budget:1d"]

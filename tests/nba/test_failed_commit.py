@@ -15,6 +15,7 @@ import asyncio
 import random
 import sqlite3
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -139,16 +140,20 @@ def test_a_commit_whose_outcome_cannot_be_learned_is_503_and_not_run_again(
         holder.exec_driver_sql("SELECT pg_advisory_lock(CAST(%s AS integer), CAST(%s AS integer))",
                                (batcher.LANE_LOCK_CLASS, key))
 
+    pool = ThreadPoolExecutor(1)
     try:
         lost = _fail_next_pg_commit(monkeypatch, pg_store._writer_engine, committed=True, then=hold_the_lanes_lock)
         with pytest.raises(StoreUnavailable):
             pg_store.add_reward(decision.decision_id, 0, 1.0, NOW)
         assert lost == [True]
+        # The writer goes on while that lock is still held (as by a transaction the server keeps open after a
+        # network partition): the lane's later transactions take a lock of their own (review: they waited).
+        answered = pool.submit(_decide, pg_store, "c-2").result(timeout=60)
     finally:
         holder.invalidate()  # closes its session (not back to the pool): the lock is free again
         holder.close()
+        pool.shutdown()  # a decide that waited for the lock finishes now that it is free
     assert _rewards(pg_store, decision.decision_id) == (1, 1.0)  # the first run's, committed; no second one
-    answered = _decide(pg_store, "c-2")  # the writer goes on
     assert _decisions_of(pg_store, "c-2") == [answered.decision_id]
 
 

@@ -263,3 +263,23 @@ def test_a_learner_that_does_not_stop_in_time_takes_no_final_snapshot(
     assert not learner._thread.is_alive()
     snapshot = store.latest_snapshot("web", 1)  # the thread's own, at the end of its iteration: all of it, once
     assert snapshot is not None and snapshot.examples == 20 and store.pending_examples("web", 1, 0) == []
+
+
+def test_a_learner_whose_lease_ran_out_mid_iteration_stores_no_snapshot(store: Store, clock: ManualClock) -> None:
+    """Leases are renewed between iterations; a snapshot is checked against the lease in its own transaction, so a
+    learner that stalled past its lease cannot store a model missing what the next holder learned (review)."""
+    sim = SegmentSimulator(seed=18)
+    engine, models = _setup(store, clock, sim)
+    a, b = _learner(store, models, clock), _learner(store, models, clock)
+    assert a.renew_lease()
+    _play(engine, store, sim, clock, 2)
+    assert a.learn_pending() == 2  # A's iteration learns, then stalls before its snapshot ...
+    clock.advance(LEASE_TTL + timedelta(seconds=1))
+    assert b.renew_lease()  # ... long enough for B to take over, learn more and snapshot
+    _play(engine, store, sim, clock, 2)
+    assert b.learn_pending() == 4
+    b.snapshot_all()
+    a.snapshot_all()  # A's iteration resumes
+    latest = store.latest_snapshot("web", 1)
+    assert latest is not None and latest.examples == 4
+    assert not a.has_lease and store.pending_examples("web", 1, 0) == []
