@@ -23,6 +23,22 @@ def _normalise(url: str) -> str:
     return url
 
 
+# PostgreSQL writer sessions. A group commit runs on one writer thread, so a lock that never comes would stall
+# every later write of the process: lock waits are bounded (the batch fails, 503), and the server ends a session
+# left idle inside a transaction (one whose client vanished mid-COMMIT, say: it holds its batch's locks) and
+# probes silent peers, so such locks do not outlive their client for long. A group commit is never idle for long.
+WRITER_LOCK_TIMEOUT_MS = 10_000
+POSTGRES_WRITER_OPTIONS = (f"-c lock_timeout={WRITER_LOCK_TIMEOUT_MS} -c idle_in_transaction_session_timeout=30000 "
+                           "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3")
+
+
+def _with_options(url: str, options: str) -> str:
+    """`options` after any the URL gives (`?options=-csearch_path=...`): connect arguments replace the URL's."""
+    given = make_url(url).query.get("options")
+    first = given if isinstance(given, str) else " ".join(given or ())
+    return f"{first} {options}".strip()
+
+
 def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL",
                 wal_limit_bytes: int = WAL_LIMIT_BYTES, busy_timeout_ms: int = 30_000) -> Engine:
     """An engine for reads or for a group-commit writer of this process.
@@ -32,8 +48,9 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL",
     """
     url = _normalise(url)
     if not is_sqlite(url):
+        connect_args = {"options": _with_options(url, POSTGRES_WRITER_OPTIONS)} if writer else {}
         return create_engine(url, pool_size=2 if writer else 16, max_overflow=4 if writer else 16,
-                             pool_pre_ping=True, hide_parameters=True)
+                             pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
     # The writer keeps one connection for its thread (no reconnect and PRAGMAs per batch); readers get a pool
     # large enough for every request thread.
     engine = create_engine(

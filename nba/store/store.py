@@ -88,6 +88,7 @@ class Store:
         try:
             with self._writer_engine.connect() as conn, conn.begin():
                 if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = 0")  # another process may be migrating: wait
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7262010)")
                 migrate(conn)
         except SQLAlchemyError as exc:

@@ -28,7 +28,9 @@ from nba.clock import ManualClock
 from nba.decide import DecideRequest, DecisionEngine
 from nba.errors import StoreUnavailable
 from nba.store import Store, batcher
+from nba.store import engine as engine_module
 from nba.store import schema as t
+from nba.store.engine import lock_id
 from nba.store.store import WriteJob
 from nba.types import Decision
 
@@ -217,3 +219,34 @@ def test_a_failed_sqlite_commit_is_rolled_back_before_its_connection_is_dropped_
     assert in_transaction_when_dropped == [False]
     keys = store.read(lambda c: sorted(r[0] for r in c.execute(select(t.meta_kv.c.key)) if r[0].startswith("k")))
     assert keys == ["k0", "k1"]
+
+
+@pytest.mark.postgres
+def test_locks_left_by_a_transaction_whose_client_vanished_fail_one_batch_not_the_writer(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction the server keeps open after its client vanished mid-COMMIT holds its batch's keys: a retry
+    that needs one waits at most the writer's lock timeout (503) instead of holding up the single writer thread
+    and every write queued behind it for as long as the server keeps that session (review)."""
+    monkeypatch.setattr(engine_module, "POSTGRES_WRITER_OPTIONS",
+                        engine_module.POSTGRES_WRITER_OPTIONS.replace(
+                            f"lock_timeout={engine_module.WRITER_LOCK_TIMEOUT_MS}", "lock_timeout=300"))
+    store = Store(postgres_url)
+    holder = store._reader.connect()
+    pool = ThreadPoolExecutor(2)
+    try:
+        store.put_action("a", Action(channels=["web"]), NOW)
+        store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
+        decision = _decide(store, "c-1")
+        # What the vanished transaction holds: the key of the decision its reward was for.
+        holder.exec_driver_sql("SELECT pg_advisory_lock(%s)", (lock_id(f"decision:{decision.decision_id}"),))
+        retry = pool.submit(store.add_reward, decision.decision_id, 0, 1.0, NOW)
+        with pytest.raises(StoreUnavailable):
+            retry.result(timeout=60)
+        other = pool.submit(_decide, store, "c-2").result(timeout=60)  # the writer goes on
+        assert _decisions_of(store, "c-2") == [other.decision_id]
+    finally:
+        holder.invalidate()
+        holder.close()
+        pool.shutdown()
+        store.close()
