@@ -133,7 +133,9 @@ class ProcessWriteLock:
         held = self._local.acquire(timeout=self.timeout)  # not under a writer of this process
         try:
             self._closed = True
-            if self._fd is not None:
+            # Only with the writers held off: a writer still waiting for the lock hands its descriptor to the
+            # abandoned wait, which closes it; closed here as well, the number might by then be another file's.
+            if held and self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
         finally:
