@@ -152,15 +152,14 @@ class Action(_Model):
     def _compiles(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
             rule = CompiledRule(value)
-            client_input = bool(info.context and info.context.get(CLIENT_INPUT))
-            if client_input:
+            if info.context and info.context.get(CLIENT_INPUT):
                 rule.check_functions()
-            if not rule.names and client_input:
-                # It reads nothing, so its outcome is known now: one that is not a bool would exclude the action
-                # from every decision.
-                result = rule.evaluate({})
-                if result.failed:
-                    raise ValueError(f"the expression is not a condition: {result.detail}")
+                if not rule.names:
+                    # It reads nothing, so its outcome is known now: one that is not a bool would exclude the
+                    # action from every decision.
+                    result = rule.evaluate({})
+                    if result.failed:
+                        raise ValueError(f"the expression is not a condition: {result.detail}")
         return value
 
     @property

@@ -13,7 +13,7 @@ from nba.errors import RuleCompileError
 
 RULE_VARIABLES = frozenset({"customer", "context", "action", "now"})
 
-# The functions the CEL runtime defines (its core specification; `tests/nba/test_rules.py` calls each one).
+# The functions the CEL runtime defines (its core specification; `tests/nba/test_constraints.py` calls each one).
 # Operators (`_&&_`, `@in`, `!_`) are not listed: the parser only produces ones that exist.
 CEL_FUNCTIONS = frozenset({
     "size", "contains", "startsWith", "endsWith", "matches",

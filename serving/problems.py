@@ -129,11 +129,11 @@ def too_deep(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return problem(400, "the body is not valid JSON: nested too deeply", "malformed")
 
 
-def store_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def store_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """A database error that reached the route without the store turning it into `StoreUnavailable`: still the
     store failing, not the client, so a 503 (logged with its traceback: the store should have caught it)."""
     log.error("store error outside the store's handling", exc_info=exc)
-    return problem(503, f"the store failed: {exc.__class__.__name__}", "unavailable", headers={"Retry-After": "1"})
+    return domain_error(request, StoreUnavailable(f"the store failed: {exc.__class__.__name__}"))
 
 
 def _driver_errors() -> tuple[type[Exception], ...]:

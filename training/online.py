@@ -187,18 +187,15 @@ class OnlineLearner:
             if policy.mode != "online":
                 continue
             track = self._track(name, version, policy)
-            examples = self._unlearned(name, version, track, batch)
+            # By what the track learned, not by the highest seq read: on PostgreSQL a lower seq can commit after
+            # a higher one was read.
+            examples = self._store.unlearned_examples(name, version, track.unsnapshotted, batch)
             for example in examples:
                 shared, actions, chosen, reward, probability, keys = example_from_log(example, self._featurizer)
                 track.model.learn(shared, actions, chosen, reward, probability, keys=keys)
                 track.unsnapshotted.add(example.seq)
             total += len(examples)
         return total
-
-    def _unlearned(self, name: str, version: int, track: _Track, batch: int) -> list[JoinedExample]:
-        """The pending examples `track` has not learned, by what it learned rather than by the highest seq read:
-        on PostgreSQL a lower seq can commit after a higher one was read."""
-        return self._store.unlearned_examples(name, version, track.unsnapshotted, batch)
 
     def publish_all(self) -> None:
         for (name, version), track in self._tracks.items():
