@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -11,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from nba.catalog import Action, CatalogFile, EventType, Policy, RewardSpec
 from nba.catalog_view import CatalogView
@@ -32,6 +33,8 @@ from nba.types import CustomerState, Decision, Event, EventOutcome
 
 T = TypeVar("T")
 INLINE_EVENTS = 50  # event batches up to this size (about 1 ms of work) may be committed by the event loop
+MAX_UNCLOSABLE = 1000  # decisions a process remembers as impossible to close (beyond that, each is tried again)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Store:
     def __init__(self, url: str, synchronous: str = "NORMAL", max_batch: int = 256,
                  checkpoint_seconds: float = CHECKPOINT_SECONDS, wal_limit_bytes: int = WAL_LIMIT_BYTES) -> None:
         self.url = url
+        self.unclosable: dict[str, str] = {}  # decision id -> why its reward window could not be closed
         self._reader = make_engine(url, writer=False, synchronous=synchronous)
         self._writer_engine = make_engine(url, writer=True, synchronous=synchronous, wal_limit_bytes=wal_limit_bytes)
         self._thread_reader = threading.local()
@@ -299,16 +303,45 @@ class Store:
         return self.run(self.activation_write(decision_id, now))
 
     def close_due(self, now: datetime, limit: int = 500) -> int:
-        """Finalise closed reward windows and release expired reservations; returns how many changed."""
+        """Finalise closed reward windows and release expired reservations; returns how many changed.
+
+        A decision that cannot be closed for a reason other than the store failing (its stored record unreadable,
+        say one written by a newer version of this service) is rolled back alone, logged and skipped from then on
+        in this process (`unclosable`), so that it does not hold up every other decision's close.
+        """
         ms = epoch_ms(now)
-        due = self.read(lambda c: outcome_repo.due_decisions(c, ms, limit))
+        skipped = self.unclosable
+        due = [d for d in self.read(lambda c: outcome_repo.due_decisions(c, ms, limit + len(skipped)))
+               if d not in skipped][:limit]
         if not due:
             return 0
+        failed: dict[str, Exception] = {}
 
         def job(conn: Connection) -> int:
-            return sum(1 for d in due if outcome_repo.close_decision(conn, d, ms) is not None)
+            store_failed = (DBAPIError, StoreUnavailable, conn.dialect.loaded_dbapi.Error)
+            failed.clear()  # the batch may run again (on a new connection): only the last run counts
+            changed = 0
+            for decision_id in due:
+                savepoint = conn.begin_nested()
+                try:
+                    closed = outcome_repo.close_decision(conn, decision_id, ms)
+                except store_failed:
+                    raise
+                except Exception as exc:
+                    savepoint.rollback()
+                    failed[decision_id] = exc
+                    continue
+                savepoint.commit()
+                changed += closed is not None
+            return changed
 
-        return self.write(job, [f"decision:{d}" for d in due])
+        changed = self.write(job, [f"decision:{d}" for d in due])
+        for decision_id, exc in failed.items():
+            log.error("decision %s cannot be closed (%s: %s); this process skips it until it restarts",
+                      decision_id, exc.__class__.__name__, exc)
+            if len(skipped) < MAX_UNCLOSABLE:
+                skipped[decision_id] = f"{exc.__class__.__name__}: {exc}"
+        return changed
 
     # -- learning --------------------------------------------------------------------------------------
     def pending_examples(

@@ -17,8 +17,10 @@ must never wait, so it only ever takes the lock when it is free (`try_acquire`).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
+import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +30,7 @@ from types import TracebackType
 from nba.errors import StoreUnavailable
 
 DEFAULT_TIMEOUT = 30.0  # seconds, as the SQLite connections' busy_timeout
+log = logging.getLogger(__name__)
 
 
 class WriteLockTimeout(StoreUnavailable):
@@ -94,11 +97,30 @@ class ProcessWriteLock:
             return False
 
     def release(self) -> None:
+        """Let go of the lock. Never raises: the transaction it guarded has ended, and its writes must be answered
+        as it ended (committed writes answered 503 would be sent again by their clients)."""
         try:
-            if self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._unlock()
         finally:
             self._local.release()
+
+    def _unlock(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            # The lock must not outlive the transaction: closing the file releases it; the next attempt opens the
+            # file again. A descriptor the kernel calls bad is not open (closing its number could close another
+            # file's), and holds no lock.
+            log.warning("releasing the write lock failed (%s); closing its file instead", exc)
+            self._fd = None
+            if exc.errno != errno.EBADF:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def _enter_process(self) -> ProcessWriteLock:
         if self._flock_now():

@@ -29,8 +29,13 @@ def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
          "examples_learned": s.examples, "message": s.message}
         for s in runtime.models.statuses()
     ]
-    status = "ok" if store_ok and all(m["healthy"] for m in models) else ("degraded" if store_ok else "down")
-    body = {"status": status, "store": store_msg, "catalog_version": runtime.catalog().version, "models": models}
+    # Decisions whose reward window this process could not close (their stored record unreadable): the rest close
+    # all the same, but these are never learned from until someone looks (the log names each one).
+    unclosable = len(runtime.store.unclosable)
+    healthy = store_ok and unclosable == 0 and all(m["healthy"] for m in models)
+    status = "ok" if healthy else ("degraded" if store_ok else "down")
+    body = {"status": status, "store": store_msg, "catalog_version": runtime.catalog().version, "models": models,
+            "unclosable_decisions": unclosable}
     return Response(body, status_code=200 if store_ok else 503)
 
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from nba.catalog import Action, Budget, Cap, Policy, RewardSpec
 from nba.clock import ManualClock, epoch_ms
@@ -300,6 +300,39 @@ def test_sum_is_learned_when_the_window_closes_with_the_sum(store: Store, clock:
     assert stored is not None and stored.state == "final"
     assert [(r["value"], r["status"]) for r in stored.rewards] == [(0.5, "accepted"), (0.25, "accepted")]
     assert store.close_due(clock.now()) == 0  # closing is done once
+
+
+def test_a_decision_that_cannot_be_closed_does_not_hold_up_the_others(store: Store, clock: ManualClock) -> None:
+    """A stored record this version cannot read (here: not JSON at all) fails its own close, not everyone's."""
+    version = _seed(store, clock, {"a": Action(channels=["web"])}, RewardSpec(window="1h", default=0.0))
+    engine = _engine(store, clock)
+    good, bad = _decide(engine, "c1"), _decide(engine, "c2")
+    body = store.read(lambda c: c.execute(
+        select(t.decisions.c.body).where(t.decisions.c.decision_id == bad.decision_id)).scalar_one())
+
+    def set_body(text: str) -> None:
+        store.write(lambda c: c.execute(
+            update(t.decisions).where(t.decisions.c.decision_id == bad.decision_id).values(body=text)))
+
+    set_body("{not json")
+    clock.advance(timedelta(hours=2))
+    assert store.close_due(clock.now()) == 1
+    assert _learned(store, version) == [(good.decision_id, 0, 0.0)]
+    assert store.unclosable.keys() == {bad.decision_id} and "DecodeError" in store.unclosable[bad.decision_id]
+    stored = store.get_decision(good.decision_id)
+    assert stored is not None and stored.state == "final"
+    assert store.read(lambda c: c.execute(  # rolled back alone: no default reward was stored for it
+        select(func.count()).select_from(t.rewards).where(t.rewards.c.decision_id == bad.decision_id)).scalar()) == 0
+
+    set_body(body)  # repaired: this process does not try it again, a restarted one closes it
+    assert store.close_due(clock.now()) == 0
+    restarted = Store(store.url)
+    try:
+        assert restarted.close_due(clock.now()) == 1
+        assert sorted(_learned(restarted, version)) == sorted([(good.decision_id, 0, 0.0), (bad.decision_id, 0, 0.0)])
+        assert restarted.unclosable == {}
+    finally:
+        restarted.close()
 
 
 def test_first_is_learned_at_once_and_later_rewards_change_nothing(store: Store, clock: ManualClock) -> None:

@@ -141,3 +141,37 @@ def test_a_lock_file_that_cannot_be_reopened_after_a_timeout_costs_one_write_not
         assert "after-2" in keys and not keys & {"blocked", "after-1"}
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("error", [errno.ENOLCK, errno.EBADF], ids=["ENOLCK", "EBADF"])
+def test_a_failed_unlock_after_commit_answers_the_commit_and_still_frees_the_lock(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, error: int
+) -> None:
+    """The writes were committed before the lock is let go: an unlock that fails must not turn their answers
+    into 503s (the clients would send them again), nor leave the lock held by a file nobody unlocks."""
+    store = Store(sqlite_url)
+    try:
+        lock = store._write_lock
+        assert lock is not None
+        real_flock = fcntl.flock
+        failed: list[int] = []
+
+        def flock(fd: int, operation: int) -> None:
+            if operation == fcntl.LOCK_UN and not failed:
+                failed.append(fd)
+                raise OSError(error, os.strerror(error))
+            real_flock(fd, operation)
+
+        monkeypatch.setattr("nba.store.write_lock.fcntl.flock", flock)
+        store.write(lambda c: c.execute(t.meta_kv.insert().values(key="committed", value="1")))  # no 503
+        assert failed, "the unlock was not attempted"
+        monkeypatch.setattr("nba.store.write_lock.fcntl.flock", real_flock)
+        assert _try_lock(lock.path) == (error != errno.EBADF)  # freed by closing its file (a bad one holds none)
+        if error == errno.EBADF:
+            os.close(failed[0])  # the test's stand-in for a descriptor that was closed: it still held the lock
+        assert _try_lock(lock.path)
+        store.write(lambda c: c.execute(t.meta_kv.insert().values(key="after", value="1")))
+        keys = store.read(lambda c: {r[0] for r in c.execute(t.meta_kv.select().with_only_columns(t.meta_kv.c.key))})
+        assert {"committed", "after"} <= keys
+    finally:
+        store.close()

@@ -11,8 +11,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from litestar import Litestar
+from sqlalchemy import update
 
 from nba.clock import ManualClock
+from nba.store import schema as t
 from tests.conftest import CHANNEL
 from tests.serving.helpers import Client, decide, rewards_of
 
@@ -136,3 +138,18 @@ def test_a_reward_for_a_deferred_decision_never_activated_ends_late_and_unlearne
     close_windows(app, clock, WEB_WINDOW)
     assert [r["status"] for r in rewards_of(client, decision["decision_id"])] == ["late"]
     assert learned(app, decision) == []
+
+
+def test_a_decision_that_cannot_be_closed_is_skipped_and_reported(app: Litestar, client: Client,
+                                                                  clock: ManualClock) -> None:
+    good, bad = decide(client, customer_id="c-good"), decide(client, customer_id="c-bad")
+    store = app.state.runtime.store
+    store.write(lambda c: c.execute(
+        update(t.decisions).where(t.decisions.c.decision_id == bad["decision_id"]).values(body="[]")))
+    assert client.get("/health").json()["unclosable_decisions"] == 0
+
+    close_windows(app, clock, WEB_WINDOW)
+    assert learned(app, good) == [(0, 0.0)]
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["status"] == "degraded" and health.json()["unclosable_decisions"] == 1
