@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import shlex
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -11,6 +12,7 @@ from typing import Any
 import vowpal_wabbit_next as vw
 
 from bandits.vw_text import namespaces_line
+from nba.catalog import REWARD_LIMIT
 
 Namespaces = Mapping[str, Mapping[str, float]]
 
@@ -188,7 +190,15 @@ class VWPolicy:
         probability: float,
         keys: Sequence[str] | None = None,
     ) -> None:
-        """Learn from one logged choice; the cost VW minimises is the negative reward."""
+        """Learn from one logged choice; the cost VW minimises is the negative reward.
+
+        A reward beyond REWARD_LIMIT (or not finite) or a probability outside (0, 1] is refused (ValueError): one
+        such example can turn every weight NaN, and the model would never recover.
+        """
+        if not (math.isfinite(reward) and abs(reward) <= REWARD_LIMIT):
+            raise ValueError(f"reward {reward!r} is not a finite number within ±{REWARD_LIMIT:g}")
+        if not 0.0 < probability <= 1.0:
+            raise ValueError(f"probability {probability!r} is not in (0, 1]")
         lines = self._lines(shared, actions, keys)
         lines[chosen + 1] = f"0:{-reward!r}:{probability!r} {lines[chosen + 1]}"
         with self._lock:

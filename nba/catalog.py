@@ -52,6 +52,9 @@ AttributeValue = Annotated[bool | int | float | _Text | list[_Text], WrapValidat
 # Set in the validation context by the HTTP layer: some things a client sends are refused that a catalog already
 # stored (or a YAML file written for an earlier version) must still load with, or a process would not start.
 CLIENT_INPUT = "client_input"
+# The largest reward (and default reward) in absolute value. Far larger ones stop VW from learning anything
+# (from about 1e20 the model scores every action alike; 1e308 makes its weights NaN), and sums of them overflow.
+REWARD_LIMIT = 1e9
 
 
 def _distinct(names: list[str], info: ValidationInfo) -> list[str]:
@@ -210,7 +213,7 @@ class RewardSpec(_Model):
     """When rewards join to a decision and how several are combined."""
 
     window: Duration = "1h"
-    default: float = Field(default=0.0, ge=-1e9, le=1e9)
+    default: float = Field(default=0.0, ge=-REWARD_LIMIT, le=REWARD_LIMIT)
     aggregation: Literal["sum", "first"] = "sum"
 
     _window = field_validator("window")(_check_duration)

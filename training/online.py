@@ -191,8 +191,13 @@ class OnlineLearner:
             # a higher one was read.
             examples = self._store.unlearned_examples(name, version, track.unsnapshotted, batch)
             for example in examples:
-                shared, actions, chosen, reward, probability, keys = example_from_log(example, self._featurizer)
-                track.model.learn(shared, actions, chosen, reward, probability, keys=keys)
+                try:
+                    shared, actions, chosen, reward, probability, keys = example_from_log(example, self._featurizer)
+                    track.model.learn(shared, actions, chosen, reward, probability, keys=keys)
+                except Exception as exc:  # one unusable example must not stop all learning (it would be read again
+                    # at every pass): it is skipped, and leaves the queue with the next snapshot like the others
+                    log.error("learner: skipping the example of decision %s slot %d (seq %d): %s: %s",
+                              example.decision_id, example.slot, example.seq, exc.__class__.__name__, exc)
                 track.unsnapshotted.add(example.seq)
             total += len(examples)
         return total

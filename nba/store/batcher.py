@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
-from nba.errors import Conflict, NBAError, StoreUnavailable
+from nba.errors import Conflict, InvalidInput, NBAError, StoreUnavailable
 from nba.store.engine import lock_keys
 from nba.store.prepared import TRANSACTION_CACHE, Prepared
 from nba.store.write_lock import ProcessWriteLock
@@ -620,7 +620,7 @@ class WriteBatcher:
             if not savepoints:
                 try:
                     outcomes.append((True, job.fn(conn)))
-                except IntegrityError as exc:
+                except (IntegrityError, DataError) as exc:
                     raise _JobFailed() from exc
                 except store_failed:
                     raise
@@ -636,6 +636,9 @@ class WriteBatcher:
             except IntegrityError as exc:
                 _rollback(conn, savepoint)
                 outcomes.append((False, Conflict(f"conflicting write: {exc.orig}")))
+            except DataError as exc:  # a value the database refuses (out of range, too long): this job's, not all
+                _rollback(conn, savepoint)
+                outcomes.append((False, InvalidInput(f"the store refused a value: {exc.orig}")))
             except store_failed:
                 raise
             except Exception as exc:

@@ -102,7 +102,10 @@ def add_reward(conn: Connection, decision_id: str, slot: int, value: float, now_
         raise InvalidInput(f"decision {decision_id!r} has no action in slot {slot}", field="slot")
     final, reward_count = bool(slot_row[0]), int(slot_row[1])
     spec = _reward_spec(row)
-    in_window = row.state == "open" and (row.window_end_ms is None or now_ms <= row.window_end_ms)
+    # A window is [start, end): at its end the sweep closes it. A deferred decision not activated by its release
+    # time is as good as released (as `activate` says), whether or not the sweep has released it yet.
+    expired = row.activated_ms is None and row.release_ms is not None and row.release_ms <= now_ms
+    in_window = row.state == "open" and not expired and (row.window_end_ms is None or now_ms < row.window_end_ms)
     if not in_window:
         status = "late"
     elif final or (spec.aggregation == "first" and reward_count > 0):

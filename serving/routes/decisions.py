@@ -9,6 +9,7 @@ import msgspec
 from litestar import Request, get, post
 from litestar.params import Parameter
 
+from nba.catalog import REWARD_LIMIT
 from nba.clock import to_rfc3339
 from nba.errors import DecisionNotFound, InvalidInput
 from nba.ids import ID_REGEX
@@ -21,7 +22,7 @@ DecisionId = Annotated[str, Parameter(pattern=ID_REGEX)]
 
 
 class RewardBody(msgspec.Struct, forbid_unknown_fields=True):
-    value: float
+    value: Annotated[float, msgspec.Meta(ge=-REWARD_LIMIT, le=REWARD_LIMIT)]
     slot: Annotated[int, msgspec.Meta(ge=0, le=9)] = 0
 
 

@@ -460,6 +460,34 @@ def test_an_activation_after_the_window_is_refused_even_before_the_sweep(store: 
         store.activate(deferred.decision_id, clock.now())
 
 
+def test_a_reward_after_an_unactivated_reservation_expired_is_late_even_before_the_sweep(
+    store: Store, clock: ManualClock
+) -> None:
+    """As for activation: the answer does not depend on whether the sweep has released the reservation yet."""
+    version = _seed(store, clock, {"a": Action(channels=["web"])}, RewardSpec(window="1h"))
+    deferred = _decide(_engine(store, clock), defer_activation=True)
+    clock.advance(timedelta(hours=1))
+    assert store.add_reward(deferred.decision_id, 0, 1.0, clock.now()) == "late"
+    store.close_due(clock.now())
+    stored = store.get_decision(deferred.decision_id)
+    assert stored is not None and stored.state == "released"
+    assert [r["status"] for r in stored.rewards] == ["late"]
+    assert _learned(store, version) == []
+
+
+def test_a_reward_at_the_windows_end_is_late_before_and_after_the_sweep(store: Store, clock: ManualClock) -> None:
+    """The window is [decision, decision + window): at its end the sweep closes it, so a reward then is late
+    whether it comes before or after the sweep."""
+    version = _seed(store, clock, {"a": Action(channels=["web"])}, RewardSpec(window="1h", default=0.0))
+    engine = _engine(store, clock)
+    first, second = _decide(engine, "c1"), _decide(engine, "c2")
+    clock.advance(timedelta(hours=1))
+    assert store.add_reward(first.decision_id, 0, 1.0, clock.now()) == "late"
+    assert store.close_due(clock.now()) == 2
+    assert store.add_reward(second.decision_id, 0, 1.0, clock.now()) == "late"
+    assert sorted(_learned(store, version)) == sorted([(first.decision_id, 0, 0.0), (second.decision_id, 0, 0.0)])
+
+
 def test_first_rewards_before_activation_are_learned_at_activation(store: Store, clock: ManualClock) -> None:
     version = _seed(store, clock, {"a": Action(channels=["web"])}, RewardSpec(window="1h", aggregation="first"))
     decision = _decide(_engine(store, clock), defer_activation=True)

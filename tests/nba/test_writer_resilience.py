@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+from concurrent.futures import Future
+from typing import Any
 
+import pytest
 from sqlalchemy import Connection
 
+from nba.errors import InvalidInput
 from nba.store import Store
 from nba.store import schema as t
+from nba.store.batcher import _Job
 
 
 def _put(store: Store, key: str) -> None:
@@ -64,3 +70,35 @@ def test_writes_after_close_are_refused_not_left_waiting(sqlite_url: str) -> Non
         assert "shutting down" in str(exc)
     else:
         raise AssertionError("a write after close was accepted")
+
+
+@pytest.mark.postgres
+def test_a_value_the_database_refuses_fails_its_own_write_only(postgres_url: str) -> None:
+    """A statement error about one job's value (PostgreSQL's DataError: out of range, too long) is that job's
+    422, not a 503 for every write that shares its group commit."""
+    store = Store(postgres_url)
+    try:
+        batcher = store._batcher
+        started, gate = threading.Event(), threading.Event()
+
+        def hold(_conn: Connection) -> None:  # keeps the writer busy while the next two queue up together
+            started.set()
+            gate.wait(30)
+
+        held: Future[None] = Future()
+        batcher._enqueue([_Job(hold, (), future=held)])
+        assert started.wait(30)
+        bad, good = Future[Any](), Future[Any]()
+        batcher._enqueue([
+            _Job(lambda c: c.exec_driver_sql("SELECT 1e308::float8 * 10"), ("k:bad",), future=bad),
+            _Job(lambda c: c.execute(t.meta_kv.insert().values(key="kept", value="1")), ("k:good",), future=good),
+        ])
+        gate.set()
+        held.result(timeout=30)
+        with pytest.raises(InvalidInput, match="refused a value"):
+            bad.result(timeout=30)
+        good.result(timeout=30)
+        assert "kept" in _keys(store)
+        assert batcher.failing_since is None
+    finally:
+        store.close()

@@ -148,6 +148,8 @@ BAD_REWARDS = [
     pytest.param(b'{"value": [1.0]}', 422, "value", id="list"),
     pytest.param(b"{}", 422, "value", id="missing-value"),
     pytest.param(b'{"value": 1e999}', 422, "value", id="number-1e999"),
+    pytest.param(b'{"value": 1e308}', 422, "value", id="number-1e308"),  # would turn the model's weights NaN
+    pytest.param(b'{"value": -1000000000.5}', 422, "value", id="below-the-reward-limit"),
     pytest.param(b'{"value": 1.0, "slot": 1}', 422, "slot", id="slot-not-filled"),
     pytest.param(b'{"value": 1.0, "slot": -1}', 422, "slot", id="slot-negative"),
     pytest.param(b'{"value": 1.0, "slot": 10}', 422, "slot", id="slot-10"),
@@ -168,6 +170,15 @@ def test_rejected_reward_changes_nothing(
     assert_problem(response, status, field)
     assert rewards_of(client, decision_id) == rewards
     assert decision_count(app) == count
+
+
+def test_rewards_at_the_limit_are_accepted(client: Client) -> None:
+    """The limits above are about the values: a reward of exactly 1e9 (or -1e9) is accepted."""
+    decision_id = decide(client)["decision_id"]
+    for value in (1e9, -1e9):
+        response = client.post(f"/v1/decisions/{decision_id}/reward", json={"value": value}, headers=CHANNEL)
+        assert response.status_code == 202, response.text
+    assert [r["value"] for r in rewards_of(client, decision_id)] == [1e9, -1e9]
 
 
 @pytest.mark.parametrize(

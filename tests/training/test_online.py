@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select, update
 
 from bandits.registry import PolicyModels
 from bandits.vw_args import build_args
@@ -19,6 +20,7 @@ from nba.catalog import Action, Policy, RewardSpec
 from nba.clock import ManualClock, epoch_ms
 from nba.decide import DecideRequest, DecisionEngine
 from nba.store import Store, outcome_repo
+from nba.store import schema as t
 from training.online import LEASE_TTL, OnlineLearner, example_from_log
 from training.simulator import SegmentSimulator
 
@@ -283,3 +285,39 @@ def test_a_learner_whose_lease_ran_out_mid_iteration_stores_no_snapshot(store: S
     latest = store.latest_snapshot("web", 1)
     assert latest is not None and latest.examples == 4
     assert not a.has_lease and store.pending_examples("web", 1, 0) == []
+
+
+def test_an_unusable_example_is_skipped_and_the_model_keeps_learning(store: Store, clock: ManualClock) -> None:
+    """A queued reward VW cannot learn from (one stored before rewards were bounded, say 1e308) would turn every
+    weight NaN, and, failing each pass, stop all learning after it. It is skipped, logged, and leaves the queue."""
+    sim = SegmentSimulator(seed=21)
+    engine, models = _setup(store, clock, sim)
+    learner = _learner(store, models, clock)
+    _play(engine, store, sim, clock, 20)
+    poisoned = store.read(lambda c: c.execute(select(func.min(t.learn_queue.c.seq))).scalar_one())
+    store.write(lambda c: c.execute(update(t.learn_queue).where(t.learn_queue.c.seq == poisoned).values(reward=1e308)))
+
+    assert learner.learn_pending() == 20
+    learner.snapshot_all()
+    snapshot = store.latest_snapshot("web", 1)
+    assert snapshot is not None and snapshot.examples == 19  # all but the unusable one
+    assert store.pending_examples("web", 1, 0) == []
+    model = VWPolicy(build_args(Policy(channels=["web"]).learner), snapshot.model)
+    featurizer = NamespaceFeaturizer()
+    customer = sim.customer()
+    scores = model.score(featurizer.shared(dict(customer.context), {}),
+                         [featurizer.action(a, sim.action_attributes(a)) for a in sim.action_ids])
+    assert all(math.isfinite(s) for s in scores) and len(set(scores)) > 1  # still a model that tells actions apart
+
+    _play(engine, store, sim, clock, 5)
+    assert learner.learn_pending() == 5
+
+
+def test_vw_refuses_a_reward_or_probability_it_cannot_learn_from() -> None:
+    model = VWPolicy(build_args(Policy(channels=["web"]).learner))
+    shared, actions = {"C": {"x": 1.0}}, [{"A": {"id=a": 1.0}}, {"A": {"id=b": 1.0}}]
+    for reward, probability in [(1e308, 0.5), (-1.5e9, 0.5), (float("nan"), 0.5), (1.0, 0.0), (1.0, 1.5)]:
+        with pytest.raises(ValueError):
+            model.learn(shared, actions, 0, reward, probability)
+    model.learn(shared, actions, 0, 1e9, 1.0)  # the limits themselves are fine
+    assert model.examples_learned == 1
