@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from nba.catalog import EventType
 from nba.errors import InvalidInput
 from nba.numbers import is_finite_number
@@ -31,11 +33,11 @@ def _type_ok(kind: str, value: Any) -> bool:
     if kind == "timestamp":
         if not isinstance(value, str):
             return False
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+        try:  # RFC 3339, as event times are read (ISO 8601's other forms, such as week dates, are not)
+            parsed = msgspec.convert(value, datetime)
+        except msgspec.ValidationError:
             return False
-        return parsed.tzinfo is not None  # RFC 3339: a time without its offset could be any zone's
+        return parsed.tzinfo is not None  # a time without its offset could be any zone's
     return False
 
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from nba.types import CustomerState, Event
 
 OPT_OUT = "opt_out"
 OPT_IN = "opt_in"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def apply_event(state: CustomerState, event: Event) -> CustomerState:
     """Fold one event into a customer's state and return the new state (the input is not changed).
 
-    Properties overwrite earlier values only when the event is not older than the last one of its type, so
-    late-arriving events cannot roll the state back. `opt_out`/`opt_in` with an optional `channel` property
-    (absent: every channel) maintain the opt-out list that the `opt_out` constraint reads (see `_apply_consent`).
+    Each property keeps the value of the newest event that set it (at equal times, the later arrival's), so the
+    state does not depend on the order events arrive in: a late event cannot roll a property back, and still
+    sets the properties no newer event has set. `opt_out`/`opt_in` with an optional `channel` property (absent:
+    every channel) maintain the opt-out list that the `opt_out` constraint reads (see `_apply_consent`).
 
     >>> from datetime import UTC
     >>> e = Event("e1", "c1", "profile_updated", datetime(2026, 1, 1, tzinfo=UTC), {"age": 34})
@@ -30,17 +33,38 @@ def apply_event(state: CustomerState, event: Event) -> CustomerState:
         last_event_at=dict(state.last_event_at),
         opt_outs=list(state.opt_outs),
         consent={scope: list(entry) for scope, entry in state.consent.items()},
+        attribute_us=dict(state.attribute_us),
     )
     new.event_counts[event.type] = new.event_counts.get(event.type, 0) + 1
     previous = new.last_event_at.get(event.type)
-    is_latest = previous is None or datetime.fromisoformat(previous) <= event.timestamp
-    if is_latest:
+    if previous is None or datetime.fromisoformat(previous) <= event.timestamp:
         new.last_event_at[event.type] = event.timestamp.isoformat()
     if event.type in (OPT_OUT, OPT_IN):
         _apply_consent(new, event)
-    elif is_latest:
-        new.attributes.update(event.properties)
+    elif event.properties:
+        _apply_properties(new, event)
     return new
+
+
+def _apply_properties(state: CustomerState, event: Event) -> None:
+    """Set each of the event's properties unless a newer event has set it."""
+    _adopt_legacy_times(state)
+    at = (event.timestamp - _EPOCH) // _MICROSECOND
+    times = state.attribute_us
+    for key, value in event.properties.items():
+        if times.get(key, at) <= at:
+            state.attributes[key] = value
+            times[key] = at
+
+
+def _adopt_legacy_times(state: CustomerState) -> None:
+    """A state stored before attributes had times: each counts as set by its newest event so far, so that no
+    late event rolls it back (as before, when only an event newer than the last of its type could)."""
+    if state.attribute_us or not state.attributes:
+        return
+    newest = max((datetime.fromisoformat(at) for at in state.last_event_at.values()), default=_EPOCH)
+    at = (newest - _EPOCH) // _MICROSECOND
+    state.attribute_us = dict.fromkeys(state.attributes, at)
 
 
 def _apply_consent(state: CustomerState, event: Event) -> None:

@@ -22,8 +22,11 @@ class CustomerState:
     opt_outs: list[str] = field(default_factory=list)
     # The newest consent event per scope (a channel, or `*` for every channel): [time, "opt_out" | "opt_in"].
     consent: dict[str, list[str]] = field(default_factory=dict)
+    # When each attribute was set: the time of the event it came from, in microseconds since the epoch.
+    attribute_us: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """What events made of the customer, as a decision logs it and the customer route shows it."""
         return {
             "attributes": self.attributes,
             "event_counts": self.event_counts,
@@ -31,6 +34,10 @@ class CustomerState:
             "opt_outs": self.opt_outs,
             "consent": self.consent,
         }
+
+    def to_stored_json(self) -> dict[str, Any]:
+        """`to_json` with the bookkeeping that folding later events needs (when each attribute was set)."""
+        return {**self.to_json(), "attribute_us": self.attribute_us}
 
     @classmethod
     def from_json(cls, customer_id: str, data: dict[str, Any] | None) -> CustomerState:
@@ -42,6 +49,7 @@ class CustomerState:
             last_event_at=dict(data.get("last_event_at", {})),
             opt_outs=list(data.get("opt_outs", [])),
             consent={scope: list(entry) for scope, entry in data.get("consent", {}).items()},
+            attribute_us=dict(data.get("attribute_us", {})),
         )
 
 

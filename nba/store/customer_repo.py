@@ -123,9 +123,9 @@ def ingest_events(conn: Connection, batch: Sequence[Event], reducer: Reducer, no
         state = states.get(customer_id) or loaded.get(customer_id) or CustomerState(customer_id)
         states[customer_id] = reducer(state, event)
     _EVENT_NEW.execute_many(conn, rows)
-    updates = [{"s_customer_id": cid, "s_state": dumps(state.to_json()), "s_updated_ms": now_ms}
+    updates = [{"s_customer_id": cid, "s_state": dumps(state.to_stored_json()), "s_updated_ms": now_ms}
                for cid, state in states.items() if cid in loaded]
-    inserts = [{"customer_id": cid, "state": dumps(state.to_json()), "created_ms": now_ms, "updated_ms": now_ms}
+    inserts = [{"customer_id": cid, "state": dumps(state.to_stored_json()), "created_ms": now_ms, "updated_ms": now_ms}
                for cid, state in states.items() if cid not in loaded]
     if updates:
         _CUSTOMER_SAVE.execute_many(conn, updates)

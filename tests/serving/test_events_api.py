@@ -190,3 +190,30 @@ def test_an_event_dated_in_the_future_is_refused_and_a_little_clock_skew_is_not(
     assert customer(client, "c-1") is None
     send_events(client, {"customer_id": "c-1", "type": "opt_in",
                          "timestamp": (clock.now() + timedelta(minutes=4)).isoformat()})
+
+
+def test_the_state_is_the_same_whatever_order_events_arrive_in(client: Client, clock: ManualClock) -> None:
+    """Through the store on both backends: a late event neither rolls a property back (`category` below, set by
+    a newer event of another type) nor loses the properties no newer event has set (`tier`)."""
+    t0 = clock.now()
+
+    def made(customer_id: str) -> list[dict[str, Any]]:
+        def event(name: str, type_: str, before: timedelta, **properties: Any) -> dict[str, Any]:
+            return {"customer_id": customer_id, "event_id": f"{customer_id}-{name}", "type": type_,
+                    "timestamp": (t0 - before).isoformat(), "properties": properties}
+
+        return [event("purchase", "purchase", timedelta(hours=1), amount=30.0, category="shoes"),
+                event("profile", "profile_updated", timedelta(hours=2), email="a@x", age=20),
+                event("signup", "profile_updated", timedelta(days=3), category="books", age=18, tier="new")]
+
+    purchase, profile, signup = made("in-order")
+    send_events(client, [signup, profile, purchase])
+    for customer_id, order in (("newest-first", [0, 1, 2]), ("oldest-late", [0, 2, 1])):
+        events = made(customer_id)
+        for i in order:  # each in a request of its own
+            send_events(client, events[i])
+    expected = {"amount": 30.0, "category": "shoes", "email": "a@x", "age": 20, "tier": "new"}
+    for customer_id in ("in-order", "newest-first", "oldest-late"):
+        found = customer(client, customer_id)
+        assert found is not None and found["state"]["attributes"] == expected, customer_id
+        assert "attribute_us" not in found["state"]  # bookkeeping, not part of the customer's view
