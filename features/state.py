@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from nba.errors import InvalidInput
 from nba.types import CustomerState, Event
 
 OPT_OUT = "opt_out"
 OPT_IN = "opt_in"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_ATTRIBUTES = 1024  # distinct properties one customer's state may hold
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -47,14 +49,20 @@ def apply_event(state: CustomerState, event: Event) -> CustomerState:
 
 
 def _apply_properties(state: CustomerState, event: Event) -> None:
-    """Set each of the event's properties unless a newer event has set it."""
+    """Set each of the event's properties unless a newer event has set it; refuse (InvalidInput) to grow the
+    customer's properties past MAX_ATTRIBUTES."""
     _adopt_legacy_times(state)
+    before = len(state.attributes)
     at = (event.timestamp - _EPOCH) // _MICROSECOND
     times = state.attribute_us
     for key, value in event.properties.items():
         if times.get(key, at) <= at:
             state.attributes[key] = value
             times[key] = at
+    if len(state.attributes) > max(before, MAX_ATTRIBUTES):
+        raise InvalidInput(f"customer {state.customer_id!r} would have {len(state.attributes):,} properties, more "
+                           f"than {MAX_ATTRIBUTES:,}: its state keeps every property it was ever sent",
+                           field="properties")
 
 
 def _adopt_legacy_times(state: CustomerState) -> None:

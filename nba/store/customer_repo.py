@@ -10,12 +10,16 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.elements import BindParameter
 
 from nba.clock import epoch_ms
+from nba.errors import InvalidInput
 from nba.store import schema as t
 from nba.store.codec import dumps, loads
 from nba.store.prepared import Prepared
 from nba.types import CustomerState, Event, EventOutcome
 
 Reducer = Callable[[CustomerState, Event], CustomerState]
+# The largest customer state, as stored: every decision for the customer reads and decodes it (a 4 MB state
+# took half a second). A batch that would grow a state past it is a 422 naming the customer's last event in it.
+MAX_STATE_BYTES = 256 * 1024
 
 
 _RESOLVE = select(t.aliases.c.customer_id).where(t.aliases.c.alias == bindparam("alias", type_=String))
@@ -102,31 +106,42 @@ def ingest_events(conn: Connection, batch: Sequence[Event], reducer: Reducer, no
     canonical = _canonical_ids(conn, list(dict.fromkeys(e.customer_id for e in batch)))
     stored = _stored_event_ids(conn, list(dict.fromkeys(e.event_id for e in batch)))
     outcomes: list[EventOutcome] = []
-    fresh: list[tuple[Event, str]] = []
+    fresh: list[tuple[int, Event, str]] = []
     seen: set[str] = set()
-    for event in batch:
+    for index, event in enumerate(batch):
         customer_id = canonical[event.customer_id]
         duplicate = event.event_id in seen or event.event_id in stored
         outcomes.append(EventOutcome(event.event_id, customer_id, duplicate))
         if not duplicate:
             seen.add(event.event_id)
-            fresh.append((event, customer_id))
+            fresh.append((index, event, customer_id))
     if not fresh:
         return outcomes
-    loaded = _states(conn, list(dict.fromkeys(customer_id for _, customer_id in fresh)))
+    loaded = _states(conn, list(dict.fromkeys(customer_id for _, _, customer_id in fresh)))
     states: dict[str, CustomerState] = {}
+    last_index: dict[str, int] = {}  # the batch index of each customer's last new event
     rows: list[dict[str, Any]] = []
-    for event, customer_id in fresh:
+    for index, event, customer_id in fresh:
         rows.append({"event_id": event.event_id, "customer_id": customer_id, "type": event.type,
                      "ts_ms": epoch_ms(event.timestamp), "received_ms": now_ms,
                      "properties": dumps(event.properties)})
         state = states.get(customer_id) or loaded.get(customer_id) or CustomerState(customer_id)
-        states[customer_id] = reducer(state, event)
+        try:
+            states[customer_id] = reducer(state, event)
+        except InvalidInput as exc:  # the event the reducer refuses, named by its place in the batch
+            raise InvalidInput(exc.message, field=f"[{index}].{exc.field or 'properties'}") from exc
+        last_index[customer_id] = index
+    texts = {cid: dumps(state.to_stored_json()) for cid, state in states.items()}
+    for cid, text in texts.items():
+        if len(text) > MAX_STATE_BYTES:  # every decision for the customer reads and decodes it
+            raise InvalidInput(f"customer {cid!r}'s state would take {len(text):,} bytes, more than "
+                               f"{MAX_STATE_BYTES:,}: send fewer or shorter properties",
+                               field=f"[{last_index[cid]}].properties")
     _EVENT_NEW.execute_many(conn, rows)
-    updates = [{"s_customer_id": cid, "s_state": dumps(state.to_stored_json()), "s_updated_ms": now_ms}
-               for cid, state in states.items() if cid in loaded]
-    inserts = [{"customer_id": cid, "state": dumps(state.to_stored_json()), "created_ms": now_ms, "updated_ms": now_ms}
-               for cid, state in states.items() if cid not in loaded]
+    updates = [{"s_customer_id": cid, "s_state": texts[cid], "s_updated_ms": now_ms}
+               for cid in states if cid in loaded]
+    inserts = [{"customer_id": cid, "state": texts[cid], "created_ms": now_ms, "updated_ms": now_ms}
+               for cid in states if cid not in loaded]
     if updates:
         _CUSTOMER_SAVE.execute_many(conn, updates)
     if inserts:

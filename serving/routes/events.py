@@ -76,7 +76,12 @@ async def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[Even
         validate_event(item.type, item.properties, registry, field_prefix=prefix)
         batch.append(Event(item.event_id or new_id("e-"), item.customer_id, item.type,
                            _utc(item.timestamp or now, f"{prefix}timestamp", now), dict(item.properties)))
-    outcomes = await runtime.store.run_async(runtime.store.events_write(batch, apply_event, now))
+    try:
+        outcomes = await runtime.store.run_async(runtime.store.events_write(batch, apply_event, now))
+    except InvalidInput as exc:  # what the customer's state cannot take, named `[index].properties`
+        if isinstance(data, list) or not (exc.field or "").startswith("[0]."):
+            raise
+        raise InvalidInput(exc.message, field=(exc.field or "")[len("[0]."):]) from exc
     for outcome in outcomes:
         child(EVENTS, "true" if outcome.duplicate else "false").inc()
     return [EventResult(o.event_id, o.duplicate, [], []) for o in outcomes]

@@ -217,3 +217,38 @@ def test_the_state_is_the_same_whatever_order_events_arrive_in(client: Client, c
         found = customer(client, customer_id)
         assert found is not None and found["state"]["attributes"] == expected, customer_id
         assert "attribute_us" not in found["state"]  # bookkeeping, not part of the customer's view
+
+
+def _properties(prefix: str, n: int, value: Any = 1) -> dict[str, Any]:
+    return {f"{prefix}{i}": value for i in range(n)}
+
+
+def test_a_customer_state_holds_at_most_1024_properties(client: Client) -> None:
+    """Every decision for the customer reads the whole state: events cannot grow it without bound."""
+    for part in range(4):  # 4 x 256 distinct properties: at the limit
+        send_events(client, {"customer_id": "c-big", "type": "profile_updated",
+                             "properties": _properties(f"p{part}_", 256)})
+    before = customer(client, "c-big")
+    assert before is not None and len(before["state"]["attributes"]) == 1024
+
+    one_more = {"customer_id": "c-big", "type": "profile_updated", "properties": {"p0_0": 2, "new": 1}}
+    assert_problem(client.post("/v1/events", json=one_more, headers=CHANNEL), 422, "properties")
+    other = {"customer_id": "c-other", "type": "profile_updated", "properties": {"a": 1}}
+    assert_problem(client.post("/v1/events", json=[other, one_more], headers=CHANNEL), 422, "[1].properties")
+    assert customer(client, "c-big") == before  # nothing of either request was stored
+    assert customer(client, "c-other") is None
+
+    send_events(client, {"customer_id": "c-big", "type": "profile_updated", "properties": {"p0_0": 2}})  # no growth
+    after = customer(client, "c-big")
+    assert after is not None and after["state"]["attributes"]["p0_0"] == 2
+
+
+def test_a_customer_state_takes_at_most_256_kib(client: Client) -> None:
+    big = {"customer_id": "c-wide", "type": "profile_updated", "properties": _properties("k", 200, "x" * 1000)}
+    send_events(client, big)  # about 200 KB: fine
+    more = {"customer_id": "c-wide", "type": "profile_updated", "properties": _properties("m", 100, "y" * 1000)}
+    response = client.post("/v1/events", json=more, headers=CHANNEL)
+    assert_problem(response, 422, "properties")
+    assert "bytes" in response.json()["detail"]
+    found = customer(client, "c-wide")
+    assert found is not None and sorted(found["state"]["attributes"]) == sorted(big["properties"])
