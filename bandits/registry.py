@@ -59,8 +59,13 @@ def newest_usable(
 ) -> tuple[tuple[VWPolicy, Snapshot] | None, list[Rejection]]:
     """The newest snapshot of a policy version that loads, stepping back past those that do not.
 
-    Returns the loaded model and its snapshot (None when no snapshot loads) and the newer ones refused, newest
-    first. A store failure propagates as `StoreUnavailable`.
+    A version with no snapshot of its own continues the model of the newest snapshot of an earlier version,
+    if that loads with this version's learner (same Vowpal Wabbit arguments and feature encoding: its
+    fingerprint says so): a policy edit that leaves the learner alone (a reward window, a channel, the mode
+    and back) does not throw away what the model learned. Otherwise the version starts a new model.
+
+    Returns the loaded model and its snapshot (None when no snapshot loads) and the newer ones of this version
+    refused, newest first. A store failure propagates as `StoreUnavailable`.
     """
     rejected: list[Rejection] = []
     older_than: int | None = None
@@ -70,7 +75,17 @@ def newest_usable(
         except ModelLoadError as exc:
             rejected.append(Rejection(snapshot.snapshot_id, str(exc)))
             older_than = snapshot.snapshot_id
-    return None, rejected
+    if rejected:  # this version's own snapshots are unusable: serve the fallback and say so, as always
+        return None, rejected
+    earlier = store.latest_earlier_snapshot(name, version)
+    if earlier is None or earlier.fingerprint is None:  # a legacy one cannot show it was trained the same way
+        return None, rejected
+    try:
+        return (load_snapshot(args, earlier), earlier), rejected
+    except ModelLoadError as exc:
+        log.info("policy %s v%d: not continuing v%d's model (snapshot %d): %s", name, version,
+                 earlier.policy_version, earlier.snapshot_id, exc)
+        return None, rejected
 
 
 def _loaded_unverified(name: str, version: int, snapshot: Snapshot) -> bool:
@@ -149,6 +164,8 @@ class PolicyModels:
             if found is not None:
                 model, snapshot = found
                 message = f"loaded snapshot {snapshot.snapshot_id}"
+                if snapshot.policy_version != version:
+                    message += f" of v{snapshot.policy_version} (continuing its model)"
                 if _loaded_unverified(name, version, snapshot):
                     message += " (legacy, unverified)"
                 if rejected:

@@ -183,7 +183,12 @@ class OnlineLearner:
     def learn_pending(self, batch: int = 1000) -> int:
         """Learn every joined example waiting for any online policy; returns how many were learned."""
         total = 0
-        for name, (version, policy) in self._catalog().policies.items():
+        policies = self._catalog().policies
+        for key in [k for k in self._tracks if policies.get(k[0], (None,))[0] != k[1]]:
+            # A version no longer current: its model lives on in the current version's, which continues from
+            # its newest snapshot and learns the examples it had not snapshotted (they are still pending).
+            del self._tracks[key]
+        for name, (version, policy) in policies.items():
             if policy.mode != "online":
                 continue
             track = self._track(name, version, policy)

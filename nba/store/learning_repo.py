@@ -37,6 +37,7 @@ class Snapshot:
     model: bytes
     checksum: str | None = None
     fingerprint: str | None = None
+    policy_version: int = 0
 
 
 def pending_examples(
@@ -44,7 +45,7 @@ def pending_examples(
 ) -> list[JoinedExample]:
     """Joined examples not yet in any snapshot, oldest first, after `after_seq`."""
     q = t.learn_queue.c
-    return _joined(conn, policy, version, q.seq > after_seq, limit=limit)
+    return _joined(conn, policy, q.policy_version == version, q.seq > after_seq, limit=limit)
 
 
 def unlearned_examples(
@@ -52,6 +53,8 @@ def unlearned_examples(
 ) -> list[JoinedExample]:
     """Joined examples in no snapshot and not in `learned`, oldest first: what a live learner has yet to learn.
 
+    Those of earlier versions of the policy too: a decision made just before the policy changed is rewarded
+    under the new version, and its logged propensities make it as good an example for the new version's model.
     `learned` is what the learner has learned since its last snapshot, so it is exactly the part of the pending
     rows to skip. A cursor (`seq > the last seq read`) would not do: a seq is taken at INSERT and becomes visible
     at COMMIT, so on PostgreSQL a row can commit below a seq already read, and a cursor would pass it by for good.
@@ -61,26 +64,27 @@ def unlearned_examples(
     q = t.learn_queue.c
     pending = conn.execute(
         select(q.seq)
-        .where(q.policy_name == policy, q.policy_version == version, q.snapshot_id.is_(None))
+        .where(q.policy_name == policy, q.snapshot_id.is_(None), q.policy_version <= version)
         .order_by(q.seq)
         .limit(limit + len(learned))
     ).scalars()
     wanted = [seq for seq in pending if seq not in learned][:limit]
     examples: list[JoinedExample] = []
     for start in range(0, len(wanted), _IN_CHUNK):
-        examples += _joined(conn, policy, version, q.seq.in_(wanted[start:start + _IN_CHUNK]))
+        examples += _joined(conn, policy, q.policy_version <= version, q.seq.in_(wanted[start:start + _IN_CHUNK]))
     return examples
 
 
 def _joined(
-    conn: Connection, policy: str, version: int, condition: ColumnElement[bool], limit: int | None = None
+    conn: Connection, policy: str, versions: ColumnElement[bool], condition: ColumnElement[bool],
+    limit: int | None = None,
 ) -> list[JoinedExample]:
-    """The pending rows of one policy version meeting `condition`, oldest first, with their logged decisions."""
+    """The pending rows of the policy's `versions` meeting `condition`, oldest first, with their logged decisions."""
     q = t.learn_queue.c
     rows = conn.execute(
         select(q.seq, q.decision_id, q.slot, q.reward, t.decisions.c.body)
         .join(t.decisions, t.decisions.c.decision_id == q.decision_id)
-        .where(q.policy_name == policy, q.policy_version == version, q.snapshot_id.is_(None), condition)
+        .where(q.policy_name == policy, q.snapshot_id.is_(None), versions, condition)
         .order_by(q.seq)
         .limit(limit)
     )
@@ -136,17 +140,32 @@ def latest_snapshot(
     """The newest snapshot with `newer_than < id`, and `id < older_than` when given (to step back past one)."""
     s = t.model_snapshots.c
     query = (
-        select(s.id, s.examples, s.model, s.checksum, s.fingerprint)
+        select(s.id, s.examples, s.model, s.checksum, s.fingerprint, s.policy_version)
         .where(s.policy_name == policy, s.policy_version == version, s.id > newer_than)
         .order_by(s.id.desc())
         .limit(1)
     )
     if older_than is not None:
         query = query.where(s.id < older_than)
-    row = conn.execute(query).first()
+    return _snapshot(conn.execute(query).first())
+
+
+def latest_earlier_snapshot(conn: Connection, policy: str, version: int) -> Snapshot | None:
+    """The newest snapshot of any earlier version of the policy: where a new version's model may continue from."""
+    s = t.model_snapshots.c
+    return _snapshot(conn.execute(
+        select(s.id, s.examples, s.model, s.checksum, s.fingerprint, s.policy_version)
+        .where(s.policy_name == policy, s.policy_version < version)
+        .order_by(s.id.desc())
+        .limit(1)
+    ).first())
+
+
+def _snapshot(row: Any) -> Snapshot | None:
     if row is None:
         return None
-    return Snapshot(int(row.id), int(row.examples), bytes(row.model), row.checksum, row.fingerprint)
+    return Snapshot(int(row.id), int(row.examples), bytes(row.model), row.checksum, row.fingerprint,
+                    int(row.policy_version))
 
 
 def try_lease(conn: Connection, name: str, holder: str, now_ms: int, ttl_ms: int) -> bool:

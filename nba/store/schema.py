@@ -183,7 +183,11 @@ learn_queue = Table(
     Column("reward", Float, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("snapshot_id", Integer),
-    Index("ix_learn_pending", "policy_name", "policy_version", "snapshot_id", "seq"),
+    # The pending rows of a policy, of every version, in seq order (v5: the learner of a policy's current version
+    # also learns what earlier versions' decisions were rewarded with).
+    Index("ix_learn_pending", "policy_name", "seq", "policy_version", "snapshot_id",
+          sqlite_where=text("snapshot_id IS NULL"),
+          postgresql_where=text("snapshot_id IS NULL")),
 )
 
 model_snapshots = Table(
@@ -249,7 +253,12 @@ def _v4(conn: Connection) -> None:
     _recreate_index(conn, contacts, "ix_contacts_customer_at")
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
+def _v5(conn: Connection) -> None:
+    """The pending index holds only pending rows, of every version of a policy, in seq order."""
+    _recreate_index(conn, learn_queue, "ix_learn_pending")
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5)]
 
 
 def current_version(conn: Connection) -> int:

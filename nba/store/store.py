@@ -373,6 +373,9 @@ class Store:
     ) -> learning_repo.Snapshot | None:
         return self.read(lambda c: learning_repo.latest_snapshot(c, policy, version, newer_than, older_than))
 
+    def latest_earlier_snapshot(self, policy: str, version: int) -> learning_repo.Snapshot | None:
+        return self.read(lambda c: learning_repo.latest_earlier_snapshot(c, policy, version))
+
     def try_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
         return self.write(
             lambda c: learning_repo.try_lease(c, name, holder, epoch_ms(now), int(ttl.total_seconds() * 1000)),

@@ -1,5 +1,6 @@
 """Schema migrations on both backends: v3 makes the release index partial (deferred decisions only), v4 makes the
-contacts index cover the decide path's read; the queries that need them still use them."""
+contacts index cover the decide path's read, v5 makes the learner's pending index partial (pending rows of every
+version of a policy, in seq order); the queries that need them still use them."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def test_a_v3_database_gets_the_covering_contacts_index(store_url: str) -> None:
     try:
         definition = upgraded.read(lambda c: _index(c, "ix_contacts_customer_at"))
         assert all(column in definition for column in ("customer_id", "at_ms", "status", "action_id", "channel"))
-        assert _schema_version(upgraded) == str(MIGRATIONS[-1][0]) == "4"
+        assert _schema_version(upgraded) == str(MIGRATIONS[-1][0])
     finally:
         upgraded.close()
 
@@ -105,5 +106,38 @@ def test_the_decide_paths_contact_reads_are_answered_from_the_index(sqlite_url: 
         for statement in (_CONTACTS["sqlite"], decide_reads._BY_DIALECT["sqlite"]):
             found = plan(statement)
             assert "COVERING INDEX ix_contacts_customer_at (customer_id=? AND at_ms>?)" in found, found
+    finally:
+        store.close()
+
+
+def test_a_v4_database_gets_the_partial_pending_index(store_url: str) -> None:
+    store = Store(store_url)
+    try:
+        def to_v4(conn: Connection) -> None:  # the index as v4 had it: every row, by version
+            conn.exec_driver_sql("DROP INDEX ix_learn_pending")
+            conn.exec_driver_sql("CREATE INDEX ix_learn_pending ON learn_queue "
+                                 "(policy_name, policy_version, snapshot_id, seq)")
+            conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value="4"))
+
+        store.write(to_v4)
+    finally:
+        store.close()
+    upgraded = Store(store_url)
+    try:
+        definition = upgraded.read(lambda c: _index(c, "ix_learn_pending"))
+        assert "snapshot_id IS NULL".upper() in definition.upper(), definition
+        assert _schema_version(upgraded) == str(MIGRATIONS[-1][0])
+    finally:
+        upgraded.close()
+
+
+def test_the_learners_pending_read_uses_the_partial_index(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    try:
+        plan = store.read(lambda c: " ".join(
+            str(row[-1]) for row in c.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT seq FROM learn_queue WHERE policy_name = 'p' AND snapshot_id IS NULL "
+                "AND policy_version <= 3 ORDER BY seq LIMIT 10")))
+        assert "COVERING INDEX ix_learn_pending" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         store.close()

@@ -321,3 +321,66 @@ def test_vw_refuses_a_reward_or_probability_it_cannot_learn_from() -> None:
             model.learn(shared, actions, 0, reward, probability)
     model.learn(shared, actions, 0, 1e9, 1.0)  # the limits themselves are fine
     assert model.examples_learned == 1
+
+
+def _edit_policy(store: Store, clock: ManualClock, policy: Policy) -> int:
+    version, _ = store.put_policy("web", policy, clock.now())
+    return version
+
+
+def test_a_policy_edit_that_keeps_the_learner_continues_its_model_and_learns_earlier_decisions(
+    store: Store, clock: ManualClock
+) -> None:
+    """A new version (here: a longer reward window) continues the previous version's model, and the rewards of
+    decisions made just before the edit are learned by it: they were accepted, so they must be learned."""
+    sim = SegmentSimulator(seed=23)
+    engine, models = _setup(store, clock, sim)
+    learner = _learner(store, models, clock)
+    _play(engine, store, sim, clock, 20)
+    assert learner.learn_pending() == 20
+    learner.snapshot_all()
+    customer = sim.customer()
+    before_edit = engine.decide(DecideRequest(customer.customer_id, "web", dict(customer.context))).decision
+    assert before_edit.policy.version == 1
+
+    edited = Policy(channels=["web"], reward=RewardSpec(aggregation="first", window="2h"))
+    assert _edit_policy(store, clock, edited) == 2
+    serving = PolicyModels(store, NamespaceFeaturizer())  # a process that starts now
+    assert serving.scorer("web", 2, edited) is not None
+    [status] = serving.statuses()
+    assert (status.version, status.examples) == (2, 20) and "of v1" in status.message, status
+
+    assert store.add_reward(before_edit.decision_id, 0, 1.0, clock.now()) == "accepted"
+    assert learner.learn_pending() == 1
+    learner.snapshot_all()
+    snapshot = store.latest_snapshot("web", 2)
+    assert snapshot is not None and snapshot.examples == 21
+    assert store.pending_examples("web", 1, 0) == []  # nothing of v1 is left waiting
+    after = engine.decide(DecideRequest(customer.customer_id, "web", dict(customer.context))).decision
+    assert after.policy.version == 2 and after.policy.mode == "online"
+
+
+def test_a_policy_edit_that_changes_the_learner_starts_a_new_model_that_learns_earlier_decisions(
+    store: Store, clock: ManualClock
+) -> None:
+    sim = SegmentSimulator(seed=24)
+    engine, models = _setup(store, clock, sim)
+    learner = _learner(store, models, clock)
+    _play(engine, store, sim, clock, 10)
+    assert learner.learn_pending() == 10
+    learner.snapshot_all()
+    customer = sim.customer()
+    before_edit = engine.decide(DecideRequest(customer.customer_id, "web", dict(customer.context))).decision
+
+    edited = Policy(channels=["web"], reward=RewardSpec(aggregation="first"),
+                    learner={"exploration": "epsilon", "epsilon": 0.2})
+    assert _edit_policy(store, clock, edited) == 2
+    serving = PolicyModels(store, NamespaceFeaturizer())
+    assert serving.scorer("web", 2, edited) is not None
+    assert [(s.version, s.examples, s.message) for s in serving.statuses()] == [(2, 0, "new model (no snapshot yet)")]
+
+    store.add_reward(before_edit.decision_id, 0, 1.0, clock.now())
+    assert learner.learn_pending() == 1  # into the new model: the logged propensities hold whatever it runs
+    learner.snapshot_all()
+    snapshot = store.latest_snapshot("web", 2)
+    assert snapshot is not None and snapshot.examples == 1
