@@ -302,6 +302,21 @@ def test_sum_is_learned_when_the_window_closes_with_the_sum(store: Store, clock:
     assert store.close_due(clock.now()) == 0  # closing is done once
 
 
+def test_a_sweep_closes_every_due_decision_however_many(store: Store, clock: ManualClock) -> None:
+    """In transactions of `limit` decisions, until none is left: one transaction a sweep fell behind as soon as
+    more decisions a second came due than it held."""
+    version = _seed(store, clock, {"a": Action(channels=["web"])}, RewardSpec(window="1h", default=0.0))
+    engine = _engine(store, clock)
+    decisions = [_decide(engine, f"c{i}") for i in range(25)]
+    clock.advance(timedelta(hours=1))
+    assert store.close_due(clock.now(), limit=10) == 25
+    assert sorted(_learned(store, version)) == sorted((d.decision_id, 0, 0.0) for d in decisions)
+    assert store.close_due(clock.now(), limit=10) == 0
+    for d in decisions[:3]:
+        stored = store.get_decision(d.decision_id)
+        assert stored is not None and stored.state == "final"
+
+
 def test_a_decision_that_cannot_be_closed_does_not_hold_up_the_others(store: Store, clock: ManualClock) -> None:
     """A stored record this version cannot read (here: not JSON at all) fails its own close, not everyone's."""
     version = _seed(store, clock, {"a": Action(channels=["web"])}, RewardSpec(window="1h", default=0.0))
