@@ -22,6 +22,12 @@ Namespaces = Mapping[str, Mapping[str, float]]
 FEATURE_ENCODING = "namespaces/1"
 
 
+# The largest reward Vowpal Wabbit is given to learn from, in absolute value. A client's reward is at most
+# REWARD_LIMIT, but a `sum` of many is larger; measured with the default learner, the model still tells actions
+# apart at 1e18 and scores every action alike from about 1e20 (1e308 turns its weights NaN).
+LEARNABLE_REWARD = REWARD_LIMIT * 1e6
+
+
 class ModelLoadError(RuntimeError):
     """A model file that Vowpal Wabbit cannot load with the policy's arguments."""
 
@@ -192,11 +198,11 @@ class VWPolicy:
     ) -> None:
         """Learn from one logged choice; the cost VW minimises is the negative reward.
 
-        A reward beyond REWARD_LIMIT (or not finite) or a probability outside (0, 1] is refused (ValueError): one
-        such example can turn every weight NaN, and the model would never recover.
+        A reward beyond LEARNABLE_REWARD (or not finite) or a probability outside (0, 1] is refused (ValueError):
+        one such example can turn every weight NaN, and the model would never recover.
         """
-        if not (math.isfinite(reward) and abs(reward) <= REWARD_LIMIT):
-            raise ValueError(f"reward {reward!r} is not a finite number within ±{REWARD_LIMIT:g}")
+        if not (math.isfinite(reward) and abs(reward) <= LEARNABLE_REWARD):
+            raise ValueError(f"reward {reward!r} is not a finite number within ±{LEARNABLE_REWARD:g}")
         if not 0.0 < probability <= 1.0:
             raise ValueError(f"probability {probability!r} is not in (0, 1]")
         lines = self._lines(shared, actions, keys)

@@ -22,7 +22,8 @@ class CustomerState:
     opt_outs: list[str] = field(default_factory=list)
     # The newest consent event per scope (a channel, or `*` for every channel): [time, "opt_out" | "opt_in"].
     consent: dict[str, list[str]] = field(default_factory=dict)
-    # When each attribute was set: the time of the event it came from, in microseconds since the epoch.
+    # When each attribute was set: the time of the event it came from, in microseconds since the epoch. Stored
+    # beside the state (`customers.attribute_us`), not in it: only folding events needs it, not decisions.
     attribute_us: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -34,10 +35,6 @@ class CustomerState:
             "opt_outs": self.opt_outs,
             "consent": self.consent,
         }
-
-    def to_stored_json(self) -> dict[str, Any]:
-        """`to_json` with the bookkeeping that folding later events needs (when each attribute was set)."""
-        return {**self.to_json(), "attribute_us": self.attribute_us}
 
     @classmethod
     def from_json(cls, customer_id: str, data: dict[str, Any] | None) -> CustomerState:

@@ -73,6 +73,11 @@ _WAIT_FOR_LANE = text(f"SELECT pg_advisory_xact_lock({LANE_LOCK_CLASS}, CAST(:la
 _XACT_STATUS = text("SELECT pg_xact_status(CAST(:xid AS xid8))")
 # How long the writer waits to learn how a transaction whose COMMIT failed has ended before it gives up (503).
 IN_DOUBT_WAIT_MS = 5_000
+# PostgreSQL: at most this many advisory-lock keys in one group transaction (a job with more runs alone: a
+# 1,000-event request has 2,000). Each lock is a slot of the server's lock table, which all sessions share
+# (max_locks_per_transaction x max_connections: 6,400 by default); sixteen 1,000-event requests in one group
+# commit needed 32,000, and every write of the group failed ("out of shared memory").
+MAX_BATCH_KEYS = 2_048
 
 
 @dataclass
@@ -226,6 +231,9 @@ class WriteBatcher:
         self._between_due = between_due
         self._between_requested = False
         self._max_batch = max_batch
+        # PostgreSQL: advisory-lock keys one group transaction may take (see MAX_BATCH_KEYS); SQLite takes none.
+        self._max_keys = MAX_BATCH_KEYS if engine.dialect.name == "postgresql" else None
+        self._carry: _Job | None = None  # a job that did not fit in the last batch's keys: the next batch's first
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._queue_lock = threading.Lock()  # `_closed` and queueing, so no job is queued after the last drain
         self._thread = threading.Thread(target=self._run, name="nba-writer", daemon=True)
@@ -425,7 +433,8 @@ class WriteBatcher:
         finally:  # whatever ends the thread, nobody may wait for ever on a write it will not run
             with self._queue_lock:  # from now on nothing is queued (see _enqueue)
                 self._closed = True
-            leftover: list[_Job] = []
+            leftover: list[_Job] = [self._carry] if self._carry is not None else []
+            self._carry = None
             while True:
                 try:
                     job = self._queue.get_nowait()
@@ -437,21 +446,32 @@ class WriteBatcher:
                 self._deliver(leftover, [(False, StoreUnavailable("the store is shutting down"))] * len(leftover))
 
     def _loop(self) -> None:
+        stopping = False  # the stop was read: what was queued before it is committed, then the thread ends
         while True:
-            first = self._queue.get()
-            if first is None:
+            if self._carry is not None:
+                first, self._carry = self._carry, None
+            elif stopping:
                 return
+            else:
+                queued = self._queue.get()
+                if queued is None:
+                    return
+                first = queued
             batch = [first]
-            stop = False
-            while len(batch) < self._max_batch:
+            keys = len(first.keys)
+            while len(batch) < self._max_batch and not stopping:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
-                    stop = True
+                    stopping = True
+                    break
+                if self._max_keys is not None and keys + len(nxt.keys) > self._max_keys:
+                    self._carry = nxt  # it starts the next batch (alone, if it has more keys by itself)
                     break
                 batch.append(nxt)
+                keys += len(nxt.keys)
             try:
                 self._commit(batch, self._lane)
             except Exception as exc:  # a bug or a driver error outside SQLAlchemy: fail the batch, keep writing
@@ -460,8 +480,6 @@ class WriteBatcher:
                 self._fail(batch, exc)
             finally:  # even if this batch failed before its work between batches: the next inline one asks again
                 self._between_requested = False
-            if stop:
-                return
 
     def _commit(self, batch: list[_Job], lane: _Lane) -> None:
         try:

@@ -16,3 +16,8 @@ def dumps(value: Any) -> str:
 
 def loads(text: str | bytes) -> Any:
     return _decoder.decode(text)
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes of `value` as JSON (UTF-8), as the store keeps it."""
+    return len(_encoder.encode(value))

@@ -12,18 +12,20 @@ from sqlalchemy.sql.elements import BindParameter
 from nba.clock import epoch_ms
 from nba.errors import InvalidInput
 from nba.store import schema as t
-from nba.store.codec import dumps, loads
+from nba.store.codec import dumps, encoded_size, loads
 from nba.store.prepared import Prepared
 from nba.types import CustomerState, Event, EventOutcome
 
 Reducer = Callable[[CustomerState, Event], CustomerState]
-# The largest customer state, as stored: every decision for the customer reads and decodes it (a 4 MB state
-# took half a second). A batch that would grow a state past it is a 422 naming the customer's last event in it.
-MAX_STATE_BYTES = 256 * 1024
+# The most a customer's properties may take, as stored (UTF-8 JSON): every decision for the customer reads and
+# decodes them (a 4 MB state took half a second). A batch that would grow them past it is a 422 naming the
+# customer's last event in it; one that does not grow them (a consent event, a property set again) never is.
+MAX_ATTRIBUTE_BYTES = 256 * 1024
 
 
 _RESOLVE = select(t.aliases.c.customer_id).where(t.aliases.c.alias == bindparam("alias", type_=String))
-_STATE = select(t.customers.c.state).where(t.customers.c.customer_id == bindparam("customer_id"))
+_STATE = select(t.customers.c.state, t.customers.c.attribute_us).where(
+    t.customers.c.customer_id == bindparam("customer_id"))
 # The canonical id of `:alias` (an id nobody aliased is its own id).
 CANONICAL = func.coalesce(
     select(t.aliases.c.customer_id).where(t.aliases.c.alias == bindparam("alias", type_=String)).scalar_subquery(),
@@ -43,8 +45,15 @@ def aliases_of(conn: Connection, customer_id: str) -> list[str]:
 
 
 def load_state(conn: Connection, customer_id: str) -> CustomerState | None:
-    raw = conn.execute(_STATE, {"customer_id": customer_id}).scalar()
-    return None if raw is None else CustomerState.from_json(customer_id, loads(raw))
+    row = conn.execute(_STATE, {"customer_id": customer_id}).first()
+    return None if row is None else _state(customer_id, row.state, row.attribute_us)
+
+
+def _state(customer_id: str, raw: str, times: str | None) -> CustomerState:
+    state = CustomerState.from_json(customer_id, loads(raw))
+    if times is not None:
+        state.attribute_us = loads(times)
+    return state
 
 
 def _in_list(cache: dict[int, Prepared], build: Callable[[list[BindParameter[str]]], ClauseElement],
@@ -74,7 +83,7 @@ _EVENT_NEW = Prepared(t.events.insert())
 _CUSTOMER_NEW = Prepared(t.customers.insert())
 _CUSTOMER_SAVE = Prepared(
     update(t.customers).where(t.customers.c.customer_id == bindparam("s_customer_id"))
-    .values(state=bindparam("s_state"), updated_ms=bindparam("s_updated_ms"))
+    .values(state=bindparam("s_state"), attribute_us=bindparam("s_attribute_us"), updated_ms=bindparam("s_updated_ms"))
 )
 
 
@@ -92,9 +101,10 @@ def _stored_event_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
 
 def _states(conn: Connection, ids: Sequence[str]) -> dict[str, CustomerState]:
     """Stored states of these customers, locked for this transaction on PostgreSQL (SQLite's writer is alone)."""
-    found = _in_list(_STATES_IN, lambda p: select(t.customers.c.customer_id, t.customers.c.state)
-                     .where(t.customers.c.customer_id.in_(p)).with_for_update(), ids, conn)
-    return {str(cid): CustomerState.from_json(str(cid), loads(raw)) for cid, raw in found}
+    c = t.customers.c
+    found = _in_list(_STATES_IN, lambda p: select(c.customer_id, c.state, c.attribute_us)
+                     .where(c.customer_id.in_(p)).with_for_update(), ids, conn)
+    return {str(cid): _state(str(cid), raw, times) for cid, raw, times in found}
 
 
 def ingest_events(conn: Connection, batch: Sequence[Event], reducer: Reducer, now_ms: int) -> list[EventOutcome]:
@@ -131,17 +141,18 @@ def ingest_events(conn: Connection, batch: Sequence[Event], reducer: Reducer, no
         except InvalidInput as exc:  # the event the reducer refuses, named by its place in the batch
             raise InvalidInput(exc.message, field=f"[{index}].{exc.field or 'properties'}") from exc
         last_index[customer_id] = index
-    texts = {cid: dumps(state.to_stored_json()) for cid, state in states.items()}
-    for cid, text in texts.items():
-        if len(text) > MAX_STATE_BYTES:  # every decision for the customer reads and decodes it
-            raise InvalidInput(f"customer {cid!r}'s state would take {len(text):,} bytes, more than "
-                               f"{MAX_STATE_BYTES:,}: send fewer or shorter properties",
+    for cid, state in states.items():
+        size = encoded_size(state.attributes)
+        before = loaded.get(cid)
+        if size > MAX_ATTRIBUTE_BYTES and size > (encoded_size(before.attributes) if before is not None else 0):
+            raise InvalidInput(f"customer {cid!r}'s properties would take {size:,} bytes, more than "
+                               f"{MAX_ATTRIBUTE_BYTES:,}: send fewer or shorter properties",
                                field=f"[{last_index[cid]}].properties")
     _EVENT_NEW.execute_many(conn, rows)
-    updates = [{"s_customer_id": cid, "s_state": texts[cid], "s_updated_ms": now_ms}
-               for cid in states if cid in loaded]
-    inserts = [{"customer_id": cid, "state": texts[cid], "created_ms": now_ms, "updated_ms": now_ms}
-               for cid in states if cid not in loaded]
+    updates = [{"s_customer_id": cid, "s_state": dumps(state.to_json()), "s_attribute_us": dumps(state.attribute_us),
+                "s_updated_ms": now_ms} for cid, state in states.items() if cid in loaded]
+    inserts = [{"customer_id": cid, "state": dumps(state.to_json()), "attribute_us": dumps(state.attribute_us),
+                "created_ms": now_ms, "updated_ms": now_ms} for cid, state in states.items() if cid not in loaded]
     if updates:
         _CUSTOMER_SAVE.execute_many(conn, updates)
     if inserts:

@@ -86,32 +86,19 @@ def lock_id(key: str) -> int:
 
 
 SHARED = "shared:"
-# Each advisory lock takes a slot in PostgreSQL's lock table, which every session shares: max_locks_per_transaction
-# x (max_connections + max_prepared_transactions), 6,400 by default. A group commit of large event batches (two
-# keys per event) would need tens of thousands, and fail for every write in it ("out of shared memory"). A
-# transaction with more distinct keys than this takes the store-wide lock exclusively instead: every transaction
-# takes that lock first, shared, so one lock then stands for all of its keys.
-MAX_KEY_LOCKS = 1024
-STORE_WIDE = lock_id("store:every-key")
 
 
 def lock_keys(conn: Connection, keys: list[str]) -> None:
     """Take transaction-scoped advisory locks (PostgreSQL) in a fixed order, so batches never deadlock.
 
     A key written `shared:<key>` takes the lock in shared mode (readers of something that `<key>` writers
-    change); a batch that needs both modes of one key takes it exclusively. The store-wide lock comes first:
-    shared, then each key's; past MAX_KEY_LOCKS keys, it alone, exclusively (it then waits for every transaction
-    holding key locks, and they for it). On SQLite the write transaction already excludes every other writer, so
-    this does nothing.
+    change); a batch that needs both modes of one key takes it exclusively. On SQLite the write transaction
+    already excludes every other writer, so this does nothing.
     """
     if conn.dialect.name != "postgresql":
         return
     exclusive = {lock_id(k) for k in keys if not k.startswith(SHARED)}
     shared = {lock_id(k[len(SHARED):]) for k in keys if k.startswith(SHARED)} - exclusive
-    if len(exclusive) + len(shared) > MAX_KEY_LOCKS:
-        conn.execute(select(func.pg_advisory_xact_lock(STORE_WIDE)))
-        return
-    conn.execute(select(func.pg_advisory_xact_lock_shared(STORE_WIDE)))
-    for key_id in sorted((exclusive | shared) - {STORE_WIDE}):
+    for key_id in sorted(exclusive | shared):
         lock = func.pg_advisory_xact_lock_shared if key_id in shared else func.pg_advisory_xact_lock
         conn.execute(select(lock(key_id)))

@@ -68,6 +68,9 @@ customers = Table(
     Column("state", Text, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
+    # When each attribute was set (JSON: name -> microseconds); read by event ingest only, so the decide path's
+    # read of `state` stays as small as before. NULL on rows stored before v6.
+    Column("attribute_us", Text),
 )
 
 aliases = Table(
@@ -258,7 +261,13 @@ def _v5(conn: Connection) -> None:
     _recreate_index(conn, learn_queue, "ix_learn_pending")
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5)]
+def _v6(conn: Connection) -> None:
+    _add_missing_columns(conn, customers, ["attribute_us"])
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6),
+]
 
 
 def current_version(conn: Connection) -> int:

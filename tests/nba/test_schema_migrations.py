@@ -4,14 +4,18 @@ version of a policy, in seq order); the queries that need them still use them.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import Connection
 
+from features.state import apply_event
 from nba.store import Store, decide_reads
 from nba.store import schema as t
 from nba.store.decision_repo import _CONTACTS
 from nba.store.outcome_repo import due_decisions
 from nba.store.prepared import Prepared
 from nba.store.schema import MIGRATIONS
+from nba.types import Event
 
 
 def _index(conn: Connection, name: str) -> str:
@@ -141,3 +145,30 @@ def test_the_learners_pending_read_uses_the_partial_index(sqlite_url: str) -> No
         assert "COVERING INDEX ix_learn_pending" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         store.close()
+
+
+def test_a_v5_database_gets_the_attribute_times_column_and_its_states_keep_working(store_url: str) -> None:
+    """States stored before v6 have no attribute times: they adopt their newest event's (features/state.py)."""
+    store = Store(store_url)
+    try:
+        def to_v5(conn: Connection) -> None:
+            conn.exec_driver_sql("ALTER TABLE customers DROP COLUMN attribute_us")
+            conn.execute(t.customers.insert().values(
+                customer_id="c-old", created_ms=0, updated_ms=0,
+                state='{"attributes": {"tier": "gold"}, "last_event_at": {"x": "2026-11-24T10:00:00+00:00"}}'))
+            conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value="5"))
+
+        store.write(to_v5)
+    finally:
+        store.close()
+    upgraded = Store(store_url)
+    try:
+        assert _schema_version(upgraded) == str(MIGRATIONS[-1][0])
+        late = Event("e-late", "c-old", "profile_updated", datetime(2026, 11, 24, 9, tzinfo=UTC),
+                     {"tier": "bronze", "city": "Oslo"})
+        upgraded.ingest_events([late], apply_event, datetime(2026, 11, 24, 11, tzinfo=UTC))
+        state = upgraded.load_customer("c-old")
+        assert state is not None and state.attributes == {"tier": "gold", "city": "Oslo"}
+        assert set(state.attribute_us) == {"tier", "city"}
+    finally:
+        upgraded.close()

@@ -243,7 +243,7 @@ def test_a_customer_state_holds_at_most_1024_properties(client: Client) -> None:
     assert after is not None and after["state"]["attributes"]["p0_0"] == 2
 
 
-def test_a_customer_state_takes_at_most_256_kib(client: Client) -> None:
+def test_a_customers_properties_take_at_most_256_kib_counted_in_bytes(client: Client) -> None:
     big = {"customer_id": "c-wide", "type": "profile_updated", "properties": _properties("k", 200, "x" * 1000)}
     send_events(client, big)  # about 200 KB: fine
     more = {"customer_id": "c-wide", "type": "profile_updated", "properties": _properties("m", 100, "y" * 1000)}
@@ -252,3 +252,21 @@ def test_a_customer_state_takes_at_most_256_kib(client: Client) -> None:
     assert "bytes" in response.json()["detail"]
     found = customer(client, "c-wide")
     assert found is not None and sorted(found["state"]["attributes"]) == sorted(big["properties"])
+
+    # 100,000 characters, but three bytes each in UTF-8: 300 KB as stored
+    euros = {"customer_id": "c-euro", "type": "profile_updated", "properties": _properties("k", 100, "€" * 1000)}
+    assert_problem(client.post("/v1/events", json=euros, headers=CHANNEL), 422, "properties")
+    assert customer(client, "c-euro") is None
+
+
+def test_a_customer_at_the_size_limit_can_still_opt_out_and_update_what_it_has(client: Client) -> None:
+    """Only growing the properties past the limit is refused: consent and counts are not the client's to bound."""
+    full = _properties("k", 256, "x" * 1000)  # just under 256 KiB as stored
+    send_events(client, {"customer_id": "c-full", "type": "profile_updated", "properties": full})
+    send_events(client, {"customer_id": "c-full", "type": "opt_out"})
+    send_events(client, {"customer_id": "c-full", "type": "page_view"})
+    send_events(client, {"customer_id": "c-full", "type": "profile_updated", "properties": {"k0": "z" * 1000}})
+    found = customer(client, "c-full")
+    assert found is not None and found["state"]["opt_outs"] == ["*"] and found["state"]["attributes"]["k0"][0] == "z"
+    grow = {"customer_id": "c-full", "type": "profile_updated", "properties": {"k1": "x" * 2000}}
+    assert_problem(client.post("/v1/events", json=grow, headers=CHANNEL), 422, "properties")

@@ -316,11 +316,31 @@ def test_an_unusable_example_is_skipped_and_the_model_keeps_learning(store: Stor
 def test_vw_refuses_a_reward_or_probability_it_cannot_learn_from() -> None:
     model = VWPolicy(build_args(Policy(channels=["web"]).learner))
     shared, actions = {"C": {"x": 1.0}}, [{"A": {"id=a": 1.0}}, {"A": {"id=b": 1.0}}]
-    for reward, probability in [(1e308, 0.5), (-1.5e9, 0.5), (float("nan"), 0.5), (1.0, 0.0), (1.0, 1.5)]:
+    for reward, probability in [(1e308, 0.5), (-1.5e15, 0.5), (float("nan"), 0.5), (1.0, 0.0), (1.0, 1.5)]:
         with pytest.raises(ValueError):
             model.learn(shared, actions, 0, reward, probability)
-    model.learn(shared, actions, 0, 1e9, 1.0)  # the limits themselves are fine
-    assert model.examples_learned == 1
+    model.learn(shared, actions, 0, 1e15, 1.0)  # the limits themselves are fine
+    model.learn(shared, actions, 1, -1.2e9, 0.5)  # a `sum` of client rewards may pass REWARD_LIMIT
+    assert model.examples_learned == 2
+
+
+def test_a_sum_of_rewards_past_the_reward_limit_is_learned(store: Store, clock: ManualClock) -> None:
+    """Each reward is within ±1e9; their sum need not be, and the decision is learned from with the sum."""
+    for action_id in ("a", "b"):
+        store.put_action(action_id, Action(channels=["web"]), clock.now())
+    store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(aggregation="sum")), clock.now())
+    models = PolicyModels(store, NamespaceFeaturizer())
+    engine = DecisionEngine(store, store.load_catalog, models, clock, rng=random.Random(1))
+    decision = engine.decide(DecideRequest("c1", "web", {})).decision
+    for _ in range(2):
+        assert store.add_reward(decision.decision_id, 0, 6e8, clock.now()) == "accepted"
+    clock.advance(timedelta(hours=2))
+    assert store.close_due(clock.now()) == 1
+    learner = _learner(store, models, clock)
+    assert learner.learn_pending() == 1
+    learner.snapshot_all()
+    snapshot = store.latest_snapshot("web", 1)
+    assert snapshot is not None and snapshot.examples == 1
 
 
 def _edit_policy(store: Store, clock: ManualClock, policy: Policy) -> int:
