@@ -11,8 +11,10 @@ from typing import Any
 
 import vowpal_wabbit_next as vw
 
+from bandits.vw_args import build_args
 from bandits.vw_text import namespaces_line
-from nba.catalog import REWARD_LIMIT
+from nba.catalog import REWARD_LIMIT, Policy
+from nba.errors import InvalidInput
 
 Namespaces = Mapping[str, Mapping[str, float]]
 
@@ -226,3 +228,11 @@ def _in_order(ranked: Sequence[tuple[int, float]], count: int) -> list[float]:
 
 def _identity(_key: str, namespaces: Namespaces) -> Namespaces:
     return namespaces
+
+
+def check_learner(policy: Policy, field: str = "learner") -> None:
+    """Refuse (InvalidInput naming `field`) a policy whose learner Vowpal Wabbit cannot build."""
+    try:
+        VWPolicy(build_args(policy.learner))
+    except ModelLoadError as exc:
+        raise InvalidInput(str(exc), field=field) from exc

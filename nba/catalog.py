@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -34,9 +36,13 @@ Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,6}[smhd]$")]
 _Text = Annotated[str, StringConstraints(max_length=1024)]
 
 
-def _one_value_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """One error for a value that fits no kind of attribute, not one per kind it was tried as; and a number must
-    be finite as a float (features and rules read it as one)."""
+MAX_LIST_ITEMS = 100  # in an attribute's list, as in a request's context or an event's properties
+
+
+def _one_value_error(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    """One error for a value that fits no kind of attribute, not one per kind it was tried as; a number must be
+    finite as a float (features and rules read it as one); a client's list holds at most MAX_LIST_ITEMS strings
+    (every decision featurizes and logs it: 150,000 of them took a decide from 4 to 109 ms)."""
     try:
         result = handler(value)
     except ValidationError:
@@ -45,6 +51,8 @@ def _one_value_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
             "of such strings") from None
     if is_unusable_number(result):
         raise PydanticCustomError("finite_number", "Input should be a finite number")
+    if isinstance(result, list) and len(result) > MAX_LIST_ITEMS and info.context and info.context.get(CLIENT_INPUT):
+        raise PydanticCustomError("too_long", f"List should have at most {MAX_LIST_ITEMS} items")
     return result
 
 
@@ -269,8 +277,14 @@ class CatalogFile(_Model):
         return self
 
 
-def load_catalog_file(path: str | Path) -> CatalogFile:
-    """Read and validate a catalog YAML file."""
+def load_catalog_file(path: str | Path, client_input: bool = False) -> CatalogFile:
+    """Read and validate a catalog YAML file; with `client_input`, as strictly as the admin API validates."""
     with open(path, encoding="utf-8") as handle:
         raw = yaml.safe_load(handle) or {}
-    return CatalogFile.model_validate(raw)
+    return CatalogFile.model_validate(raw, context={CLIENT_INPUT: True} if client_input else None)
+
+
+def catalog_digest(catalog: CatalogFile) -> str:
+    """What a catalog file says, as a hash: the same for files that differ only in layout and comments."""
+    canonical = json.dumps(catalog.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -14,7 +14,7 @@ from nba.catalog import Action, Policy
 from nba.catalog_view import CatalogView
 from nba.clock import Clock
 from nba.constraints import CounterState, cel_variables, counter_exclusion, longest_counter_window, static_exclusion
-from nba.errors import CatalogChanged, IdempotencyConflict
+from nba.errors import ActionNotFound, CatalogChanged, IdempotencyConflict, NoPolicyForChannel
 from nba.ids import new_id
 from nba.rules import RuleInputs
 from nba.sampling import InvalidDistribution, check_distribution, sample_slots, uniform
@@ -152,9 +152,22 @@ class DecisionEngine:
         catalog: CatalogView = yield Read(self._refresh_catalog)
         return (yield from self._decide(request, catalog))
 
+    def _looked_up(self, catalog: CatalogView, lookup: Callable[[], T]) -> Steps[T]:
+        """A catalog lookup; its refusal (no policy for the channel, an unknown candidate) stands only once the
+        store's catalog is no newer than `catalog`: another process may have just answered the change that adds
+        it (then CatalogChanged, and the decision is made again on the new catalog)."""
+        try:
+            return lookup()
+        except (ActionNotFound, NoPolicyForChannel):
+            stored: int = yield Read(self._store.catalog_version)
+            if stored != catalog.version:
+                raise CatalogChanged("the catalog changed since this process read it") from None
+            raise
+
     def _decide(self, request: DecideRequest, catalog: CatalogView) -> Steps[DecideResult]:
         now = self._clock.now()
-        candidate_ids = catalog.candidates(request.channel, request.candidates)
+        candidate_ids = yield from self._looked_up(catalog, lambda: catalog.candidates(request.channel,
+                                                                                     request.candidates))
         candidates = {aid: catalog.actions[aid] for aid in candidate_ids}
         lookback = longest_counter_window(list(candidates.values()))
         inputs: DecisionInputs = yield Read(lambda: self._store.decision_inputs(
@@ -165,7 +178,7 @@ class DecisionEngine:
             replay: Decision | None = yield Read(lambda: self._replay(request, hit))
             if replay is not None:
                 return DecideResult(replay, True)
-        name, version, policy = catalog.policy_for(request.channel)
+        name, version, policy = yield from self._looked_up(catalog, lambda: catalog.policy_for(request.channel))
         customer = state or CustomerState(customer_id)
         variables = RuleInputs(
             cel_variables(customer, request.context, now, catalog.rule_selection),

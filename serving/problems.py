@@ -22,6 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from nba.errors import (
     ActionNotFound,
+    CatalogChanged,
     Conflict,
     CustomerNotFound,
     DecisionNotFound,
@@ -42,6 +43,8 @@ _STATUS: list[tuple[type[NBAError], int, str]] = [
     (ActionNotFound, 422, "validation"),
     (InvalidInput, 422, "validation"),
     (StoreUnavailable, 503, "unavailable"),
+    # The catalog kept changing under a decision, each attempt made again on the new one: try again shortly.
+    (CatalogChanged, 503, "unavailable"),
 ]
 
 

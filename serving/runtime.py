@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from bandits.registry import PolicyModels
+from bandits.vw_policy import check_learner
 from features.namespaces import NamespaceFeaturizer
-from nba.catalog import load_catalog_file
+from nba.catalog import catalog_digest, load_catalog_file
 from nba.catalog_view import CatalogView
 from nba.clock import Clock, SystemClock
 from nba.decide import DecisionEngine
@@ -48,7 +49,7 @@ class Runtime:
         self.store = store or Store(settings.database_url, synchronous=settings.sqlite_synchronous)
         self.featurizer = NamespaceFeaturizer()
         if settings.catalog:
-            self.store.seed_catalog(load_catalog_file(settings.catalog), self.clock.now())
+            self._apply_catalog_file(settings.catalog)
         self._catalog = self.store.load_catalog()
         self._catalog_lock = threading.Lock()
         self.models = PolicyModels(self.store, self.featurizer)
@@ -62,6 +63,13 @@ class Runtime:
         self.store_healthy = True
 
     def catalog(self) -> CatalogView:
+        return self._catalog
+
+    def current_catalog(self) -> CatalogView:
+        """The catalog as the store has it now (one small read): what another process changed a moment ago is in
+        it, where `catalog()` may be up to a maintenance tick (0.25 s) behind."""
+        if self.store.catalog_version() != self._catalog.version:
+            return self.refresh_catalog()
         return self._catalog
 
     def refresh_catalog(self) -> CatalogView:
@@ -88,6 +96,21 @@ class Runtime:
         # cyclic garbage collector's full passes, which otherwise stall requests for tens of milliseconds.
         gc.collect()
         gc.freeze()
+
+    def _apply_catalog_file(self, path: str) -> None:
+        """Apply `NBA_CATALOG` if its content is new to the store, validated as strictly as the admin API does;
+        a file the store has applied before is left alone, so restarts keep what the admin API changed since.
+        A changed file that is invalid, or that conflicts with the store (a channel another policy serves), stops
+        the start with the reason: it is an operator's change, and serving without it would hide that."""
+        digest = catalog_digest(load_catalog_file(path))
+        if self.store.applied_catalog_digest() == digest:
+            log.info("catalog file %s: applied before; the store's catalog (admin changes included) stands", path)
+            return
+        catalog = load_catalog_file(path, client_input=True)
+        for name, policy in catalog.policies.items():
+            check_learner(policy, field=f"policies.{name}.learner")
+        if self.store.seed_catalog(catalog, self.clock.now(), digest=digest):
+            log.info("catalog file %s: applied (%s)", path, digest)
 
     def stop(self) -> None:
         self._stop.set()

@@ -148,3 +148,17 @@ def put_event_type(conn: Connection, name: str, spec_model: EventType, now_ms: i
         conn.execute(update(t.event_types).where(t.event_types.c.name == name).values(spec=spec, updated_ms=now_ms))
     bump_version(conn)
     return existing is None
+
+
+_FILE_DIGEST = "catalog_file_digest"
+
+
+def applied_file_digest(conn: Connection) -> str | None:
+    """The digest of the catalog file last applied (see `Store.seed_catalog`)."""
+    value = conn.execute(select(t.meta_kv.c.value).where(t.meta_kv.c.key == _FILE_DIGEST)).scalar()
+    return None if value is None else str(value)
+
+
+def record_file_digest(conn: Connection, digest: str) -> None:
+    conn.execute(t.meta_kv.delete().where(t.meta_kv.c.key == _FILE_DIGEST))
+    conn.execute(t.meta_kv.insert().values(key=_FILE_DIGEST, value=digest))

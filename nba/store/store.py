@@ -18,7 +18,7 @@ from nba.catalog import Action, CatalogFile, EventType, Policy, RewardSpec
 from nba.catalog_view import CatalogView
 from nba.clock import epoch_ms
 from nba.constraints import CounterState
-from nba.errors import StoreUnavailable
+from nba.errors import CatalogChanged, StoreUnavailable
 from nba.store import catalog_repo, customer_repo, decision_repo, learning_repo, outcome_repo
 from nba.store.batcher import WriteBatcher
 from nba.store.budget_reads import BudgetReads
@@ -196,19 +196,33 @@ class Store:
     def put_event_type(self, name: str, spec: EventType, now: datetime) -> bool:
         return self.write(lambda c: catalog_repo.put_event_type(c, name, spec, epoch_ms(now)), ["catalog"])
 
-    def seed_catalog(self, catalog: CatalogFile, now: datetime) -> None:
-        """Apply a catalog file: every entry it names is created or updated; nothing else is touched."""
+    def seed_catalog(self, catalog: CatalogFile, now: datetime, digest: str | None = None) -> bool:
+        """Apply a catalog file: every entry it names is created or updated; nothing else is touched.
+
+        With `digest` (`nba.catalog.catalog_digest`), only if the store has not applied that very content yet:
+        returns whether it applied it. A restart with the same file then leaves the admin API's changes alone
+        (a deactivated action stays deactivated); a changed file is applied, all or nothing.
+        """
         ms = epoch_ms(now)
 
-        def job(conn: Connection) -> None:
+        def job(conn: Connection) -> bool:
+            if digest is not None and catalog_repo.applied_file_digest(conn) == digest:
+                return False
             for name, spec in catalog.event_types.items():
                 catalog_repo.put_event_type(conn, name, spec, ms)
             for action_id, action in catalog.actions.items():
                 catalog_repo.put_action(conn, action_id, action, ms)
             for name, policy in catalog.policies.items():
                 catalog_repo.put_policy(conn, name, policy, ms)
+            if digest is not None:
+                catalog_repo.record_file_digest(conn, digest)
+            return True
 
-        self.write(job, ["catalog"])
+        return self.write(job, ["catalog"])
+
+    def applied_catalog_digest(self) -> str | None:
+        """The digest of the catalog file last applied to this store (None: none was)."""
+        return self.read(catalog_repo.applied_file_digest)
 
     # -- customers and events --------------------------------------------------------------------------
     def resolve_customer(self, customer_id: str) -> str:
@@ -220,10 +234,20 @@ class Store:
     def customer_aliases(self, customer_id: str) -> list[str]:
         return self.read(lambda c: customer_repo.aliases_of(c, customer_id))
 
-    def events_write(self, batch: Sequence[Event], reducer: Reducer, now: datetime) -> WriteJob[list[EventOutcome]]:
+    def events_write(self, batch: Sequence[Event], reducer: Reducer, now: datetime,
+                     catalog_version: int | None = None) -> WriteJob[list[EventOutcome]]:
+        """Store events and fold them into state; with `catalog_version`, only while the catalog (whose event
+        types validated them) is still that version, else `CatalogChanged`, so they are validated again."""
         keys = [f"customer:{e.customer_id}" for e in batch] + [f"event:{e.event_id}" for e in batch]
-        return WriteJob(lambda c: customer_repo.ingest_events(c, batch, reducer, epoch_ms(now)), keys,
-                        inline=len(batch) <= INLINE_EVENTS)
+
+        def job(conn: Connection) -> list[EventOutcome]:
+            if catalog_version is not None and catalog_repo.catalog_version_in_transaction(conn) != catalog_version:
+                raise CatalogChanged("the catalog changed since these events were validated")
+            return customer_repo.ingest_events(conn, batch, reducer, epoch_ms(now))
+
+        if catalog_version is not None:
+            keys.append(f"{SHARED}catalog")  # the event types stay as checked until the commit
+        return WriteJob(job, keys, inline=len(batch) <= INLINE_EVENTS)
 
     def ingest_events(self, batch: Sequence[Event], reducer: Reducer, now: datetime) -> list[EventOutcome]:
         return self.run(self.events_write(batch, reducer, now))

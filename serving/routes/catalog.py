@@ -8,8 +8,7 @@ from anyio import to_thread
 from litestar import Request, Response, delete, get, put
 from litestar.params import Parameter
 
-from bandits.vw_args import build_args
-from bandits.vw_policy import ModelLoadError, VWPolicy
+from bandits.vw_policy import check_learner
 from features.events import BUILTIN_TYPES, changed_builtin_properties
 from nba.catalog import Action, EventType, Policy
 from nba.errors import ActionNotFound, InvalidInput, PolicyNotFound
@@ -40,18 +39,18 @@ async def put_action(request: Request[Any, Any, Any], action_id: ActionId, data:
     return Response(_dump(data, action_id=action_id), status_code=201 if created else 200)
 
 
-@get("/v1/actions", opt={"role": "analyst"}, sync_to_thread=False, tags=["catalog"], summary="The catalog",
+@get("/v1/actions", opt={"role": "analyst"}, sync_to_thread=True, tags=["catalog"], summary="The catalog",
      responses=answers(401, 403))
 def list_actions(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    view = _runtime(request).catalog()
+    view = _runtime(request).current_catalog()
     return {"items": [_dump(a, action_id=aid) for aid, a in sorted(view.actions.items())]}
 
 
-@get("/v1/actions/{action_id:str}", opt={"role": "analyst"}, sync_to_thread=False, tags=["catalog"],
+@get("/v1/actions/{action_id:str}", opt={"role": "analyst"}, sync_to_thread=True, tags=["catalog"],
      summary="One action", operation_class=ProblemOperation,
      responses=answers(401, 403, (404, "No action with this id"), 422))
 def get_action(request: Request[Any, Any, Any], action_id: ActionId) -> dict[str, Any]:
-    action = _runtime(request).catalog().actions.get(action_id)
+    action = _runtime(request).current_catalog().actions.get(action_id)
     if action is None:
         raise ActionNotFound(f"action {action_id!r} not found")
     return _dump(action, action_id=action_id)
@@ -67,37 +66,30 @@ async def delete_action(request: Request[Any, Any, Any], action_id: ActionId) ->
     await to_thread.run_sync(runtime.refresh_catalog)
 
 
-def _check_learner(policy: Policy) -> None:
-    try:
-        VWPolicy(build_args(policy.learner))
-    except ModelLoadError as exc:
-        raise InvalidInput(str(exc), field="learner") from exc
-
-
 @put("/v1/policies/{name:str}", opt={"role": "admin", "body": Policy}, tags=["policies"],
      summary="Create or replace a policy; a changed policy gets a new version",
      responses=answers(201, 400, 401, 403, NO_ROUTE, (409, "A channel it names is served by another policy"), 413,
                        422, 503, body=dict[str, Any]))
 async def put_policy(request: Request[Any, Any, Any], name: PolicyName, data: Policy) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
-    _check_learner(data)
+    check_learner(data)
     version, created = await to_thread.run_sync(runtime.store.put_policy, name, data, runtime.clock.now())
     await to_thread.run_sync(runtime.refresh_catalog)
     return Response(_dump(data, name=name, version=str(version)), status_code=201 if created else 200)
 
 
-@get("/v1/policies", opt={"role": "analyst"}, sync_to_thread=False, tags=["policies"], summary="All policies",
+@get("/v1/policies", opt={"role": "analyst"}, sync_to_thread=True, tags=["policies"], summary="All policies",
      responses=answers(401, 403))
 def list_policies(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    view = _runtime(request).catalog()
+    view = _runtime(request).current_catalog()
     return {"items": [_dump(p, name=n, version=str(v)) for n, (v, p) in sorted(view.policies.items())]}
 
 
-@get("/v1/policies/{name:str}", opt={"role": "analyst"}, sync_to_thread=False, tags=["policies"],
+@get("/v1/policies/{name:str}", opt={"role": "analyst"}, sync_to_thread=True, tags=["policies"],
      summary="One policy", operation_class=ProblemOperation,
      responses=answers(401, 403, (404, "No policy with this name"), 422))
 def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, Any]:
-    entry = _runtime(request).catalog().policies.get(name)
+    entry = _runtime(request).current_catalog().policies.get(name)
     if entry is None:
         raise PolicyNotFound(f"policy {name!r} not found")
     return _dump(entry[1], name=name, version=str(entry[0]))
@@ -119,8 +111,8 @@ async def put_event_type(
     return Response(_dump(data, type=type), status_code=201 if created else 200)
 
 
-@get("/v1/event-types", opt={"role": "analyst"}, sync_to_thread=False, tags=["events"],
+@get("/v1/event-types", opt={"role": "analyst"}, sync_to_thread=True, tags=["events"],
      summary="The event-type registry", responses=answers(401, 403))
 def list_event_types(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    view = _runtime(request).catalog()
+    view = _runtime(request).current_catalog()
     return {"items": [_dump(e, type=n) for n, e in sorted(view.event_types.items())]}

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
+from anyio import to_thread
 from litestar import Request, post
 
 from features.events import validate_event
 from features.state import apply_event
-from nba.errors import InvalidInput
+from nba.catalog import EventType
+from nba.errors import CatalogChanged, InvalidInput
 from nba.ids import new_id
 from nba.types import Event
 from serving.metrics import EVENTS, child
@@ -63,25 +66,50 @@ def _utc(when: datetime, field: str, now: datetime) -> datetime:
     return utc
 
 
+CATALOG_ATTEMPTS = 4  # validations of one request against a catalog that keeps changing, before a 503
+
+
+def _validated(data: EventsBody, items: list[EventIn], ids: list[str], registry: Mapping[str, EventType],
+               now: datetime) -> list[Event]:
+    batch: list[Event] = []
+    for index, item in enumerate(items):
+        prefix = f"[{index}]." if isinstance(data, list) else ""
+        validate_event(item.type, item.properties, registry, field_prefix=prefix)
+        batch.append(Event(ids[index], item.customer_id, item.type,
+                           _utc(item.timestamp or now, f"{prefix}timestamp", now), dict(item.properties)))
+    return batch
+
+
 @post("/v1/events", status_code=202, opt={"role": "channel", "body": EventsBody}, tags=["events"],
       summary="Ingest one event or a list of up to 1,000", responses=answers(400, 401, 403, 413, 422, 503))
 async def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[EventResult]:
     runtime: Runtime = request.app.state.runtime
     items = data if isinstance(data, list) else [data]
-    registry = runtime.catalog().event_types
     now = runtime.clock.now()
-    batch: list[Event] = []
-    for index, item in enumerate(items):
-        prefix = f"[{index}]." if isinstance(data, list) else ""
-        validate_event(item.type, item.properties, registry, field_prefix=prefix)
-        batch.append(Event(item.event_id or new_id("e-"), item.customer_id, item.type,
-                           _utc(item.timestamp or now, f"{prefix}timestamp", now), dict(item.properties)))
-    try:
-        outcomes = await runtime.store.run_async(runtime.store.events_write(batch, apply_event, now))
-    except InvalidInput as exc:  # what the customer's state cannot take, named `[index].properties`
-        if isinstance(data, list) or not (exc.field or "").startswith("[0]."):
+    ids = [item.event_id or new_id("e-") for item in items]
+    for attempt in range(CATALOG_ATTEMPTS):
+        catalog = runtime.catalog()
+        try:
+            batch = _validated(data, items, ids, catalog.event_types, now)
+        except InvalidInput:
+            # An event type registered (or changed) a moment ago through another process: checked again on the
+            # catalog as the store has it, before the refusal stands.
+            if attempt == 0 and await to_thread.run_sync(runtime.store.catalog_version) != catalog.version:
+                await to_thread.run_sync(runtime.refresh_catalog)
+                continue
             raise
-        raise InvalidInput(exc.message, field=(exc.field or "")[len("[0]."):]) from exc
+        try:
+            outcomes = await runtime.store.run_async(
+                runtime.store.events_write(batch, apply_event, now, catalog_version=catalog.version))
+            break
+        except CatalogChanged:  # validated on a catalog that changed before the commit: validate them again
+            await to_thread.run_sync(runtime.refresh_catalog)
+        except InvalidInput as exc:  # what the customer's state cannot take, named `[index].properties`
+            if isinstance(data, list) or not (exc.field or "").startswith("[0]."):
+                raise
+            raise InvalidInput(exc.message, field=(exc.field or "")[len("[0]."):]) from exc
+    else:
+        raise CatalogChanged("the catalog kept changing while these events were validated")
     for outcome in outcomes:
         child(EVENTS, "true" if outcome.duplicate else "false").inc()
     return [EventResult(o.event_id, o.duplicate, [], []) for o in outcomes]
