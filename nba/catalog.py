@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -165,6 +165,7 @@ class Action(_Model):
             rule = CompiledRule(value)
             if info.context and info.context.get(CLIENT_INPUT):
                 rule.check_functions()
+                rule.check_trial(info.data.get("attributes") or {}, datetime.now(UTC))
                 if not rule.names:
                     # It reads nothing, so its outcome is known now: one that is not a bool would exclude the
                     # action from every decision.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import cel
@@ -159,6 +160,32 @@ class CompiledRule:
         if unknown:
             raise RuleCompileError(f"unknown function(s) {sorted(unknown)}: CEL's standard functions are "
                                    f"{', '.join(sorted(CEL_FUNCTIONS))}")
+
+    def check_trial(self, attributes: Mapping[str, Any], now: datetime) -> None:
+        """Refuse a rule that fails whatever the customer and the request (it would exclude its action from every
+        decision): evaluated with no customer data and no context, the action's own attributes and the current
+        time, it calls a function or overload the runtime lacks (`now.getHours('Europe/Paris')`, `int(now)`), gives
+        a function a value it refuses (`duration('1d')`), mixes types (`'a' + 1`), divides by zero, or reads an
+        attribute the action does not have (`action.minimum_age` on an action with `min_age`).
+
+        An error caused by the missing customer data or context (a missing key of theirs) is no proof: what a
+        real decision reads may be there. Checked when a client saves a rule, as `check_functions`.
+        """
+        try:
+            self._program.execute({"customer": {}, "context": {}, "action": dict(attributes), "now": now})
+        except KeyError as exc:
+            key = exc.args[0] if exc.args else None
+            fields = selected_fields(self.source, ["action", "customer", "context"])
+            read_on_action = fields["action"] is not None and key in fields["action"]
+            maybe_elsewhere = any(found is None or key in found for name, found in fields.items() if name != "action")
+            if read_on_action and key not in attributes and not maybe_elsewhere:
+                raise RuleCompileError(f"the action has no attribute {key!r}: it has {sorted(attributes)}") from None
+        except (TypeError, ZeroDivisionError) as exc:
+            raise RuleCompileError(f"cannot be evaluated: {exc}") from None
+        except Exception as exc:  # CEL runtime errors are not a stable exception type: by their message
+            message = str(exc)
+            if message.startswith(("Undefined variable or function", "Function '")):
+                raise RuleCompileError(f"cannot be evaluated: {message}") from None
 
     def evaluate(self, variables: Mapping[str, Any]) -> RuleResult:
         return self._run(dict(variables))

@@ -87,6 +87,15 @@ def test_saving_an_action_again_replaces_it(client: Client) -> None:
         pytest.param({**ACTION, "eligibility": "customer.age >="}, "eligibility", id="cel-syntax"),
         pytest.param({**ACTION, "eligibility": "profile.age > 3"}, "eligibility", id="cel-unknown-variable"),
         pytest.param({**ACTION, "eligibility": ""}, "eligibility", id="cel-empty"),
+        # They compile, but fail whatever the customer: the action would be excluded from every decision
+        pytest.param({**ACTION, "eligibility": "now.getHours('Europe/Paris') >= 9"}, "eligibility",
+                     id="cel-overload-the-runtime-lacks"),
+        pytest.param({**ACTION, "eligibility": "int(now) > 0"}, "eligibility", id="cel-conversion-it-lacks"),
+        pytest.param({**ACTION, "eligibility": "now - duration('1d') > now"}, "eligibility",
+                     id="cel-duration-in-days"),
+        pytest.param({**ACTION, "eligibility": "action.minimum_age <= customer.age"}, "eligibility",
+                     id="cel-attribute-the-action-lacks"),
+        pytest.param({**ACTION, "eligibility": "action.min_age + 'x' == 'a'"}, "eligibility", id="cel-type-mix"),
         pytest.param({"attributes": {"category": "x"}}, "channels", id="no-channels"),
         pytest.param({"channels": []}, "channels", id="empty-channels"),
         pytest.param({**ACTION, "cooldown": "2w"}, "cooldown", id="bad-duration"),
@@ -101,6 +110,17 @@ def test_saving_an_action_again_replaces_it(client: Client) -> None:
 def test_invalid_action_is_422_and_not_saved(client: Client, body: dict[str, Any], field: str) -> None:
     assert_problem(client.put("/v1/actions/bundle-deal", json=body, headers=ADMIN), 422, field)
     assert "bundle-deal" not in actions(client)
+
+
+@pytest.mark.parametrize("rule", [
+    "has(action.tier) && action.tier == 'gold'",  # an attribute this action lacks, but guarded
+    "customer.age >= action.min_age && now.getHours() >= 9",  # customer data a decision may have
+    "!has(context.device) || context.device != 'kiosk'",
+    "customer.event_counts.size() > 0 || now - duration('24h') < now",
+])
+def test_rules_that_can_pass_are_saved(client: Client, rule: str) -> None:
+    body = {**ACTION, "eligibility": rule}
+    assert client.put("/v1/actions/bundle-deal", json=body, headers=ADMIN).status_code == 201
 
 
 def test_an_attribute_list_of_100_is_accepted(client: Client) -> None:
