@@ -62,7 +62,20 @@ def parse_extra(vw_args: str) -> list[str]:
 _MAX_INTERACTION_ORDER = 3  # higher orders multiply features combinatorially and can stall a decide
 
 
+# Weights take 2^bits x stride x 4 bytes per model (several models per process): 24 bits is 64 MiB per stride
+# unit; VW takes up to 32 (tens of GiB) and the default is 18.
+_MAX_BITS = 24
+
+
+def _check_bits(args: list[str]) -> None:
+    for option, value in zip(args, args[1:], strict=False):
+        if option in ("-b", "--bit_precision") and not (value.isdigit() and 1 <= int(value) <= _MAX_BITS):
+            raise InvalidInput(f"{option} {value!r}: the hash table takes 1 to {_MAX_BITS} bits",
+                               field="learner.vw_args")
+
+
 def _check_interactions(args: list[str]) -> None:
+    _check_bits(args)
     for option, value in zip(args, args[1:], strict=False):
         if option in ("-q", "--quadratic", "--interactions", "--cubic"):
             terms = value  # one character per namespace; ":" is the wildcard for "any namespace"

@@ -137,9 +137,10 @@ def test_unbalanced_quotes_are_refused() -> None:
 
 
 INTERACTIONS = {"-q", "--quadratic", "--interactions", "--cubic"}  # order-checked: see the tests below
+BITS = {"-b", "--bit_precision"}  # range-checked: see the tests below
 allowed = st.one_of(
     st.sampled_from(sorted(vw_args._FLAGS)).map(lambda flag: [flag]),
-    st.tuples(st.sampled_from(sorted(vw_args._WITH_VALUE - vw_args._EXPLORATION - INTERACTIONS)),
+    st.tuples(st.sampled_from(sorted(vw_args._WITH_VALUE - vw_args._EXPLORATION - INTERACTIONS - BITS)),
               st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=8)
               .filter(lambda v: not v.startswith("-") or v[1:].replace(".", "").isdigit()))
     .map(list),
@@ -174,3 +175,16 @@ def test_interaction_orders_beyond_three_or_below_two_are_refused(extra: str) ->
 @pytest.mark.parametrize("extra", ["-q ::", "--interactions CUA", "--cubic CUA"])
 def test_pairwise_wildcards_and_third_order_interactions_build(extra: str) -> None:
     vw.Workspace(build_args(Learner(vw_args=extra)))
+
+
+@pytest.mark.parametrize("value", ["1", "18", "24"])
+def test_a_hash_table_of_up_to_24_bits_is_allowed(value: str) -> None:
+    assert parse_extra(f"-b {value}") == ["-b", value]
+    assert parse_extra(f"--bit_precision={value}") == ["--bit_precision", value]
+
+
+@pytest.mark.parametrize("value", ["0", "25", "29", "x", "1.5", "-3"])
+def test_a_hash_table_beyond_24_bits_is_refused(value: str) -> None:
+    """2^29 weights are gigabytes per model, allocated as the model learns: a 422 at save, not an exhausted host."""
+    with pytest.raises(InvalidInput, match="1 to 24 bits"):
+        parse_extra(f"-b {value}")

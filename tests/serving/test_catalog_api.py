@@ -172,6 +172,8 @@ def test_a_channel_served_by_another_policy_is_409(client: Client) -> None:
         pytest.param({"vw_args": "--epsilon 0.3"}, "vw_args", id="exploration-in-vw-args"),
         pytest.param({"vw_args": "-f /tmp/model.vw"}, "vw_args", id="file-output-in-vw-args"),
         pytest.param({"vw_args": "-q"}, "vw_args", id="option-without-value"),
+        pytest.param({"vw_args": "-b 29"}, "vw_args", id="hash-table-of-gigabytes"),
+        pytest.param({"vw_args": "--bit_precision=x"}, "vw_args", id="bits-not-a-number"),
         pytest.param({"exploration": "ucb"}, "exploration", id="unknown-exploration"),
         pytest.param({"exploration": "greedy", "epsilon": 0.1}, "learner", id="parameter-of-another-exploration"),
         pytest.param({"exploration": "epsilon", "epsilon": 1.5}, "epsilon", id="epsilon-above-1"),
