@@ -67,7 +67,9 @@ _MAX_INTERACTION_ORDER = 3  # higher orders multiply features combinatorially an
 _MAX_BITS = 24
 
 
-def _check_bits(args: list[str]) -> None:
+def check_bits(args: list[str]) -> None:
+    """Refuse a hash table of more than _MAX_BITS bits. Checked when a client saves a learner, not when a stored
+    one is built: a policy stored with more keeps serving and learning."""
     for option, value in zip(args, args[1:], strict=False):
         if option in ("-b", "--bit_precision") and not (value.isdigit() and 1 <= int(value) <= _MAX_BITS):
             raise InvalidInput(f"{option} {value!r}: the hash table takes 1 to {_MAX_BITS} bits",
@@ -75,7 +77,6 @@ def _check_bits(args: list[str]) -> None:
 
 
 def _check_interactions(args: list[str]) -> None:
-    _check_bits(args)
     for option, value in zip(args, args[1:], strict=False):
         if option in ("-q", "--quadratic", "--interactions", "--cubic"):
             terms = value  # one character per namespace; ":" is the wildcard for "any namespace"

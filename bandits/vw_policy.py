@@ -11,7 +11,7 @@ from typing import Any
 
 import vowpal_wabbit_next as vw
 
-from bandits.vw_args import build_args
+from bandits.vw_args import build_args, check_bits
 from bandits.vw_text import namespaces_line
 from nba.catalog import REWARD_LIMIT, Policy
 from nba.errors import InvalidInput
@@ -231,8 +231,14 @@ def _identity(_key: str, namespaces: Namespaces) -> Namespaces:
 
 
 def check_learner(policy: Policy, field: str = "learner") -> None:
-    """Refuse (InvalidInput naming `field`) a policy whose learner Vowpal Wabbit cannot build."""
+    """Refuse (InvalidInput naming `field`) a policy whose learner a client may not save: one Vowpal Wabbit
+    cannot build, or one whose hash table is too large (`check_bits`)."""
     try:
-        VWPolicy(build_args(policy.learner))
+        args = build_args(policy.learner)
+        check_bits(args)
+    except InvalidInput as exc:  # named under `field` (`learner.vw_args` -> `<field>.vw_args`)
+        raise InvalidInput(exc.message, field=field + (exc.field or "learner")[len("learner"):]) from exc
+    try:
+        VWPolicy(args)
     except ModelLoadError as exc:
         raise InvalidInput(str(exc), field=field) from exc

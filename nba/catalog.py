@@ -165,13 +165,8 @@ class Action(_Model):
             rule = CompiledRule(value)
             if info.context and info.context.get(CLIENT_INPUT):
                 rule.check_functions()
+                # One that reads neither customer nor context (`1 + 2`, `action.typo > 1`) has a known outcome.
                 rule.check_trial(info.data.get("attributes") or {}, datetime.now(UTC))
-                if not rule.names:
-                    # It reads nothing, so its outcome is known now: one that is not a bool would exclude the
-                    # action from every decision.
-                    result = rule.evaluate({})
-                    if result.failed:
-                        raise ValueError(f"the expression is not a condition: {result.detail}")
         return value
 
     @property
@@ -287,5 +282,9 @@ def load_catalog_file(path: str | Path, client_input: bool = False) -> CatalogFi
 
 def catalog_digest(catalog: CatalogFile) -> str:
     """What a catalog file says, as a hash: the same for files that differ only in layout and comments."""
-    canonical = json.dumps(catalog.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    dumped = catalog.model_dump(mode="json", by_alias=True)
+    for section in ("actions", "policies"):  # the order of an entry's channels means nothing
+        for entry in dumped.get(section, {}).values():
+            entry["channels"] = sorted(entry["channels"])
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -23,6 +23,7 @@ class CatalogView:
     channel_policy: Mapping[str, str] = field(default_factory=dict)
     # What any eligibility rule reads (variables and their fields): all a decision converts for CEL.
     rule_selection: Selection = field(default_factory=dict)
+    event_types_version: int = 0  # changes with the event types only (see catalog_repo)
 
     @classmethod
     def build(
@@ -31,6 +32,7 @@ class CatalogView:
         actions: Mapping[str, Action],
         policies: Mapping[str, tuple[int, Policy]],
         event_types: Mapping[str, EventType],
+        event_types_version: int = 0,
     ) -> CatalogView:
         rules = {aid: CompiledRule(a.eligibility) for aid, a in actions.items() if a.eligibility}
         by_channel: dict[str, list[str]] = {}
@@ -47,6 +49,7 @@ class CatalogView:
             channel_actions={ch: tuple(ids) for ch, ids in by_channel.items()},
             channel_policy=channel_policy,
             rule_selection=merge_selections(rule.selection for rule in rules.values()),
+            event_types_version=event_types_version,
         )
 
     def policy_for(self, channel: str) -> tuple[str, int, Policy]:

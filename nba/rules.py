@@ -79,6 +79,9 @@ def _tokens(source: str) -> list[tuple[str | None, str]]:
 
 
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+# CEL's timestamp accessors; the runtime has them without the time-zone argument only (each call with one fails).
+TIMESTAMP_ACCESSORS = frozenset({"getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getFullYear",
+                                 "getHours", "getMilliseconds", "getMinutes", "getMonth", "getSeconds"})
 
 
 def bound_names(source: str) -> frozenset[str]:
@@ -160,32 +163,26 @@ class CompiledRule:
         if unknown:
             raise RuleCompileError(f"unknown function(s) {sorted(unknown)}: CEL's standard functions are "
                                    f"{', '.join(sorted(CEL_FUNCTIONS))}")
+        tokens = _tokens(self.source)
+        zoned = sorted({tokens[i + 1][1] for i in range(len(tokens) - 3)
+                        if tokens[i][1] == "." and tokens[i + 1][1] in TIMESTAMP_ACCESSORS
+                        and tokens[i + 2][1] == "(" and tokens[i + 3][1] != ")"})
+        if zoned:
+            raise RuleCompileError(f"{', '.join(zoned)} with a time zone: this CEL runtime reads times in UTC only "
+                                   f"(`now.getHours()` is the hour in UTC)")
 
     def check_trial(self, attributes: Mapping[str, Any], now: datetime) -> None:
-        """Refuse a rule that fails whatever the customer and the request (it would exclude its action from every
-        decision): evaluated with no customer data and no context, the action's own attributes and the current
-        time, it calls a function or overload the runtime lacks (`now.getHours('Europe/Paris')`, `int(now)`), gives
-        a function a value it refuses (`duration('1d')`), mixes types (`'a' + 1`), divides by zero, or reads an
-        attribute the action does not have (`action.minimum_age` on an action with `min_age`).
-
-        An error caused by the missing customer data or context (a missing key of theirs) is no proof: what a
-        real decision reads may be there. Checked when a client saves a rule, as `check_functions`.
+        """Refuse a rule whose outcome is known at save and is a failure: one that reads neither `customer` nor
+        `context` is evaluated on the action's own attributes and the current time, and an error there (an
+        attribute the action does not have, `duration('1d')`, mixed types) would exclude the action from every
+        decision. A rule that reads customer data or context is not tried: what a decision reads may differ.
+        Checked when a client saves a rule, as `check_functions`.
         """
-        try:
-            self._program.execute({"customer": {}, "context": {}, "action": dict(attributes), "now": now})
-        except KeyError as exc:
-            key = exc.args[0] if exc.args else None
-            fields = selected_fields(self.source, ["action", "customer", "context"])
-            read_on_action = fields["action"] is not None and key in fields["action"]
-            maybe_elsewhere = any(found is None or key in found for name, found in fields.items() if name != "action")
-            if read_on_action and key not in attributes and not maybe_elsewhere:
-                raise RuleCompileError(f"the action has no attribute {key!r}: it has {sorted(attributes)}") from None
-        except (TypeError, ZeroDivisionError) as exc:
-            raise RuleCompileError(f"cannot be evaluated: {exc}") from None
-        except Exception as exc:  # CEL runtime errors are not a stable exception type: by their message
-            message = str(exc)
-            if message.startswith(("Undefined variable or function", "Function '")):
-                raise RuleCompileError(f"cannot be evaluated: {message}") from None
+        if self.names & {"customer", "context"}:
+            return
+        result = self._run({"action": dict(attributes), "now": now})
+        if result.failed:
+            raise RuleCompileError(f"the expression is not a condition that can pass: {result.detail}")
 
     def evaluate(self, variables: Mapping[str, Any]) -> RuleResult:
         return self._run(dict(variables))

@@ -30,6 +30,39 @@ def catalog_version_in_transaction(conn: Connection) -> int:
     return int(version)
 
 
+# Bumped with the catalog version by event-type changes only: what validated an event is still current while it
+# holds (events need not be validated again because an action or a policy changed).
+_EVENT_TYPES_VERSION = Prepared(select(t.meta_kv.c.value).where(t.meta_kv.c.key == "event_types_version"))
+
+
+def event_types_version(conn: Connection) -> int:
+    row = _EVENT_TYPES_VERSION.first(conn, {})
+    return int(row[0]) if row is not None and row[0] is not None else 0
+
+
+def event_types_version_in_transaction(conn: Connection) -> int:
+    """The event types' version, read once per group-commit transaction."""
+    cache = transaction_cache(conn)
+    if cache is None:
+        return event_types_version(conn)
+    version = cache.get("event_types_version")
+    if version is None:
+        version = cache["event_types_version"] = event_types_version(conn)
+    return int(version)
+
+
+def _bump_event_types_version(conn: Connection) -> None:
+    version = event_types_version(conn) + 1
+    cache = transaction_cache(conn)
+    if cache is not None:
+        cache["event_types_version"] = version
+    changed = conn.execute(
+        update(t.meta_kv).where(t.meta_kv.c.key == "event_types_version").values(value=str(version))
+    ).rowcount
+    if not changed:
+        conn.execute(t.meta_kv.insert().values(key="event_types_version", value=str(version)))
+
+
 def bump_version(conn: Connection) -> int:
     version = catalog_version(conn) + 1
     cache = transaction_cache(conn)
@@ -57,7 +90,7 @@ def load_view(conn: Connection) -> CatalogView:
         row.name: EventType.model_validate(loads(row.spec))
         for row in conn.execute(select(t.event_types.c.name, t.event_types.c.spec))
     }
-    return CatalogView.build(version, actions, policies, event_types)
+    return CatalogView.build(version, actions, policies, event_types, event_types_version(conn))
 
 
 def put_action(conn: Connection, action_id: str, action: Action, now_ms: int) -> bool:
@@ -115,12 +148,18 @@ def delete_action(conn: Connection, action_id: str) -> bool:
     return deleted
 
 
-def put_policy(conn: Connection, name: str, policy: Policy, now_ms: int) -> tuple[int, bool]:
-    """Create or replace a policy; a changed spec gets the next version. Returns (version, created)."""
-    for row in conn.execute(select(t.policies.c.name, t.policies.c.spec).where(t.policies.c.name != name)):
-        taken = set(Policy.model_validate(loads(row.spec)).channels) & set(policy.channels)
-        if taken:
-            raise Conflict(f"channel(s) {sorted(taken)} already served by policy {row.name!r}", field="channels")
+def put_policy(
+    conn: Connection, name: str, policy: Policy, now_ms: int, check_channels: bool = True
+) -> tuple[int, bool]:
+    """Create or replace a policy; a changed spec gets the next version. Returns (version, created).
+
+    `check_channels=False` leaves the one-policy-per-channel check to the caller (`check_channel_owners` once a
+    whole catalog file is in: a file may move a channel from one policy to another, in either order)."""
+    if check_channels:
+        for row in conn.execute(select(t.policies.c.name, t.policies.c.spec).where(t.policies.c.name != name)):
+            taken = set(Policy.model_validate(loads(row.spec)).channels) & set(policy.channels)
+            if taken:
+                raise Conflict(f"channel(s) {sorted(taken)} already served by policy {row.name!r}", field="channels")
     spec = dumps(policy.model_dump(mode="json", by_alias=True))
     current = conn.execute(select(t.policies.c.version, t.policies.c.spec).where(t.policies.c.name == name)).first()
     if current is not None and current.spec == spec:
@@ -147,6 +186,7 @@ def put_event_type(conn: Connection, name: str, spec_model: EventType, now_ms: i
     else:
         conn.execute(update(t.event_types).where(t.event_types.c.name == name).values(spec=spec, updated_ms=now_ms))
     bump_version(conn)
+    _bump_event_types_version(conn)
     return existing is None
 
 
@@ -162,3 +202,14 @@ def applied_file_digest(conn: Connection) -> str | None:
 def record_file_digest(conn: Connection, digest: str) -> None:
     conn.execute(t.meta_kv.delete().where(t.meta_kv.c.key == _FILE_DIGEST))
     conn.execute(t.meta_kv.insert().values(key=_FILE_DIGEST, value=digest))
+
+
+def check_channel_owners(conn: Connection) -> None:
+    """Raise Conflict if a channel is served by more than one stored policy."""
+    owners: dict[str, list[str]] = {}
+    for row in conn.execute(select(t.policies.c.name, t.policies.c.spec).order_by(t.policies.c.name)):
+        for channel in Policy.model_validate(loads(row.spec)).channels:
+            owners.setdefault(channel, []).append(str(row.name))
+    shared = {channel: names for channel, names in sorted(owners.items()) if len(names) > 1}
+    if shared:
+        raise Conflict(f"channel(s) served by more than one policy: {shared}", field="channels")

@@ -181,6 +181,9 @@ class Store:
     def catalog_version(self) -> int:
         return self.read(catalog_repo.catalog_version)
 
+    def event_types_version(self) -> int:
+        return self.read(catalog_repo.event_types_version)
+
     def load_catalog(self) -> CatalogView:
         return self.read(catalog_repo.load_view)
 
@@ -194,7 +197,8 @@ class Store:
         return self.write(lambda c: catalog_repo.put_policy(c, name, policy, epoch_ms(now)), ["catalog"])
 
     def put_event_type(self, name: str, spec: EventType, now: datetime) -> bool:
-        return self.write(lambda c: catalog_repo.put_event_type(c, name, spec, epoch_ms(now)), ["catalog"])
+        return self.write(lambda c: catalog_repo.put_event_type(c, name, spec, epoch_ms(now)),
+                          ["catalog", "event-types"])
 
     def seed_catalog(self, catalog: CatalogFile, now: datetime, digest: str | None = None) -> bool:
         """Apply a catalog file: every entry it names is created or updated; nothing else is touched.
@@ -213,16 +217,28 @@ class Store:
             for action_id, action in catalog.actions.items():
                 catalog_repo.put_action(conn, action_id, action, ms)
             for name, policy in catalog.policies.items():
-                catalog_repo.put_policy(conn, name, policy, ms)
+                catalog_repo.put_policy(conn, name, policy, ms, check_channels=False)
+            catalog_repo.check_channel_owners(conn)  # as the file leaves them, whatever order it lists policies in
             if digest is not None:
                 catalog_repo.record_file_digest(conn, digest)
             return True
 
-        return self.write(job, ["catalog"])
+        return self.write(job, ["catalog", "event-types"])
 
     def applied_catalog_digest(self) -> str | None:
         """The digest of the catalog file last applied to this store (None: none was)."""
         return self.read(catalog_repo.applied_file_digest)
+
+    def adopt_catalog_digest(self, digest: str) -> bool:
+        """Record `digest` as applied without applying it, if the store has a catalog but no digest (it predates
+        them: its catalog, admin changes included, stands); returns whether it did."""
+        def job(conn: Connection) -> bool:
+            if catalog_repo.applied_file_digest(conn) is not None or catalog_repo.catalog_version(conn) == 0:
+                return False
+            catalog_repo.record_file_digest(conn, digest)
+            return True
+
+        return self.write(job, ["catalog"])
 
     # -- customers and events --------------------------------------------------------------------------
     def resolve_customer(self, customer_id: str) -> str:
@@ -235,18 +251,19 @@ class Store:
         return self.read(lambda c: customer_repo.aliases_of(c, customer_id))
 
     def events_write(self, batch: Sequence[Event], reducer: Reducer, now: datetime,
-                     catalog_version: int | None = None) -> WriteJob[list[EventOutcome]]:
-        """Store events and fold them into state; with `catalog_version`, only while the catalog (whose event
-        types validated them) is still that version, else `CatalogChanged`, so they are validated again."""
+                     event_types_version: int | None = None) -> WriteJob[list[EventOutcome]]:
+        """Store events and fold them into state; with `event_types_version`, only while the event types that
+        validated them are still that version, else `CatalogChanged`, so they are validated again."""
         keys = [f"customer:{e.customer_id}" for e in batch] + [f"event:{e.event_id}" for e in batch]
 
         def job(conn: Connection) -> list[EventOutcome]:
-            if catalog_version is not None and catalog_repo.catalog_version_in_transaction(conn) != catalog_version:
-                raise CatalogChanged("the catalog changed since these events were validated")
+            if (event_types_version is not None
+                    and catalog_repo.event_types_version_in_transaction(conn) != event_types_version):
+                raise CatalogChanged("the event types changed since these events were validated")
             return customer_repo.ingest_events(conn, batch, reducer, epoch_ms(now))
 
-        if catalog_version is not None:
-            keys.append(f"{SHARED}catalog")  # the event types stay as checked until the commit
+        if event_types_version is not None:
+            keys.append(f"{SHARED}event-types")  # they stay as checked until the commit
         return WriteJob(job, keys, inline=len(batch) <= INLINE_EVENTS)
 
     def ingest_events(self, batch: Sequence[Event], reducer: Reducer, now: datetime) -> list[EventOutcome]:

@@ -94,15 +94,16 @@ async def ingest(request: Request[Any, Any, Any], data: EventsBody) -> list[Even
         except InvalidInput:
             # An event type registered (or changed) a moment ago through another process: checked again on the
             # catalog as the store has it, before the refusal stands.
-            if attempt == 0 and await to_thread.run_sync(runtime.store.catalog_version) != catalog.version:
+            if attempt == 0 and await to_thread.run_sync(runtime.store.event_types_version) \
+                    != catalog.event_types_version:
                 await to_thread.run_sync(runtime.refresh_catalog)
                 continue
             raise
         try:
-            outcomes = await runtime.store.run_async(
-                runtime.store.events_write(batch, apply_event, now, catalog_version=catalog.version))
+            outcomes = await runtime.store.run_async(runtime.store.events_write(
+                batch, apply_event, now, event_types_version=catalog.event_types_version))
             break
-        except CatalogChanged:  # validated on a catalog that changed before the commit: validate them again
+        except CatalogChanged:  # validated on event types that changed before the commit: validate them again
             await to_thread.run_sync(runtime.refresh_catalog)
         except InvalidInput as exc:  # what the customer's state cannot take, named `[index].properties`
             if isinstance(data, list) or not (exc.field or "").startswith("[0]."):

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bandits import vw_args
-from bandits.vw_args import build_args, parse_extra
+from bandits.vw_args import build_args, check_bits, parse_extra
 from nba.catalog import Learner
 from nba.errors import InvalidInput
 
@@ -179,12 +179,17 @@ def test_pairwise_wildcards_and_third_order_interactions_build(extra: str) -> No
 
 @pytest.mark.parametrize("value", ["1", "18", "24"])
 def test_a_hash_table_of_up_to_24_bits_is_allowed(value: str) -> None:
-    assert parse_extra(f"-b {value}") == ["-b", value]
-    assert parse_extra(f"--bit_precision={value}") == ["--bit_precision", value]
+    check_bits(parse_extra(f"-b {value}"))
+    check_bits(parse_extra(f"--bit_precision={value}"))
 
 
 @pytest.mark.parametrize("value", ["0", "25", "29", "x", "1.5", "-3"])
 def test_a_hash_table_beyond_24_bits_is_refused(value: str) -> None:
     """2^29 weights are gigabytes per model, allocated as the model learns: a 422 at save, not an exhausted host."""
     with pytest.raises(InvalidInput, match="1 to 24 bits"):
-        parse_extra(f"-b {value}")
+        check_bits(parse_extra(f"-b {value}"))
+
+
+def test_a_stored_learner_with_a_larger_hash_table_is_still_built() -> None:
+    """Saved before the bound: it keeps serving and learning (only a client's save is refused)."""
+    vw.Workspace(build_args(Learner(vw_args="-b 25")))

@@ -93,8 +93,10 @@ def test_saving_an_action_again_replaces_it(client: Client) -> None:
         pytest.param({**ACTION, "eligibility": "int(now) > 0"}, "eligibility", id="cel-conversion-it-lacks"),
         pytest.param({**ACTION, "eligibility": "now - duration('1d') > now"}, "eligibility",
                      id="cel-duration-in-days"),
-        pytest.param({**ACTION, "eligibility": "action.minimum_age <= customer.age"}, "eligibility",
+        pytest.param({**ACTION, "eligibility": "action.minimum_age <= 21"}, "eligibility",
                      id="cel-attribute-the-action-lacks"),
+        pytest.param({**ACTION, "eligibility": "has(customer.tz) && now.getDayOfWeek(customer.tz) < 5"},
+                     "eligibility", id="cel-time-zone-overload"),
         pytest.param({**ACTION, "eligibility": "action.min_age + 'x' == 'a'"}, "eligibility", id="cel-type-mix"),
         pytest.param({"attributes": {"category": "x"}}, "channels", id="no-channels"),
         pytest.param({"channels": []}, "channels", id="empty-channels"),
@@ -117,6 +119,10 @@ def test_invalid_action_is_422_and_not_saved(client: Client, body: dict[str, Any
     "customer.age >= action.min_age && now.getHours() >= 9",  # customer data a decision may have
     "!has(context.device) || context.device != 'kiosk'",
     "customer.event_counts.size() > 0 || now - duration('24h') < now",
+    # defaults for missing data that fail on an empty customer, but pass for customers who have the data
+    "(has(customer.spend) ? customer.spend : 0.0) / double(has(customer.orders) ? customer.orders : 0) >= 50.0",
+    "(has(customer.points) ? customer.points : 0) / (has(customer.orders) ? customer.orders : 0) >= 10",
+    "has(customer.ltv) && customer.ltv > 1000.0 || action.tier == 'gold'",
 ])
 def test_rules_that_can_pass_are_saved(client: Client, rule: str) -> None:
     body = {**ACTION, "eligibility": rule}

@@ -11,6 +11,7 @@ from litestar.testing import TestClient
 from pydantic import ValidationError
 
 from nba.errors import CatalogChanged, Conflict, InvalidInput
+from nba.store import schema as t
 from serving.problems import domain_error
 from tests.conftest import ADMIN, ANALYST, CHANNEL, DEMO_CATALOG
 from tests.serving.helpers import AppFactory, assert_problem, decide, excluded_rules
@@ -120,3 +121,49 @@ def test_a_catalog_that_keeps_changing_under_a_request_is_a_503_to_retry() -> No
     so not a 400 but a 503 with Retry-After."""
     response = domain_error(Any, CatalogChanged("the catalog changed during the decision"))
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+
+
+def test_a_store_from_before_catalog_digests_keeps_its_catalog(make_app: AppFactory, store_url: str) -> None:
+    """Such a store applied the file at every start; the first start after the upgrade counts it as applied
+    rather than apply it over what the admin API changed."""
+    with TestClient(make_app()) as client:
+        assert client.put("/v1/policies/web-offers", json={"channels": ["web"]}, headers=ADMIN).status_code == 200
+        assert client.put("/v1/policies/app-offers", json={"channels": ["app"]}, headers=ADMIN).status_code == 201
+        client.app.state.runtime.store.write(lambda c: c.execute(
+            t.meta_kv.delete().where(t.meta_kv.c.key == "catalog_file_digest")))
+    with TestClient(make_app()) as client:
+        assert decide(client, channel="app")["policy"]["name"] == "app-offers"
+
+
+def test_a_file_that_moves_a_channel_between_policies_applies_whatever_their_order(make_app: AppFactory) -> None:
+    catalog = _demo()
+    with TestClient(make_app(catalog)):
+        pass
+    catalog["policies"]["web-offers"]["channels"] = ["web"]
+    catalog["policies"] = {"app-offers": {"channels": ["app"]}, **catalog["policies"]}  # listed first
+    with TestClient(make_app(catalog)) as client:
+        assert decide(client, channel="app")["policy"]["name"] == "app-offers"
+
+
+def test_reordering_a_files_channels_is_no_change(make_app: AppFactory) -> None:
+    catalog = _demo()
+    with TestClient(make_app(catalog)) as client:
+        body = client.get("/v1/actions/offer-10pct", headers=ANALYST).json()
+        body.pop("action_id")
+        assert client.put("/v1/actions/offer-10pct", json={**body, "active": False}, headers=ADMIN).status_code == 200
+    catalog["policies"]["web-offers"]["channels"].reverse()
+    with TestClient(make_app(catalog)) as client:
+        assert client.get("/v1/actions/offer-10pct", headers=ANALYST).json()["active"] is False
+
+
+def test_events_are_not_held_up_by_changes_to_actions_or_policies(make_app: AppFactory) -> None:
+    """Only the event types validate events: another process saving actions does not send them round again."""
+    with TestClient(make_app()) as a, TestClient(make_app()) as b:
+        _without_maintenance(b)
+        runtime = b.app.state.runtime
+        validated_on = runtime.catalog().version
+        assert a.put("/v1/actions/newsletter", json={"channels": ["web"]}, headers=ADMIN).status_code == 201
+        refreshes_before = runtime.catalog().version
+        assert b.post("/v1/events", json={"customer_id": "c-1", "type": "page_view"}, headers=CHANNEL).status_code \
+            == 202
+        assert runtime.catalog().version == refreshes_before == validated_on  # committed on the first attempt
