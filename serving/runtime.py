@@ -68,8 +68,11 @@ class Runtime:
     def current_catalog(self) -> CatalogView:
         """The catalog as the store has it now (one small read): what another process changed a moment ago is in
         it, where `catalog()` may be up to a maintenance tick (0.25 s) behind."""
-        if self.store.catalog_version() != self._catalog.version:
-            return self.refresh_catalog()
+        try:
+            if self.store.catalog_version() != self._catalog.version:
+                return self.refresh_catalog()
+        except StoreUnavailable:  # nobody can change it while the store is down: the last one read stands
+            pass
         return self._catalog
 
     def refresh_catalog(self) -> CatalogView:

@@ -24,10 +24,11 @@ def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         runtime.store.check_writes()
     except StoreUnavailable as exc:
         store_ok, store_msg = False, exc.message
-    models = [
+    current = {(name, version) for name, (version, _) in runtime.catalog().policies.items()}
+    models = [  # of the policies' current versions: a version an edit replaced no longer serves
         {"policy": s.policy, "version": str(s.version), "healthy": s.healthy, "snapshot_id": s.snapshot_id,
          "examples_learned": s.examples, "message": s.message}
-        for s in runtime.models.statuses()
+        for s in runtime.models.statuses() if (s.policy, s.version) in current
     ]
     # Decisions whose reward window this process could not close (their stored record unreadable): the rest close
     # all the same, but these are never learned from until someone looks (the log names each one).

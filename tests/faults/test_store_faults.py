@@ -154,6 +154,20 @@ def test_health_reports_a_store_that_cannot_be_read(
         assert client.get("/health").status_code == 200
 
 
+def test_the_catalog_reads_answer_from_memory_while_the_store_is_down(
+    store_url: str, make_app: AppFactory, faults_for: Faults
+) -> None:
+    """They look at the store's catalog version first (another process may have changed it); while the store
+    cannot be read, nobody can change it either, and the last catalog read stands."""
+    app = make_app(store_url, CATALOG)
+    faults = faults_for(app.state.runtime.store)
+    with TestClient(app) as client:
+        before = client.get("/v1/actions", headers=ANALYST).json()
+        with faults.broken(reads=True, writes=True, commits=True):
+            during = client.get("/v1/actions", headers=ANALYST)
+        assert during.status_code == 200 and during.json() == before
+
+
 def test_health_is_not_ok_while_the_store_cannot_commit(
     sqlite_url: str, make_app: AppFactory, faults_for: Faults
 ) -> None:

@@ -167,3 +167,14 @@ def test_events_are_not_held_up_by_changes_to_actions_or_policies(make_app: AppF
         assert b.post("/v1/events", json={"customer_id": "c-1", "type": "page_view"}, headers=CHANNEL).status_code \
             == 202
         assert runtime.catalog().version == refreshes_before == validated_on  # committed on the first attempt
+
+
+def test_health_shows_the_models_of_the_policies_current_versions(make_app: AppFactory) -> None:
+    """A version an edit replaced no longer serves: its model's status (healthy or not) is not the service's."""
+    with TestClient(make_app()) as client:
+        decide(client)  # web-offers v1 serves
+        body = {"channels": ["web", "app"], "reward": {"window": "2h"}}
+        assert client.put("/v1/policies/web-offers", json=body, headers=ADMIN).status_code == 200
+        decide(client)  # v2 serves
+        models = client.get("/health").json()["models"]
+        assert sorted((m["policy"], m["version"]) for m in models) == [("email-offers", "1"), ("web-offers", "2")]
