@@ -98,6 +98,10 @@ def test_saving_an_action_again_replaces_it(client: Client) -> None:
         pytest.param({**ACTION, "eligibility": "has(customer.tz) && now.getDayOfWeek(customer.tz) < 5"},
                      "eligibility", id="cel-time-zone-overload"),
         pytest.param({**ACTION, "eligibility": "action.min_age + 'x' == 'a'"}, "eligibility", id="cel-type-mix"),
+        # every level multiplies each decision's work by its list's length (six levels of ten: 686 ms a decide)
+        pytest.param({**ACTION, "eligibility": "customer.tags.all(a, customer.tags.all(b, "
+                                               "customer.tags.exists(c, a + b + c == 'x')))"},
+                     "eligibility", id="cel-comprehensions-3-deep"),
         pytest.param({"attributes": {"category": "x"}}, "channels", id="no-channels"),
         pytest.param({"channels": []}, "channels", id="empty-channels"),
         pytest.param({**ACTION, "cooldown": "2w"}, "cooldown", id="bad-duration"),
@@ -123,6 +127,7 @@ def test_invalid_action_is_422_and_not_saved(client: Client, body: dict[str, Any
     "(has(customer.spend) ? customer.spend : 0.0) / double(has(customer.orders) ? customer.orders : 0) >= 50.0",
     "(has(customer.points) ? customer.points : 0) / (has(customer.orders) ? customer.orders : 0) >= 10",
     "has(customer.ltv) && customer.ltv > 1000.0 || action.tier == 'gold'",
+    "customer.tags.exists(t, context.tags.exists(u, u == t)) && context.tags.all(u, size(u) < 20)",  # 2 deep
 ])
 def test_rules_that_can_pass_are_saved(client: Client, rule: str) -> None:
     body = {**ACTION, "eligibility": rule}
