@@ -134,6 +134,12 @@ def _transaction_status(lane: _Lane, key: int, xid: str) -> str | None:
     return status
 
 
+def store_errors(conn: Connection) -> tuple[type[Exception], ...]:
+    """What a failing database raises through `conn`: SQLAlchemy's error and, should one escape its wrapping,
+    the driver's own. Such an error is the store's, never one write's."""
+    return (DBAPIError, conn.dialect.loaded_dbapi.Error)
+
+
 def _discard(conn: Connection) -> None:
     """Close a connection that failed for good (its session, and the locks it holds, end with it)."""
     try:
@@ -631,9 +637,9 @@ class WriteBatcher:
 
     def _run_jobs(self, conn: Connection, batch: list[_Job], savepoints: bool,
                   outcomes: list[tuple[bool, Any]]) -> None:
-        # The database failing (also as the driver's own error, should one escape its wrapping) fails the whole
-        # batch: it is not one job's fault, and its writes cannot be trusted to have happened.
-        store_failed = (DBAPIError, conn.dialect.loaded_dbapi.Error)
+        # The database failing fails the whole batch: it is not one job's fault, and its writes cannot be trusted
+        # to have happened.
+        store_failed = store_errors(conn)
         for job in batch:
             if not savepoints:
                 try:

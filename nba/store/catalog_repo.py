@@ -11,69 +11,66 @@ from nba.store import schema as t
 from nba.store.codec import dumps, loads
 from nba.store.prepared import Prepared, transaction_cache
 
-_CATALOG_VERSION = Prepared(select(t.meta_kv.c.value).where(t.meta_kv.c.key == "catalog_version"))
+
+class _Version:
+    """A version number kept in meta_kv under `key`; read once per group-commit transaction where asked."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._select = Prepared(select(t.meta_kv.c.value).where(t.meta_kv.c.key == key))
+
+    def read(self, conn: Connection) -> int:
+        row = self._select.first(conn, {})
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def in_transaction(self, conn: Connection) -> int:
+        cache = transaction_cache(conn)
+        if cache is None:
+            return self.read(conn)
+        version = cache.get(self.key)
+        if version is None:
+            version = cache[self.key] = self.read(conn)
+        return int(version)
+
+    def bump(self, conn: Connection) -> int:
+        version = self.read(conn) + 1
+        cache = transaction_cache(conn)
+        if cache is not None:
+            cache[self.key] = version
+        changed = conn.execute(
+            update(t.meta_kv).where(t.meta_kv.c.key == self.key).values(value=str(version))
+        ).rowcount
+        if not changed:
+            conn.execute(t.meta_kv.insert().values(key=self.key, value=str(version)))
+        return version
+
+
+_CATALOG = _Version("catalog_version")
+# Bumped with the catalog version by event-type changes only: what validated an event is still current while it
+# holds (events need not be validated again because an action or a policy changed).
+_EVENT_TYPES = _Version("event_types_version")
 
 
 def catalog_version(conn: Connection) -> int:
-    row = _CATALOG_VERSION.first(conn, {})
-    return int(row[0]) if row is not None and row[0] is not None else 0
+    return _CATALOG.read(conn)
 
 
 def catalog_version_in_transaction(conn: Connection) -> int:
     """The catalog version, read once per group-commit transaction (which holds the catalog stable)."""
-    cache = transaction_cache(conn)
-    if cache is None:
-        return catalog_version(conn)
-    version = cache.get("catalog_version")
-    if version is None:
-        version = cache["catalog_version"] = catalog_version(conn)
-    return int(version)
+    return _CATALOG.in_transaction(conn)
 
 
-# Bumped with the catalog version by event-type changes only: what validated an event is still current while it
-# holds (events need not be validated again because an action or a policy changed).
-_EVENT_TYPES_VERSION = Prepared(select(t.meta_kv.c.value).where(t.meta_kv.c.key == "event_types_version"))
+def bump_version(conn: Connection) -> int:
+    return _CATALOG.bump(conn)
 
 
 def event_types_version(conn: Connection) -> int:
-    row = _EVENT_TYPES_VERSION.first(conn, {})
-    return int(row[0]) if row is not None and row[0] is not None else 0
+    return _EVENT_TYPES.read(conn)
 
 
 def event_types_version_in_transaction(conn: Connection) -> int:
     """The event types' version, read once per group-commit transaction."""
-    cache = transaction_cache(conn)
-    if cache is None:
-        return event_types_version(conn)
-    version = cache.get("event_types_version")
-    if version is None:
-        version = cache["event_types_version"] = event_types_version(conn)
-    return int(version)
-
-
-def _bump_event_types_version(conn: Connection) -> None:
-    version = event_types_version(conn) + 1
-    cache = transaction_cache(conn)
-    if cache is not None:
-        cache["event_types_version"] = version
-    changed = conn.execute(
-        update(t.meta_kv).where(t.meta_kv.c.key == "event_types_version").values(value=str(version))
-    ).rowcount
-    if not changed:
-        conn.execute(t.meta_kv.insert().values(key="event_types_version", value=str(version)))
-
-
-def bump_version(conn: Connection) -> int:
-    version = catalog_version(conn) + 1
-    cache = transaction_cache(conn)
-    if cache is not None:
-        cache["catalog_version"] = version
-    changed = conn.execute(
-        update(t.meta_kv).where(t.meta_kv.c.key == "catalog_version").values(value=str(version))
-    ).rowcount
-    if not changed:
-        conn.execute(t.meta_kv.insert().values(key="catalog_version", value=str(version)))
-    return version
+    return _EVENT_TYPES.in_transaction(conn)
 
 
 def load_view(conn: Connection) -> CatalogView:
@@ -186,7 +183,7 @@ def put_event_type(conn: Connection, name: str, spec_model: EventType, now_ms: i
     else:
         conn.execute(update(t.event_types).where(t.event_types.c.name == name).values(spec=spec, updated_ms=now_ms))
     bump_version(conn)
-    _bump_event_types_version(conn)
+    _EVENT_TYPES.bump(conn)
     return existing is None
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from nba.catalog import Action, CatalogFile, EventType, Policy, RewardSpec
 from nba.catalog_view import CatalogView
@@ -20,7 +20,7 @@ from nba.clock import epoch_ms
 from nba.constraints import CounterState
 from nba.errors import CatalogChanged, StoreUnavailable
 from nba.store import catalog_repo, customer_repo, decision_repo, learning_repo, outcome_repo
-from nba.store.batcher import WriteBatcher
+from nba.store.batcher import WriteBatcher, store_errors
 from nba.store.budget_reads import BudgetReads
 from nba.store.checkpointer import CHECKPOINT_SECONDS, WAL_LIMIT_BYTES, WalCheckpointer
 from nba.store.customer_repo import Reducer
@@ -376,7 +376,7 @@ class Store:
             """Close the due decisions; with `isolate`, each in a savepoint of its own (a fifth more writer time
             per round, so only once a round without has failed)."""
             def close(conn: Connection) -> int:
-                store_failed = (DBAPIError, StoreUnavailable, conn.dialect.loaded_dbapi.Error)
+                store_failed: tuple[type[Exception], ...] = (*store_errors(conn), StoreUnavailable)
                 failed.clear()  # the batch may run again (on a new connection): only the last run counts
                 changed = 0
                 for decision_id in due:

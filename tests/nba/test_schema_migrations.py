@@ -4,6 +4,8 @@ version of a policy, in seq order); the queries that need them still use them.""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection
@@ -36,25 +38,43 @@ def _schema_version(store: Store) -> str:
                           .one().value))
 
 
-def test_a_v2_database_gets_the_partial_release_index(store_url: str) -> None:
+@contextmanager
+def _upgraded_from(
+    store_url: str, version: int, downgrade: Callable[[Connection], None],
+    before: Callable[[Store], None] | None = None,
+) -> Iterator[Store]:
+    """The store taken back to schema `version` by `downgrade` (`before` checks it so), then opened again: the
+    migrations from `version` on have run, and the recorded schema version is the newest."""
     store = Store(store_url)
     try:
-        def to_v2(conn: Connection) -> None:  # the index as v2 created it: every decision in it
-            conn.exec_driver_sql("DROP INDEX ix_decisions_state_release")
-            conn.exec_driver_sql("CREATE INDEX ix_decisions_state_release ON decisions (state, release_ms)")
-            conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value="2"))
+        def to_old(conn: Connection) -> None:
+            downgrade(conn)
+            conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value=str(version)))
 
-        store.write(to_v2)
-        assert "WHERE" not in _release_index_of(store).upper()
+        store.write(to_old)
+        if before is not None:
+            before(store)
     finally:
         store.close()
     upgraded = Store(store_url)
     try:
-        definition = _release_index_of(upgraded)
-        assert "WHERE" in definition.upper() and "release_ms IS NOT NULL".upper() in definition.upper()
         assert _schema_version(upgraded) == str(MIGRATIONS[-1][0])
+        yield upgraded
     finally:
         upgraded.close()
+
+
+def test_a_v2_database_gets_the_partial_release_index(store_url: str) -> None:
+    def to_v2(conn: Connection) -> None:  # the index as v2 created it: every decision in it
+        conn.exec_driver_sql("DROP INDEX ix_decisions_state_release")
+        conn.exec_driver_sql("CREATE INDEX ix_decisions_state_release ON decisions (state, release_ms)")
+
+    def before(store: Store) -> None:
+        assert "WHERE" not in _release_index_of(store).upper()
+
+    with _upgraded_from(store_url, 2, to_v2, before) as upgraded:
+        definition = _release_index_of(upgraded)
+        assert "WHERE" in definition.upper() and "release_ms IS NOT NULL".upper() in definition.upper()
 
 
 def _release_index_of(store: Store) -> str:
@@ -75,24 +95,16 @@ def test_the_expiry_sweep_reads_the_partial_index(sqlite_url: str) -> None:
 
 
 def test_a_v3_database_gets_the_covering_contacts_index(store_url: str) -> None:
-    store = Store(store_url)
-    try:
-        def to_v3(conn: Connection) -> None:  # the index as v3 had it
-            conn.exec_driver_sql("DROP INDEX ix_contacts_customer_at")
-            conn.exec_driver_sql("CREATE INDEX ix_contacts_customer_at ON contacts (customer_id, at_ms)")
-            conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value="3"))
+    def to_v3(conn: Connection) -> None:  # the index as v3 had it
+        conn.exec_driver_sql("DROP INDEX ix_contacts_customer_at")
+        conn.exec_driver_sql("CREATE INDEX ix_contacts_customer_at ON contacts (customer_id, at_ms)")
 
-        store.write(to_v3)
+    def before(store: Store) -> None:
         assert "channel" not in store.read(lambda c: _index(c, "ix_contacts_customer_at"))
-    finally:
-        store.close()
-    upgraded = Store(store_url)
-    try:
+
+    with _upgraded_from(store_url, 3, to_v3, before) as upgraded:
         definition = upgraded.read(lambda c: _index(c, "ix_contacts_customer_at"))
         assert all(column in definition for column in ("customer_id", "at_ms", "status", "action_id", "channel"))
-        assert _schema_version(upgraded) == str(MIGRATIONS[-1][0])
-    finally:
-        upgraded.close()
 
 
 def test_the_decide_paths_contact_reads_are_answered_from_the_index(sqlite_url: str) -> None:
@@ -115,24 +127,14 @@ def test_the_decide_paths_contact_reads_are_answered_from_the_index(sqlite_url: 
 
 
 def test_a_v4_database_gets_the_partial_pending_index(store_url: str) -> None:
-    store = Store(store_url)
-    try:
-        def to_v4(conn: Connection) -> None:  # the index as v4 had it: every row, by version
-            conn.exec_driver_sql("DROP INDEX ix_learn_pending")
-            conn.exec_driver_sql("CREATE INDEX ix_learn_pending ON learn_queue "
-                                 "(policy_name, policy_version, snapshot_id, seq)")
-            conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value="4"))
+    def to_v4(conn: Connection) -> None:  # the index as v4 had it: every row, by version
+        conn.exec_driver_sql("DROP INDEX ix_learn_pending")
+        conn.exec_driver_sql("CREATE INDEX ix_learn_pending ON learn_queue "
+                             "(policy_name, policy_version, snapshot_id, seq)")
 
-        store.write(to_v4)
-    finally:
-        store.close()
-    upgraded = Store(store_url)
-    try:
+    with _upgraded_from(store_url, 4, to_v4) as upgraded:
         definition = upgraded.read(lambda c: _index(c, "ix_learn_pending"))
         assert "snapshot_id IS NULL".upper() in definition.upper(), definition
-        assert _schema_version(upgraded) == str(MIGRATIONS[-1][0])
-    finally:
-        upgraded.close()
 
 
 def test_the_learners_pending_read_uses_the_partial_index(sqlite_url: str) -> None:
@@ -149,26 +151,16 @@ def test_the_learners_pending_read_uses_the_partial_index(sqlite_url: str) -> No
 
 def test_a_v5_database_gets_the_attribute_times_column_and_its_states_keep_working(store_url: str) -> None:
     """States stored before v6 have no attribute times: they adopt their newest event's (features/state.py)."""
-    store = Store(store_url)
-    try:
-        def to_v5(conn: Connection) -> None:
-            conn.exec_driver_sql("ALTER TABLE customers DROP COLUMN attribute_us")
-            conn.execute(t.customers.insert().values(
-                customer_id="c-old", created_ms=0, updated_ms=0,
-                state='{"attributes": {"tier": "gold"}, "last_event_at": {"x": "2026-11-24T10:00:00+00:00"}}'))
-            conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value="5"))
+    def to_v5(conn: Connection) -> None:
+        conn.exec_driver_sql("ALTER TABLE customers DROP COLUMN attribute_us")
+        conn.execute(t.customers.insert().values(
+            customer_id="c-old", created_ms=0, updated_ms=0,
+            state='{"attributes": {"tier": "gold"}, "last_event_at": {"x": "2026-11-24T10:00:00+00:00"}}'))
 
-        store.write(to_v5)
-    finally:
-        store.close()
-    upgraded = Store(store_url)
-    try:
-        assert _schema_version(upgraded) == str(MIGRATIONS[-1][0])
+    with _upgraded_from(store_url, 5, to_v5) as upgraded:
         late = Event("e-late", "c-old", "profile_updated", datetime(2026, 11, 24, 9, tzinfo=UTC),
                      {"tier": "bronze", "city": "Oslo"})
         upgraded.ingest_events([late], apply_event, datetime(2026, 11, 24, 11, tzinfo=UTC))
         state = upgraded.load_customer("c-old")
         assert state is not None and state.attributes == {"tier": "gold", "city": "Oslo"}
         assert set(state.attribute_us) == {"tier", "city"}
-    finally:
-        upgraded.close()

@@ -21,6 +21,7 @@ from nba.clock import ManualClock, epoch_ms
 from nba.decide import DecideRequest, DecisionEngine
 from nba.store import Store, outcome_repo
 from nba.store import schema as t
+from nba.types import Decision
 from training.online import LEASE_TTL, OnlineLearner, example_from_log
 from training.simulator import SegmentSimulator
 
@@ -343,9 +344,28 @@ def test_a_sum_of_rewards_past_the_reward_limit_is_learned(store: Store, clock: 
     assert snapshot is not None and snapshot.examples == 1
 
 
-def _edit_policy(store: Store, clock: ManualClock, policy: Policy) -> int:
+def _learned_then_decided(
+    store: Store, clock: ManualClock, seed: int, rounds: int
+) -> tuple[DecisionEngine, OnlineLearner, Any, Decision]:
+    """`rounds` rewarded decisions learned and snapshotted, then one more decision (not rewarded yet)."""
+    sim = SegmentSimulator(seed=seed)
+    engine, models = _setup(store, clock, sim)
+    learner = _learner(store, models, clock)
+    _play(engine, store, sim, clock, rounds)
+    assert learner.learn_pending() == rounds
+    learner.snapshot_all()
+    customer = sim.customer()
+    decision = engine.decide(DecideRequest(customer.customer_id, "web", dict(customer.context))).decision
+    return engine, learner, customer, decision
+
+
+def _edited(store: Store, clock: ManualClock, policy: Policy) -> PolicyModels:
+    """Save `policy` as the second version of `web`; the models of a process that starts then, serving it."""
     version, _ = store.put_policy("web", policy, clock.now())
-    return version
+    assert version == 2
+    serving = PolicyModels(store, NamespaceFeaturizer())
+    assert serving.scorer("web", 2, policy) is not None
+    return serving
 
 
 def test_a_policy_edit_that_keeps_the_learner_continues_its_model_and_learns_earlier_decisions(
@@ -353,20 +373,10 @@ def test_a_policy_edit_that_keeps_the_learner_continues_its_model_and_learns_ear
 ) -> None:
     """A new version (here: a longer reward window) continues the previous version's model, and the rewards of
     decisions made just before the edit are learned by it: they were accepted, so they must be learned."""
-    sim = SegmentSimulator(seed=23)
-    engine, models = _setup(store, clock, sim)
-    learner = _learner(store, models, clock)
-    _play(engine, store, sim, clock, 20)
-    assert learner.learn_pending() == 20
-    learner.snapshot_all()
-    customer = sim.customer()
-    before_edit = engine.decide(DecideRequest(customer.customer_id, "web", dict(customer.context))).decision
+    engine, learner, customer, before_edit = _learned_then_decided(store, clock, seed=23, rounds=20)
     assert before_edit.policy.version == 1
 
-    edited = Policy(channels=["web"], reward=RewardSpec(aggregation="first", window="2h"))
-    assert _edit_policy(store, clock, edited) == 2
-    serving = PolicyModels(store, NamespaceFeaturizer())  # a process that starts now
-    assert serving.scorer("web", 2, edited) is not None
+    serving = _edited(store, clock, Policy(channels=["web"], reward=RewardSpec(aggregation="first", window="2h")))
     [status] = serving.statuses()
     assert (status.version, status.examples) == (2, 20) and "of v1" in status.message, status
 
@@ -383,20 +393,10 @@ def test_a_policy_edit_that_keeps_the_learner_continues_its_model_and_learns_ear
 def test_a_policy_edit_that_changes_the_learner_starts_a_new_model_that_learns_earlier_decisions(
     store: Store, clock: ManualClock
 ) -> None:
-    sim = SegmentSimulator(seed=24)
-    engine, models = _setup(store, clock, sim)
-    learner = _learner(store, models, clock)
-    _play(engine, store, sim, clock, 10)
-    assert learner.learn_pending() == 10
-    learner.snapshot_all()
-    customer = sim.customer()
-    before_edit = engine.decide(DecideRequest(customer.customer_id, "web", dict(customer.context))).decision
+    _, learner, _, before_edit = _learned_then_decided(store, clock, seed=24, rounds=10)
 
-    edited = Policy(channels=["web"], reward=RewardSpec(aggregation="first"),
-                    learner={"exploration": "epsilon", "epsilon": 0.2})
-    assert _edit_policy(store, clock, edited) == 2
-    serving = PolicyModels(store, NamespaceFeaturizer())
-    assert serving.scorer("web", 2, edited) is not None
+    serving = _edited(store, clock, Policy(channels=["web"], reward=RewardSpec(aggregation="first"),
+                                           learner={"exploration": "epsilon", "epsilon": 0.2}))
     assert [(s.version, s.examples, s.message) for s in serving.statuses()] == [(2, 0, "new model (no snapshot yet)")]
 
     store.add_reward(before_edit.decision_id, 0, 1.0, clock.now())
