@@ -12,7 +12,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from nba.catalog import Action, Policy
 from nba.catalog_view import CatalogView
-from nba.clock import Clock
+from nba.clock import Clock, epoch_ms
 from nba.constraints import CounterState, cel_variables, counter_exclusion, longest_counter_window, static_exclusion
 from nba.errors import ActionNotFound, CatalogChanged, IdempotencyConflict, NoPolicyForChannel
 from nba.ids import new_id
@@ -249,7 +249,7 @@ class DecisionEngine:
             probabilities, mode = self._score(request, customer, name, version, policy, ids, attributes)
         choices = sample_slots(ids, probabilities, request.slots, self._rng)
         return Decision(
-            decision_id=new_id("d-"),
+            decision_id=new_id("d-", epoch_ms(now)),  # the time it is logged under: retention finds it by its id
             customer_id=customer.customer_id,
             channel=request.channel,
             policy=PolicyRef(name, version, mode),

@@ -24,17 +24,29 @@ def is_valid_id(value: str) -> bool:
     return _ID_RE.fullmatch(value) is not None
 
 
-def new_id(prefix: str) -> str:
-    """A new ULID-style id: time-ordered (millisecond), 80 random bits, with a type prefix.
+def new_id(prefix: str, epoch_ms: int | None = None) -> str:
+    """A new ULID-style id: time-ordered (millisecond; now, or `epoch_ms`), 80 random bits, with a type prefix.
 
-    >>> len(new_id("d-")), new_id("d-").startswith("d-")
-    (28, True)
+    >>> len(new_id("d-")), new_id("d-").startswith("d-"), new_id("d-", 0) < new_id("d-", 1)
+    (28, True, True)
     """
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(_RANDOM.take(10), "big")
+    ms = int(time.time() * 1000) if epoch_ms is None else epoch_ms
+    value = (ms << 80) | int.from_bytes(_RANDOM.take(10), "big")
     return prefix + "".join([_CROCKFORD[(value >> shift) & 31] for shift in _SHIFTS])
 
 
 _SHIFTS = tuple(range(125, -1, -5))  # 26 base-32 digits, most significant first
+
+
+def id_floor(prefix: str, epoch_ms: int) -> str:
+    """The lowest id `new_id(prefix)` can make at `epoch_ms`: every id made earlier sorts below it (bytewise).
+
+    >>> earlier = new_id("d-")
+    >>> earlier < id_floor("d-", int(time.time() * 1000) + 1) and id_floor("d-", 0) < earlier
+    True
+    """
+    value = epoch_ms << 80
+    return prefix + "".join([_CROCKFORD[(value >> shift) & 31] for shift in _SHIFTS])
 
 
 class _RandomPool:

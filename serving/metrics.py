@@ -14,6 +14,7 @@ DECIDE_LATENCY = Histogram(
 )
 REWARDS = Counter("nba_rewards_total", "Rewards received", ["status"])
 EVENTS = Counter("nba_events_total", "Events received", ["duplicate"])
+RETAINED_DELETED = Counter("nba_retention_deleted_total", "Records deleted past the retention period", ["kind"])
 
 
 @lru_cache(maxsize=4096)

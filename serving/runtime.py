@@ -65,6 +65,11 @@ class Runtime:
     def catalog(self) -> CatalogView:
         return self._catalog
 
+    @property
+    def services(self) -> tuple[Service, ...]:
+        """The background services this process runs (the learner, retention)."""
+        return tuple(self._services)
+
     def current_catalog(self) -> CatalogView:
         """The catalog as the store has it now (one small read): what another process changed a moment ago is in
         it, where `catalog()` may be up to a maintenance tick (0.25 s) behind."""

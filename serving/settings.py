@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -27,11 +28,26 @@ class Settings(BaseSettings):
     learner: bool = True
     snapshot_seconds: float = Field(default=5.0, gt=0)
     sweep_seconds: float = Field(default=1.0, gt=0)
+    # Days the decision log, events and past budget windows are kept (0: for ever). Contacts stay as long as a
+    # cap or cooldown counts them; customers' states are not a log and stay.
+    retention_days: float = Field(default=90.0, ge=0)
+    retention_seconds: float = Field(default=60.0, gt=0)  # between retention passes that left nothing behind
     log_level: str = "INFO"
     # How long a thread may hold the GIL while another waits (CPython's default is 5 ms). Requests run in the
     # event loop and their writes in the group-commit thread; each statement the writer runs hands the GIL
     # back and forth, so a short interval keeps a busy loop from stalling every commit by up to 5 ms.
     switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention_days(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("NBA_RETENTION_DAYS is 0 (keep everything) or at least 1")
+        return value
+
+    def retention(self) -> timedelta | None:
+        """How long the log is kept; None for ever."""
+        return timedelta(days=self.retention_days) if self.retention_days else None
 
     @field_validator("api_keys")
     @classmethod

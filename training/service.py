@@ -9,13 +9,14 @@ from litestar import Litestar
 from nba.clock import Clock
 from nba.store import Store
 from serving.app import create_app
-from serving.runtime import Runtime, Service
+from serving.retention import RetentionService
+from serving.runtime import Runtime, Service, ServiceFactory
 from serving.settings import Settings
 from training.online import OnlineLearner
 
 
 def learner_factory(settings: Settings) -> list:
-    """The background services a server process runs besides answering requests."""
+    """The online learner, if the settings run one."""
     if not settings.learner:
         return []
 
@@ -28,8 +29,18 @@ def learner_factory(settings: Settings) -> list:
     return [make]
 
 
+def retention_factory(settings: Settings) -> ServiceFactory:
+    def make(runtime: Runtime) -> Service:
+        return RetentionService(runtime.store, runtime.current_catalog, runtime.clock, settings.retention(),
+                                idle_every=settings.retention_seconds)
+
+    return make
+
+
 def build_runtime(settings: Settings, store: Store | None = None, clock: Clock | None = None) -> Runtime:
-    return Runtime(settings, store=store, clock=clock, services=learner_factory(settings))
+    """A runtime with the background services a server process runs besides answering requests."""
+    services = [*learner_factory(settings), retention_factory(settings)]
+    return Runtime(settings, store=store, clock=clock, services=services)
 
 
 def build_app(settings: Settings | None = None, store: Store | None = None, clock: Clock | None = None) -> Litestar:

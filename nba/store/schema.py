@@ -90,6 +90,8 @@ events = Table(
     Column("received_ms", BigInteger, nullable=False),
     Column("properties", Text, nullable=False),
     Index("ix_events_customer_ts", "customer_id", "ts_ms"),
+    # The oldest events first, for retention (v7); appended at the right edge, so cheap to keep.
+    Index("ix_events_received", "received_ms"),
 )
 
 decisions = Table(
@@ -191,6 +193,8 @@ learn_queue = Table(
     Index("ix_learn_pending", "policy_name", "seq", "policy_version", "snapshot_id",
           sqlite_where=text("snapshot_id IS NULL"),
           postgresql_where=text("snapshot_id IS NULL")),
+    # A decision's rows, so that retention forgets them with it and never leaves a row the learner cannot join (v7).
+    Index("ix_learn_decision", "decision_id"),
 )
 
 model_snapshots = Table(
@@ -265,8 +269,14 @@ def _v6(conn: Connection) -> None:
     _add_missing_columns(conn, customers, ["attribute_us"])
 
 
+def _v7(conn: Connection) -> None:
+    """Indexes for retention: events by arrival, learning rows by decision."""
+    for table, name in ((events, "ix_events_received"), (learn_queue, "ix_learn_decision")):
+        next(index for index in table.indexes if index.name == name).create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6),
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7),
 ]
 
 

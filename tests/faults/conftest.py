@@ -49,7 +49,8 @@ def make_app(tmp_path: Path, clock: ManualClock) -> AppFactory:
     def make(database_url: str, catalog: dict[str, Any], **settings: Any) -> Litestar:
         path = tmp_path / f"catalog-{len(list(tmp_path.glob('catalog-*.yaml')))}.yaml"
         path.write_text(yaml.safe_dump(catalog, allow_unicode=True))
-        options: dict[str, Any] = {"learner": False, "sweep_seconds": 3600, "log_level": "WARNING", **settings}
+        options: dict[str, Any] = {"learner": False, "sweep_seconds": 3600, "retention_seconds": 3600,
+                                   "log_level": "WARNING", **settings}
         return build_app(Settings(database_url=database_url, api_keys=KEYS, catalog=str(path), **options),
                          clock=clock)
 

@@ -171,7 +171,8 @@ def _fuzzer(strategy: Any, label: str, mode: GenerationMode, known: dict[str, li
 def exchanges(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Exchange]]:
     directory: Path = tmp_path_factory.mktemp("fuzz")
     settings_ = Settings(database_url=f"sqlite:///{directory / 'nba.db'}", api_keys=KEYS,
-                         catalog=str(DEMO_CATALOG), learner=False, sweep_seconds=3600, log_level="CRITICAL")
+                         catalog=str(DEMO_CATALOG), learner=False, sweep_seconds=3600, retention_seconds=3600,
+                         log_level="CRITICAL")
     app = build_app(settings_)
     collected: list[Exchange] = []
     # One client owns the app's lifespan; schemathesis only generates cases and checks answers (its own ASGI

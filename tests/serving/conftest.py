@@ -34,7 +34,7 @@ def make_app(store_url: str, clock: ManualClock, tmp_path: Path) -> AppFactory:
             # No background learner and no background sweeps: the tests close reward windows themselves with
             # `runtime.sweep()` after moving the clock, so what is learned when is decided by the test alone.
             learner=False,
-            sweep_seconds=3600,
+            sweep_seconds=3600, retention_seconds=3600,
             log_level="WARNING",
         )
         return build_app(settings, clock=clock)

@@ -1,0 +1,58 @@
+"""Retention in a running service: the setting, the background service every server process runs, one process at
+a time pruning, and what clients see of a decision past the retention period."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+from pydantic import ValidationError
+
+from nba.clock import ManualClock
+from serving.retention import RetentionService
+from serving.settings import Settings
+from tests.conftest import ANALYST, CHANNEL
+from tests.serving.helpers import AppFactory, Client, assert_problem, decide
+
+
+def _retention(app: Litestar) -> RetentionService:
+    return next(s for s in app.state.runtime.services if isinstance(s, RetentionService))
+
+
+def test_a_decision_past_retention_is_gone_for_clients_too(client: Client, app: Litestar, clock: ManualClock) -> None:
+    decision_id = decide(client)["decision_id"]
+    assert client.post(f"/v1/decisions/{decision_id}/reward", json={"value": 1.0}, headers=CHANNEL).status_code == 202
+    clock.advance(timedelta(days=1))
+    app.state.runtime.sweep()
+    young_id = decide(client, customer_id="c-2")["decision_id"]
+
+    clock.advance(timedelta(days=89, hours=23))  # the first is 90 days and 23 hours old, the second 89 days
+    result = _retention(app).run_once()
+    assert result is not None and result.deleted["decisions"] == 1
+
+    assert_problem(client.get(f"/v1/decisions/{decision_id}", headers=ANALYST), 404)
+    assert_problem(client.post(f"/v1/decisions/{decision_id}/reward", json={"value": 1.0}, headers=CHANNEL), 404)
+    assert client.get(f"/v1/decisions/{young_id}", headers=ANALYST).status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'nba_retention_deleted_total{kind="decisions"}' in metrics
+
+
+def test_one_process_at_a_time_prunes(make_app: AppFactory, clock: ManualClock) -> None:
+    first, second = make_app(), make_app()  # two server processes on one store
+    with TestClient(first), TestClient(second):
+        assert _retention(first).run_once() is not None
+        assert _retention(second).run_once() is None  # the first holds the lease
+        assert _retention(first).run_once() is not None  # and keeps it
+        clock.advance(timedelta(minutes=3))  # the first stops renewing (it died): its lease runs out
+        assert _retention(second).run_once() is not None
+
+
+def test_the_retention_setting() -> None:
+    assert Settings().retention() == timedelta(days=90)
+    assert Settings(retention_days=0).retention() is None  # keep everything
+    assert Settings(retention_days=400).retention() == timedelta(days=400)
+    for bad in (0.5, -1):
+        with pytest.raises(ValidationError, match="retention_days"):
+            Settings(retention_days=bad)
