@@ -1,7 +1,8 @@
 """The retention thread: keeps the store within `NBA_RETENTION_DAYS` while the service runs.
 
 One process at a time prunes (a lease in the store: the workers of a machine and the hosts of a PostgreSQL
-deployment share it). It looks for old records once a minute, and once a second while a pass leaves work behind.
+deployment share it). It looks for old records once a minute (`NBA_RETENTION_SECONDS`), and once a second while
+a pass leaves work behind.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from nba.clock import Clock
 from nba.constraints import longest_counter_window
 from nba.errors import StoreUnavailable
 from nba.store import Store
-from nba.store.retention import Horizons, PruneResult, prune
+from nba.store.retention import Cursors, Horizons, PruneResult, prune
 from serving.metrics import RETAINED_DELETED, child
 
 log = logging.getLogger("nba.retention")
@@ -46,6 +47,9 @@ class RetentionService:
         self._idle_every = idle_every
         self._busy_every = busy_every
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        # Held across the wait between passes: another process takes over only once this one has missed two.
+        self._lease_ttl = max(LEASE_TTL, timedelta(seconds=2 * idle_every + 60))
+        self._cursors = Cursors()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,10 +69,11 @@ class RetentionService:
     def run_once(self) -> PruneResult | None:
         """One pass, if this process holds the lease (None when another does)."""
         now = self._clock.now()
-        if not self._store.try_lease(LEASE, self._holder, now, LEASE_TTL):
+        if not self._store.try_lease(LEASE, self._holder, now, self._lease_ttl):
+            self._cursors = Cursors()  # another process prunes: where this one was is no longer known
             return None
         window = longest_counter_window(list(self._catalog().actions.values()))
-        result = prune(self._store, Horizons.at(now, self._keep, window))
+        result = prune(self._store, Horizons.at(now, self._keep, window), self._cursors)
         for kind, count in result.deleted.items():
             if count:
                 child(RETAINED_DELETED, kind).inc(count)

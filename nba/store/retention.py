@@ -12,6 +12,10 @@ from nba.store import retention_repo
 from nba.store.decision_repo import IDEMPOTENCY_TTL
 from nba.store.store import Store
 
+# What a count or a replay may still look back to, beyond its window: a decide reads contacts a moment after it
+# reads its clock, and other hosts' clocks may be behind this one's.
+CLOCK_MARGIN = timedelta(hours=1)
+
 
 @dataclass(frozen=True)
 class Horizons:
@@ -28,51 +32,69 @@ class Horizons:
         """The horizons at `now` for a retention period of `keep` (None: keep the log for ever).
 
         Contacts stay as long as the longest cap or cooldown (`counter_window`) counts them, even past `keep`;
-        decide request ids go once their replay period (a day) is over, whatever `keep` is.
+        decide request ids go once their replay period (a day) is over, whatever `keep` is. Both an hour later
+        than that (`CLOCK_MARGIN`).
         """
         now_ms = epoch_ms(now)
-        idempotency_ms = now_ms - int(IDEMPOTENCY_TTL.total_seconds() * 1000)
+        margin_ms = int(CLOCK_MARGIN.total_seconds() * 1000)
+        idempotency_ms = now_ms - int(IDEMPOTENCY_TTL.total_seconds() * 1000) - margin_ms
         if keep is None:
             return cls(0, 0, 0, 0, idempotency_ms)
         keep_ms = int(keep.total_seconds() * 1000)
-        contacts_ms = now_ms - max(keep_ms, int(counter_window.total_seconds() * 1000))
+        contacts_ms = now_ms - max(keep_ms, int(counter_window.total_seconds() * 1000)) - margin_ms
         return cls(now_ms - keep_ms, contacts_ms, now_ms - keep_ms, now_ms - keep_ms, idempotency_ms)
 
 
 @dataclass
+class Cursors:
+    """Where the scans of decisions and contacts go on in the next pass: past what a pass could not delete yet
+    (decisions still open, contacts timed later) rather than over it again."""
+
+    decision: str | None = None
+    contact: int | None = None
+
+
+@dataclass
 class PruneResult:
-    """Rows deleted by a pass, per kind; `more` when the pass stopped at its chunk budget with work left."""
+    """Rows deleted by a pass, per kind; `more` when the pass stopped at its limit with work left."""
 
     deleted: dict[str, int]
     more: bool
 
 
-def prune(store: Store, horizons: Horizons, chunk: int = 100, max_chunks: int = 50) -> PruneResult:
+def prune(store: Store, horizons: Horizons, cursors: Cursors | None = None, chunk: int = 100,
+          max_chunks: int = 50) -> PruneResult:
     """Delete what is past `horizons`, `chunk` rows a transaction, in at most `max_chunks` transactions of each
-    kind.
+    kind, going on from `cursors` (which it moves on) where a pass before stopped.
 
     Each transaction is short (5 ms for 100 decisions and their rows on SQLite) so that decides, which wait for
     the write lock, hardly notice; a pass that stops at its limit with work left says so (`more`), and the caller
     runs another soon.
     """
+    cursors = cursors if cursors is not None else Cursors()
     deleted = dict.fromkeys(("decisions", "contacts", "events", "idempotency_keys", "budget_windows"), 0)
     more = False
-    after: str | None = None
     for _ in range(max_chunks if horizons.decisions_ms > 0 else 0):
-        ids, last = store.read(partial(retention_repo.old_decisions, before_ms=horizons.decisions_ms, limit=chunk,
-                                       after=after))
-        if last is None:
-            break
+        ids, cursors.decision = store.read(partial(
+            retention_repo.old_decisions, before_ms=horizons.decisions_ms, limit=chunk, after=cursors.decision))
         if ids:
             deleted["decisions"] += store.write(
                 partial(retention_repo.delete_decisions, decision_ids=ids, before_ms=horizons.decisions_ms),
                 [f"decision:{d}" for d in ids],
             )
-        after = last
+        if cursors.decision is None:
+            break
     else:
         more = horizons.decisions_ms > 0
+    for _ in range(max_chunks if horizons.contacts_ms > 0 else 0):
+        count, cursors.contact = store.write(partial(
+            retention_repo.delete_old_contacts, before_ms=horizons.contacts_ms, limit=chunk, after=cursors.contact))
+        deleted["contacts"] += count
+        if cursors.contact is None:
+            break
+    else:
+        more = more or horizons.contacts_ms > 0
     steps: list[tuple[str, int, Callable[..., int]]] = [
-        ("contacts", horizons.contacts_ms, retention_repo.delete_old_contacts),
         ("events", horizons.events_ms, retention_repo.delete_old_events),
         ("idempotency_keys", horizons.idempotency_ms, retention_repo.delete_old_idempotency_keys),
         ("budget_windows", horizons.budget_windows_ms, retention_repo.delete_old_budget_windows),
@@ -86,4 +108,3 @@ def prune(store: Store, horizons: Horizons, chunk: int = 100, max_chunks: int = 
         else:
             more = more or before_ms > 0
     return PruneResult(deleted, more)
-

@@ -13,8 +13,9 @@ the longest counter window), customers' states (events fold into them; only the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import BigInteger, Connection, bindparam, cast, select
 
 from nba.ids import id_floor
 from nba.store import schema as t
@@ -26,7 +27,7 @@ def old_decisions(
     conn: Connection, before_ms: int, limit: int, after: str | None = None
 ) -> tuple[list[str], str | None]:
     """Of the next `limit` decisions made before `before_ms` (after the id `after`), oldest first: the ids of those
-    decided, and the last id looked at (None once there are none left).
+    decided, and where the next chunk starts (None once this one reached the end of the old ones).
 
     Decision ids begin with their time, so the primary key's range below `id_floor` holds exactly the old ones;
     the state is checked row by row, because an index on it would take over the query and sort the whole log.
@@ -37,80 +38,105 @@ def old_decisions(
     if after is not None:
         query = query.where(c.decision_id > after)
     rows = conn.execute(query.order_by(c.decision_id).limit(limit)).all()
-    if not rows:
-        return [], None
     decided = [str(r.decision_id) for r in rows if r.created_ms < before_ms and r.state in DECIDED]
-    return decided, str(rows[-1].decision_id)
+    return decided, str(rows[-1].decision_id) if len(rows) == limit else None
 
 
 def delete_decisions(conn: Connection, decision_ids: Sequence[str], before_ms: int) -> int:
     """Delete these decisions, if still old and decided, with every row that hangs off them: slots, rewards and
-    learning rows (a learning row without its decision could never be joined, and would hold the learner up)."""
+    learning rows (a learning row without its decision could never be joined, and would hold the learner up).
+
+    A decision whose example the learner has not learned is kept until the example too is older than the horizon
+    (a reward window as long as the retention period closes a decision already past it); a learner down for longer
+    than the retention period loses what it did not learn in time.
+    """
     c = t.decisions.c
     # Checked here, not in SQL: with the state in the query, the planner reads it from its index (every decided
     # decision) instead of looking up these ids.
     gone = [str(r.decision_id) for r in conn.execute(
         select(c.decision_id, c.created_ms, c.state).where(c.decision_id.in_(decision_ids))
     ) if r.created_ms < before_ms and r.state in DECIDED]
+    q = t.learn_queue.c
+    unlearned = set(conn.execute(  # an example is kept at least the retention period after it was made
+        select(q.decision_id).where(q.decision_id.in_(gone), q.snapshot_id.is_(None), q.created_ms >= before_ms)
+    ).scalars())
+    gone = [d for d in gone if d not in unlearned]
     if not gone:
         return 0
-    conn.execute(t.learn_queue.delete().where(t.learn_queue.c.decision_id.in_(gone)))
+    conn.execute(t.learn_queue.delete().where(q.decision_id.in_(gone)))
     conn.execute(t.rewards.delete().where(t.rewards.c.decision_id.in_(gone)))
     conn.execute(t.decision_slots.delete().where(t.decision_slots.c.decision_id.in_(gone)))
     conn.execute(t.decisions.delete().where(c.decision_id.in_(gone)))
     return len(gone)
 
 
-def delete_old_contacts(conn: Connection, before_ms: int, limit: int) -> int:
-    """Delete the oldest contacts timed before `before_ms`, up to `limit`.
+def delete_old_contacts(
+    conn: Connection, before_ms: int, limit: int, after: int | None = None
+) -> tuple[int, int | None]:
+    """Delete the contacts timed before `before_ms` among the next `limit` after contact `after`, oldest first.
 
-    Contacts are numbered as they are made, so the old ones are the lowest numbers; the chunk is the run of them
-    at the start (a contact re-timed by a late activation stops the run until it is old too). No index on time
-    is kept for this: every decide writes contacts, and each index is a page more in each commit.
+    Returns how many went, and where the next chunk starts: None once this one reached a contact still counted
+    and younger than the horizon (contacts are numbered as they are made, so the rest are younger too) or the
+    end. A deferred decision's contact is timed at its release and a late activation re-times it: such a contact
+    is passed over, not waited for. No index on time is kept for this: every decide writes contacts, and each
+    index is a page more in each commit.
     """
     c = t.contacts.c
-    head = conn.execute(select(c.id, c.at_ms).order_by(c.id).limit(limit)).all()
-    last = None
-    for contact_id, at_ms in head:
-        if at_ms >= before_ms:
-            break
-        last = contact_id
-    if last is None:
-        return 0
-    # On PostgreSQL a lower number can commit after a higher one: the time is checked again, row by row.
-    return int(conn.execute(t.contacts.delete().where(c.id <= last, c.at_ms < before_ms)).rowcount)
+    query = select(c.id, c.at_ms, c.status)
+    if after is not None:
+        query = query.where(c.id > after)
+    page = conn.execute(query.order_by(c.id).limit(limit)).all()
+    old = [row.id for row in page if row.at_ms < before_ms]
+    frontier = any(row.status == "counted" and row.at_ms >= before_ms for row in page)
+    deleted = 0
+    if old:
+        # On PostgreSQL a lower number can commit after a higher one: the time is checked again, row by row.
+        deleted = int(conn.execute(t.contacts.delete().where(c.id.in_(old), c.at_ms < before_ms)).rowcount)
+    return deleted, None if frontier or len(page) < limit else int(page[-1].id)
+
+
+def _through_nth_oldest(conn: Connection, time: Any, before_ms: int, limit: int) -> int | None:
+    """The time of the `limit`-th oldest row timed before `before_ms` (or of the last one, if fewer)."""
+    times = conn.execute(select(time).where(time < before_ms).order_by(time).limit(limit)).scalars().all()
+    return int(times[-1]) if times else None
 
 
 def delete_old_events(conn: Connection, before_ms: int, limit: int) -> int:
-    """Delete up to `limit` events received before `before_ms`, oldest first. A repeated `event_id` is known as a
+    """Delete about `limit` of the oldest events received before `before_ms` (all of those received in the
+    millisecond of the last: a range of the arrival index, no list of ids). A repeated `event_id` is known as a
     duplicate only while its first copy is kept."""
     c = t.events.c
-    oldest = select(c.event_id).where(c.received_ms < before_ms).order_by(c.received_ms).limit(limit)
-    return int(conn.execute(t.events.delete().where(c.event_id.in_(oldest.scalar_subquery()))).rowcount)
+    last = _through_nth_oldest(conn, c.received_ms, before_ms, limit)
+    if last is None:
+        return 0
+    return int(conn.execute(t.events.delete().where(c.received_ms <= last, c.received_ms < before_ms)).rowcount)
 
 
 def delete_old_idempotency_keys(conn: Connection, before_ms: int, limit: int) -> int:
-    """Delete up to `limit` decide request ids stored before `before_ms` (past their replay period they are
-    ignored anyway)."""
+    """Delete about `limit` of the decide request ids stored before `before_ms` (past their replay period they
+    are ignored anyway), as `delete_old_events` does."""
     c = t.idempotency.c
-    oldest = select(c.channel, c.request_id).where(c.created_ms < before_ms).order_by(c.created_ms).limit(limit)
-    keys = [tuple(row) for row in conn.execute(oldest).all()]
-    if not keys:
+    last = _through_nth_oldest(conn, c.created_ms, before_ms, limit)
+    if last is None:
         return 0
-    return int(conn.execute(t.idempotency.delete().where(
-        tuple_(c.channel, c.request_id).in_(keys), c.created_ms < before_ms)).rowcount)
+    return int(conn.execute(t.idempotency.delete().where(c.created_ms <= last, c.created_ms < before_ms)).rowcount)
 
 
 def delete_old_budget_windows(conn: Connection, before_ms: int, limit: int) -> int:
     """Delete up to `limit` budget counters of windows that ended before `before_ms` (only the current window's
-    counter is ever read)."""
+    counter is ever read). The counters are found by their start (v7 index); those of windows still running are
+    passed over, and they are few: one per action with a budget window longer than the retention period."""
     c = t.budget_counters.c
     ended = conn.execute(
         select(c.action_id, c.window_s, c.window_start_ms)
-        .where(c.window_start_ms + c.window_s * 1000 < before_ms)
+        .where(c.window_start_ms < before_ms, c.window_start_ms + cast(c.window_s, BigInteger) * 1000 < before_ms)
+        .order_by(c.window_start_ms)
         .limit(limit)
     ).all()
     if not ended:
         return 0
-    return int(conn.execute(t.budget_counters.delete().where(
-        tuple_(c.action_id, c.window_s, c.window_start_ms).in_([tuple(row) for row in ended]))).rowcount)
+    key = (c.action_id == bindparam("k_action"), c.window_s == bindparam("k_window"),
+           c.window_start_ms == bindparam("k_start"))
+    conn.execute(t.budget_counters.delete().where(*key),
+                 [{"k_action": a, "k_window": w, "k_start": start} for a, w, start in ended])
+    return len(ended)

@@ -165,6 +165,7 @@ budget_counters = Table(
     Column("window_s", Integer, primary_key=True),
     Column("window_start_ms", BigInteger, primary_key=True),
     Column("used", Integer, nullable=False),
+    Index("ix_budget_start", "window_start_ms"),  # past windows, for retention (v7)
 )
 
 idempotency = Table(
@@ -270,8 +271,9 @@ def _v6(conn: Connection) -> None:
 
 
 def _v7(conn: Connection) -> None:
-    """Indexes for retention: events by arrival, learning rows by decision."""
-    for table, name in ((events, "ix_events_received"), (learn_queue, "ix_learn_decision")):
+    """Indexes for retention: events by arrival, learning rows by decision, budget counters by window."""
+    for table, name in ((events, "ix_events_received"), (learn_queue, "ix_learn_decision"),
+                        (budget_counters, "ix_budget_start")):
         next(index for index in table.indexes if index.name == name).create(conn, checkfirst=True)
 
 

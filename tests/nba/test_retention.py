@@ -17,7 +17,7 @@ from nba.decide import DecideRequest, DecisionEngine
 from nba.errors import DecisionNotFound
 from nba.store import Store
 from nba.store import schema as t
-from nba.store.retention import Horizons, prune
+from nba.store.retention import CLOCK_MARGIN, Cursors, Horizons, prune
 from nba.types import Decision, Event
 
 KEEP = timedelta(days=90)
@@ -52,8 +52,9 @@ def _count(store: Store, table: Any, *where: Any) -> int:
 
 def _prune_all(store: Store, horizons: Horizons) -> dict[str, int]:
     total: dict[str, int] = {}
+    cursors = Cursors()  # carried from pass to pass, as the retention thread does
     while True:
-        result = prune(store, horizons, chunk=3, max_chunks=4)  # small chunks: the paging is exercised
+        result = prune(store, horizons, cursors, chunk=3, max_chunks=4)  # small chunks: the paging is exercised
         for kind, count in result.deleted.items():
             total[kind] = total.get(kind, 0) + count
         if not result.more:
@@ -75,7 +76,7 @@ def test_an_old_decided_decision_goes_with_its_slots_rewards_and_learning_rows(
     kept = _prune_all(store, Horizons.at(now_clock.now(), KEEP, NO_COUNTERS))
     assert kept["decisions"] == 0 and store.get_decision(old[0].decision_id) is not None  # not yet 90 days old
 
-    now_clock.advance(timedelta(hours=2))
+    now_clock.advance(timedelta(hours=4))  # the decisions and their examples (made at the close) are past it
     deleted = _prune_all(store, Horizons.at(now_clock.now(), KEEP, NO_COUNTERS))
     assert deleted["decisions"] == 7
     for decision in old:
@@ -98,6 +99,8 @@ def test_an_open_decision_is_kept_however_old_and_goes_once_closed(store: Store,
     assert store.add_reward(first.decision_id, 0, 1.0, now_clock.now()) == "accepted"  # its window is still open
     now_clock.advance(timedelta(days=30))
     assert store.close_due(now_clock.now()) == 2
+    assert _prune_all(store, Horizons.at(now_clock.now(), KEEP, NO_COUNTERS))["decisions"] == 0  # examples: new
+    now_clock.advance(KEEP + timedelta(seconds=1))
     assert _prune_all(store, Horizons.at(now_clock.now(), KEEP, NO_COUNTERS))["decisions"] == 2
     assert store.get_decision(first.decision_id) is None and store.get_decision(second.decision_id) is None
 
@@ -145,7 +148,7 @@ def test_contacts_of_cap_free_actions_go_with_retention(store: Store, now_clock:
     engine = _setup(store, now_clock, {"a": Action(channels=["web"])})
     for i in range(8):
         _decide(engine, f"c{i}")
-    now_clock.advance(KEEP - timedelta(seconds=1))
+    now_clock.advance(KEEP + CLOCK_MARGIN - timedelta(seconds=1))  # the margin for clocks behind this one's
     young = _decide(engine, "c-young")
     now_clock.advance(timedelta(seconds=2))
     assert _prune_all(store, Horizons.at(now_clock.now(), KEEP, NO_COUNTERS))["contacts"] == 8
@@ -189,3 +192,113 @@ def test_nothing_of_the_log_goes_when_retention_is_off(store: Store, now_clock: 
     assert deleted == {"decisions": 0, "contacts": 0, "events": 0, "idempotency_keys": 1, "budget_windows": 0}
     assert store.get_decision(decision.decision_id) is not None
     assert _count(store, t.events) == 1 and _count(store, t.contacts) == 1
+
+
+def test_an_example_not_learned_is_kept_for_the_retention_period_after_it_was_made(
+    store: Store, now_clock: ManualClock
+) -> None:
+    engine = _setup(store, now_clock, {"a": Action(channels=["web"])}, window="7d")
+    version = store.load_catalog().policies["p"][0]
+    decisions = [_decide(engine, f"c{i}") for i in range(2)]
+    keep = timedelta(days=7)  # as long as the reward window: a decision is past retention when it closes
+    now_clock.advance(keep + timedelta(seconds=1))
+    assert store.close_due(now_clock.now()) == 2
+    learned = store.unlearned_examples("p", version, set(), limit=1)
+    store.save_snapshot("p", version, b"model", 1, [learned[0].seq], now_clock.now())  # one example learned
+
+    first = _prune_all(store, Horizons.at(now_clock.now(), keep, NO_COUNTERS))
+    assert first["decisions"] == 1  # the learned one goes; the other waits for the learner
+    [pending] = store.unlearned_examples("p", version, set(), limit=10)
+    assert pending.decision_id != learned[0].decision_id
+    assert store.get_decision(pending.decision_id) is not None
+
+    now_clock.advance(keep + timedelta(seconds=1))  # a learner down for the whole retention period loses it
+    assert _prune_all(store, Horizons.at(now_clock.now(), keep, NO_COUNTERS))["decisions"] == 1
+    assert store.unlearned_examples("p", version, set(), limit=10) == []
+    assert all(store.get_decision(d.decision_id) is None for d in decisions)
+
+
+def test_decided_decisions_behind_many_open_ones_are_reached(store: Store, now_clock: ManualClock) -> None:
+    for action_id in ("a",):
+        store.put_action(action_id, Action(channels=["web", "app"]), now_clock.now())
+    store.put_policy("long", Policy(channels=["web"], reward=RewardSpec(window="120d")), now_clock.now())
+    store.put_policy("short", Policy(channels=["app"], reward=RewardSpec(window="1h")), now_clock.now())
+    engine = DecisionEngine(store, store.load_catalog, NoModel(), now_clock, rng=random.Random(0))
+    for i in range(20):  # open for 120 days: ahead of the others in id order, more than a pass looks at
+        engine.decide(DecideRequest(f"w{i}", "web", {}))
+    now_clock.advance(timedelta(milliseconds=1))
+    short = [engine.decide(DecideRequest(f"a{i}", "app", {})).decision.decision_id for i in range(4)]
+    now_clock.advance(timedelta(hours=2))
+    assert store.close_due(now_clock.now()) == 4
+    now_clock.advance(KEEP + timedelta(minutes=1))
+    horizons = Horizons.at(now_clock.now(), KEEP, NO_COUNTERS)
+    cursors = Cursors()
+    passes = [prune(store, horizons, cursors, chunk=3, max_chunks=2) for _ in range(5)]
+    # 24 old ones in chunks of 3, 2 chunks a pass, each pass going on where the one before stopped.
+    assert [p.more for p in passes] == [True, True, True, True, False]
+    assert sum(p.deleted["decisions"] for p in passes) == 4
+    assert all(store.get_decision(d) is None for d in short)
+
+
+def test_contacts_behind_a_deferred_decisions_contact_are_reached(store: Store, now_clock: ManualClock) -> None:
+    store.put_action("a", Action(channels=["web", "app"]), now_clock.now())
+    store.put_policy("deferred", Policy(channels=["app"], reward=RewardSpec(window="60d")), now_clock.now())
+    store.put_policy("plain", Policy(channels=["web"], reward=RewardSpec(window="1h")), now_clock.now())
+    engine = DecisionEngine(store, store.load_catalog, NoModel(), now_clock, rng=random.Random(0))
+    engine.decide(DecideRequest("c0", "app", {}, defer_activation=True))  # its contact is timed at its release
+    for i in range(20):
+        engine.decide(DecideRequest(f"c{i + 1}", "web", {}))
+    now_clock.advance(timedelta(days=91))
+    store.close_due(now_clock.now())
+    deleted = _prune_all(store, Horizons.at(now_clock.now(), KEEP, NO_COUNTERS))
+    assert deleted["contacts"] == 20
+    assert _count(store, t.contacts) == 1  # the deferred one, released 31 days ago
+
+
+def test_a_cap_holds_for_a_decide_whose_clock_is_behind_the_pruners(store: Store, now_clock: ManualClock) -> None:
+    engine = _setup(store, now_clock, {"a": Action(channels=["web"], caps=[Cap(per="customer", limit=1,
+                                                                               window="2d")])})
+    assert [c.action_id for c in _decide(engine, "c1").actions] == ["a"]
+    now_clock.advance(timedelta(days=2) - timedelta(seconds=1))  # the decide's clock: the contact still counts
+    pruner_now = now_clock.now() + timedelta(minutes=30)  # another host's, half an hour ahead
+    prune(store, Horizons.at(pruner_now, timedelta(days=1), timedelta(days=2)))
+    assert _decide(engine, "c1").actions == []
+
+
+def test_budget_windows_of_a_month_and_longer_are_pruned(store: Store, now_clock: ManualClock) -> None:
+    """A window in milliseconds passes 2**31 from 25 days on (PostgreSQL's `integer`)."""
+    engine = _setup(store, now_clock, {"a": Action(channels=["web"], budget=Budget(limit=100, window="30d")),
+                                       "b": Action(channels=["web"], budget=Budget(limit=100, window="3660d"))})
+    for i in range(4):
+        _decide(engine, f"c{i}")
+    assert _count(store, t.budget_counters) == 2
+    now_clock.advance(timedelta(days=200))
+    deleted = _prune_all(store, Horizons.at(now_clock.now(), KEEP, NO_COUNTERS))
+    assert deleted["budget_windows"] == 1  # the 30-day window ended; the 3660-day one (2020 to 2030) runs on
+    assert store.read(lambda c: c.execute(select(t.budget_counters.c.window_s)).scalars().all()) == [3660 * 86400]
+
+
+def test_every_retention_query_uses_an_index_on_sqlite(tmp_path: Any) -> None:
+    """Each query a chunk runs finds its rows by an index: with millions of rows, a scan in each 100-row chunk
+    would hold the write lock for seconds. (SQLite's planner prefers an index on a column with few values, such as
+    the decisions' state, and then sorts the whole table: the queries are written so that it does not.)"""
+    from sqlalchemy import event
+
+    store = Store(f"sqlite:///{tmp_path / 'plans.db'}")
+    plans: list[tuple[str, str]] = []
+    engine = store.writer_engines[0]
+
+    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "DELETE")) and not executemany:
+            rows = conn.connection.driver_connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            plans.extend((statement, str(row[3])) for row in rows)
+
+    try:
+        for target in {engine, store._reader, store._local_reader}:
+            event.listen(target, "before_cursor_execute", explain)
+        prune(store, Horizons.at(SystemClock().now(), KEEP, NO_COUNTERS), Cursors(decision="d-0", contact=0))
+        assert plans
+        scans = [(statement, plan) for statement, plan in plans if plan.startswith("SCAN") or "TEMP B-TREE" in plan]
+        assert scans == []
+    finally:
+        store.close()

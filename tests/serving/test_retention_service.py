@@ -24,11 +24,12 @@ def _retention(app: Litestar) -> RetentionService:
 def test_a_decision_past_retention_is_gone_for_clients_too(client: Client, app: Litestar, clock: ManualClock) -> None:
     decision_id = decide(client)["decision_id"]
     assert client.post(f"/v1/decisions/{decision_id}/reward", json={"value": 1.0}, headers=CHANNEL).status_code == 202
-    clock.advance(timedelta(days=1))
-    app.state.runtime.sweep()
+    clock.advance(timedelta(hours=2))
+    app.state.runtime.sweep()  # its window (an hour) closed: final, with an example for the learner
+    clock.advance(timedelta(days=88))
     young_id = decide(client, customer_id="c-2")["decision_id"]
 
-    clock.advance(timedelta(days=89, hours=23))  # the first is 90 days and 23 hours old, the second 89 days
+    clock.advance(timedelta(days=3))  # the first and its example are more than 90 days old, the second 3 days
     result = _retention(app).run_once()
     assert result is not None and result.deleted["decisions"] == 1
 
@@ -45,7 +46,11 @@ def test_one_process_at_a_time_prunes(make_app: AppFactory, clock: ManualClock) 
         assert _retention(first).run_once() is not None
         assert _retention(second).run_once() is None  # the first holds the lease
         assert _retention(first).run_once() is not None  # and keeps it
-        clock.advance(timedelta(minutes=3))  # the first stops renewing (it died): its lease runs out
+        # The first stops renewing (it died): its lease, two of its waits between passes (an hour here) and a
+        # minute, runs out.
+        clock.advance(timedelta(hours=2))
+        assert _retention(second).run_once() is None
+        clock.advance(timedelta(minutes=1, seconds=1))
         assert _retention(second).run_once() is not None
 
 
