@@ -73,7 +73,7 @@ class RetentionService:
             self._cursors = Cursors()  # another process prunes: where this one was is no longer known
             return None
         window = longest_counter_window(list(self._catalog().actions.values()))
-        result = prune(self._store, Horizons.at(now, self._keep, window), self._cursors)
+        result = prune(self._store, Horizons.at(now, self._keep, window), self._cursors, rest=self._stop.wait)
         for kind, count in result.deleted.items():
             if count:
                 child(RETAINED_DELETED, kind).inc(count)

@@ -123,6 +123,7 @@ class OnlineLearner:
                     self._stop.wait(1.0)
                     continue
                 learned = self.learn_pending()
+                spent = clock() - now
                 if now - last_publish >= self._publish_every:
                     self.publish_all()
                     last_publish = now
@@ -132,8 +133,7 @@ class OnlineLearner:
                 # Poll fast while rewards flow; back off to at most 0.5 s while none come, so an idle learner
                 # does not take the store and the GIL from requests twenty times a second.
                 idle_wait = self._poll_every if learned else min(max(0.5, self._poll_every), idle_wait * 2)
-                if not learned:
-                    self._stop.wait(idle_wait)
+                self._stop.wait(rest_after(learned, spent, idle_wait))
             except StoreUnavailable as exc:
                 log.warning("learner waiting for the store: %s", exc)
                 self._stop.wait(1.0)
@@ -237,6 +237,18 @@ class OnlineLearner:
                 self._drop_tracks()
                 return
             track.unsnapshotted.difference_update(seqs)
+
+
+def rest_after(learned: int, spent: float, idle_wait: float) -> float:
+    """How long the learner waits after a pass that learned `learned` examples in `spent` seconds.
+
+    While it catches up on a backlog (a restart after downtime, many reward windows closing at once) every pass is
+    a full batch, and without a rest the thread holds the GIL nearly all the time: each of a decide's store calls
+    lets go of the GIL and then waits for it behind the learner (measured: at an offered 700 decisions/s, 296 were
+    answered, p50 17 s, while a learner went through 385,000 examples). Resting as long as it learned keeps it to
+    half the GIL at most; at 6,000 to 10,000 examples a second it still learns far faster than decisions come.
+    """
+    return spent if learned else idle_wait
 
 
 class _Monotonic:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection
 
 from nba.clock import epoch_ms
 from nba.store import retention_repo
@@ -63,22 +67,25 @@ class PruneResult:
 
 
 def prune(store: Store, horizons: Horizons, cursors: Cursors | None = None, chunk: int = 100,
-          max_chunks: int = 50) -> PruneResult:
+          max_chunks: int = 50, rest: Callable[[float], object] | None = None) -> PruneResult:
     """Delete what is past `horizons`, `chunk` rows a transaction, in at most `max_chunks` transactions of each
     kind, going on from `cursors` (which it moves on) where a pass before stopped.
 
     Each transaction is short (5 ms for 100 decisions and their rows on SQLite) so that decides, which wait for
-    the write lock, hardly notice; a pass that stops at its limit with work left says so (`more`), and the caller
-    runs another soon.
+    the write lock, hardly notice; with `rest`, it is called after each with the seconds the transaction took, and
+    should wait as long (a backlog, such as the first pass over a large log, then takes the write lock half the
+    time at most, not back to back). A pass that stops at its limit with work left says so (`more`), and the
+    caller runs another soon.
     """
     cursors = cursors if cursors is not None else Cursors()
+    write = store.write if rest is None else _resting(store, rest)
     deleted = dict.fromkeys(("decisions", "contacts", "events", "idempotency_keys", "budget_windows"), 0)
     more = False
     for _ in range(max_chunks if horizons.decisions_ms > 0 else 0):
         ids, cursors.decision = store.read(partial(
             retention_repo.old_decisions, before_ms=horizons.decisions_ms, limit=chunk, after=cursors.decision))
         if ids:
-            deleted["decisions"] += store.write(
+            deleted["decisions"] += write(
                 partial(retention_repo.delete_decisions, decision_ids=ids, before_ms=horizons.decisions_ms),
                 [f"decision:{d}" for d in ids],
             )
@@ -87,7 +94,7 @@ def prune(store: Store, horizons: Horizons, cursors: Cursors | None = None, chun
     else:
         more = horizons.decisions_ms > 0
     for _ in range(max_chunks if horizons.contacts_ms > 0 else 0):
-        count, cursors.contact = store.write(partial(
+        count, cursors.contact = write(partial(
             retention_repo.delete_old_contacts, before_ms=horizons.contacts_ms, limit=chunk, after=cursors.contact))
         deleted["contacts"] += count
         if cursors.contact is None:
@@ -101,10 +108,21 @@ def prune(store: Store, horizons: Horizons, cursors: Cursors | None = None, chun
     ]
     for name, before_ms, step in steps:
         for _ in range(max_chunks if before_ms > 0 else 0):
-            count = store.write(partial(step, before_ms=before_ms, limit=chunk))
+            count = write(partial(step, before_ms=before_ms, limit=chunk))
             deleted[name] += count
             if count < chunk:
                 break
         else:
             more = more or before_ms > 0
     return PruneResult(deleted, more)
+
+
+def _resting(store: Store, rest: Callable[[float], object]) -> Callable[..., Any]:
+    """`store.write`, followed by `rest(seconds it took)`."""
+    def write(fn: Callable[[Connection], Any], keys: Sequence[str] = ()) -> Any:
+        started = time.monotonic()
+        result = store.write(fn, keys)
+        rest(time.monotonic() - started)
+        return result
+
+    return write

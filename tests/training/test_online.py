@@ -22,7 +22,7 @@ from nba.decide import DecideRequest, DecisionEngine
 from nba.store import Store, outcome_repo
 from nba.store import schema as t
 from nba.types import Decision
-from training.online import LEASE_TTL, OnlineLearner, example_from_log
+from training.online import LEASE_TTL, OnlineLearner, example_from_log, rest_after
 from training.simulator import SegmentSimulator
 
 
@@ -404,3 +404,11 @@ def test_a_policy_edit_that_changes_the_learner_starts_a_new_model_that_learns_e
     learner.snapshot_all()
     snapshot = store.latest_snapshot("web", 2)
     assert snapshot is not None and snapshot.examples == 1
+
+
+def test_a_learner_catching_up_rests_as_long_as_it_learned() -> None:
+    """A pass that learned holds the GIL for `spent`; the learner then lets requests have it as long (half the
+    time at most while a backlog lasts); an idle one backs off as before."""
+    assert rest_after(learned=1000, spent=0.15, idle_wait=0.5) == 0.15
+    assert rest_after(learned=1, spent=0.002, idle_wait=0.05) == 0.002
+    assert rest_after(learned=0, spent=0.001, idle_wait=0.4) == 0.4
