@@ -31,8 +31,7 @@ def new_id(prefix: str, epoch_ms: int | None = None) -> str:
     (28, True, True)
     """
     ms = int(time.time() * 1000) if epoch_ms is None else epoch_ms
-    value = (ms << 80) | int.from_bytes(_RANDOM.take(10), "big")
-    return prefix + "".join([_CROCKFORD[(value >> shift) & 31] for shift in _SHIFTS])
+    return _encode(prefix, (ms << 80) | int.from_bytes(_RANDOM.take(10), "big"))
 
 
 _SHIFTS = tuple(range(125, -1, -5))  # 26 base-32 digits, most significant first
@@ -45,7 +44,10 @@ def id_floor(prefix: str, epoch_ms: int) -> str:
     >>> earlier < id_floor("d-", int(time.time() * 1000) + 1) and id_floor("d-", 0) < earlier
     True
     """
-    value = epoch_ms << 80
+    return _encode(prefix, epoch_ms << 80)
+
+
+def _encode(prefix: str, value: int) -> str:
     return prefix + "".join([_CROCKFORD[(value >> shift) & 31] for shift in _SHIFTS])
 
 

@@ -122,8 +122,9 @@ class OnlineLearner:
                     self._models.refresh(self._catalog().policies)
                     self._stop.wait(1.0)
                     continue
+                started = clock()
                 learned = self.learn_pending()
-                spent = clock() - now
+                spent = clock() - started
                 if now - last_publish >= self._publish_every:
                     self.publish_all()
                     last_publish = now

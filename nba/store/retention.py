@@ -39,14 +39,11 @@ class Horizons:
         decide request ids go once their replay period (a day) is over, whatever `keep` is. Both an hour later
         than that (`CLOCK_MARGIN`).
         """
-        now_ms = epoch_ms(now)
-        margin_ms = int(CLOCK_MARGIN.total_seconds() * 1000)
-        idempotency_ms = now_ms - int(IDEMPOTENCY_TTL.total_seconds() * 1000) - margin_ms
+        idempotency_ms = epoch_ms(now - IDEMPOTENCY_TTL - CLOCK_MARGIN)
         if keep is None:
             return cls(0, 0, 0, 0, idempotency_ms)
-        keep_ms = int(keep.total_seconds() * 1000)
-        contacts_ms = now_ms - max(keep_ms, int(counter_window.total_seconds() * 1000)) - margin_ms
-        return cls(now_ms - keep_ms, contacts_ms, now_ms - keep_ms, now_ms - keep_ms, idempotency_ms)
+        log_ms = epoch_ms(now - keep)
+        return cls(log_ms, epoch_ms(now - max(keep, counter_window) - CLOCK_MARGIN), log_ms, log_ms, idempotency_ms)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, bindparam, cast, select
+from sqlalchemy import BigInteger, Connection, Table, bindparam, cast, select
 
 from nba.ids import id_floor
 from nba.store import schema as t
@@ -95,31 +95,25 @@ def delete_old_contacts(
     return deleted, None if frontier or len(page) < limit else int(page[-1].id)
 
 
-def _through_nth_oldest(conn: Connection, time: Any, before_ms: int, limit: int) -> int | None:
-    """The time of the `limit`-th oldest row timed before `before_ms` (or of the last one, if fewer)."""
+def _delete_oldest(conn: Connection, table: Table, time: Any, before_ms: int, limit: int) -> int:
+    """Delete about `limit` of the rows of `table` timed (`time`) before `before_ms`, oldest first: through the
+    time of the `limit`-th, all of those of its millisecond too (a range of the time's index, no list of keys)."""
     times = conn.execute(select(time).where(time < before_ms).order_by(time).limit(limit)).scalars().all()
-    return int(times[-1]) if times else None
+    if not times:
+        return 0
+    return int(conn.execute(table.delete().where(time <= times[-1], time < before_ms)).rowcount)
 
 
 def delete_old_events(conn: Connection, before_ms: int, limit: int) -> int:
-    """Delete about `limit` of the oldest events received before `before_ms` (all of those received in the
-    millisecond of the last: a range of the arrival index, no list of ids). A repeated `event_id` is known as a
+    """Delete about `limit` of the oldest events received before `before_ms`. A repeated `event_id` is known as a
     duplicate only while its first copy is kept."""
-    c = t.events.c
-    last = _through_nth_oldest(conn, c.received_ms, before_ms, limit)
-    if last is None:
-        return 0
-    return int(conn.execute(t.events.delete().where(c.received_ms <= last, c.received_ms < before_ms)).rowcount)
+    return _delete_oldest(conn, t.events, t.events.c.received_ms, before_ms, limit)
 
 
 def delete_old_idempotency_keys(conn: Connection, before_ms: int, limit: int) -> int:
     """Delete about `limit` of the decide request ids stored before `before_ms` (past their replay period they
-    are ignored anyway), as `delete_old_events` does."""
-    c = t.idempotency.c
-    last = _through_nth_oldest(conn, c.created_ms, before_ms, limit)
-    if last is None:
-        return 0
-    return int(conn.execute(t.idempotency.delete().where(c.created_ms <= last, c.created_ms < before_ms)).rowcount)
+    are ignored anyway)."""
+    return _delete_oldest(conn, t.idempotency, t.idempotency.c.created_ms, before_ms, limit)
 
 
 def delete_old_budget_windows(conn: Connection, before_ms: int, limit: int) -> int:
