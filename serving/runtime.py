@@ -132,9 +132,9 @@ class Runtime:
             self._thread.join(timeout=10)
         self.store.close()
 
-    def sweep(self) -> int:
-        """Close due reward windows and release expired reservations now."""
-        return self.store.close_due(self.clock.now())
+    def sweep(self, rest: Callable[[float], object] | None = None) -> int:
+        """Close due reward windows and release expired reservations now (with `rest`, resting between rounds)."""
+        return self.store.close_due(self.clock.now(), rest=rest)
 
     def _maintain(self) -> None:
         """Keep the catalog current and close reward windows, until stopped. A process that runs no learner also
@@ -149,7 +149,7 @@ class Runtime:
                 if self.store.catalog_version() != self._catalog.version:
                     self.refresh_catalog()
                 if ticks % sweep_every == 0:
-                    self.sweep()
+                    self.sweep(rest=self._stop.wait)
                 if refresh_every and ticks % refresh_every == 0:
                     self.models.refresh(self._catalog.policies)
                 self.store_healthy = True

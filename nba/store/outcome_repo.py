@@ -6,6 +6,7 @@ the default when the window closes under `sum`); becoming final enqueues one exa
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -48,6 +49,7 @@ _SLOT_ADD = Prepared(
 _SLOT_FINAL = Prepared(update(t.decision_slots).where(*_SLOT_KEY).values(final=True))
 _REWARD_NEW = Prepared.insert(t.rewards)
 _ENQUEUE = Prepared.insert(t.learn_queue)
+_IN_CHUNK = 500  # ids per IN list: under the 999 parameters SQLite bound per statement before 3.32
 
 
 class _RewardOnly(msgspec.Struct):
@@ -82,16 +84,15 @@ def _reward_spec(row: DecisionRow) -> RewardSpec:
     return found
 
 
-def _enqueue(conn: Connection, row: DecisionRow, slot: int, reward: float, now_ms: int) -> None:
-    _ENQUEUE.execute(conn, {
-        "policy_name": row.policy_name, "policy_version": row.policy_version, "decision_id": row.decision_id,
-        "slot": slot, "reward": reward, "created_ms": now_ms, "snapshot_id": None,
-    })
+def _example(row: DecisionRow, slot: int, reward: float, now_ms: int) -> dict[str, Any]:
+    """A learning row: the slot's final reward, to be joined with the logged decision."""
+    return {"policy_name": row.policy_name, "policy_version": row.policy_version, "decision_id": row.decision_id,
+            "slot": slot, "reward": reward, "created_ms": now_ms, "snapshot_id": None}
 
 
 def _finalise_slot(conn: Connection, row: DecisionRow, slot: int, reward: float, now_ms: int) -> None:
     _SLOT_FINAL.execute(conn, {"decision_id": row.decision_id, "slot": slot})
-    _enqueue(conn, row, slot, reward, now_ms)
+    _ENQUEUE.execute(conn, _example(row, slot, reward, now_ms))
 
 
 def add_reward(conn: Connection, decision_id: str, slot: int, value: float, now_ms: int) -> str:
@@ -181,36 +182,77 @@ def due_decisions(conn: Connection, now_ms: int, limit: int) -> list[str]:
     return [str(r[0]) for r in closed] + [str(r[0]) for r in expired]
 
 
-def close_decision(conn: Connection, decision_id: str, now_ms: int) -> str | None:
-    """Finalise a decision whose window closed, or release an expired deferred one; None if not due."""
-    row = _decision_row(conn, decision_id)
-    if row.state != "open":
-        return None
-    if row.activated_ms is None and row.deferred:
-        if row.release_ms is None or row.release_ms > now_ms:
-            return None
-        _release(conn, decision_id)
-        return "released"
-    if row.window_end_ms is None or row.window_end_ms > now_ms:
-        return None
-    spec = _reward_spec(row)
-    for slot_row in conn.execute(
-        select(t.decision_slots).where(
-            t.decision_slots.c.decision_id == decision_id, t.decision_slots.c.final.is_(False)
-        )
-    ).all():
-        if slot_row.reward_count > 0:
-            reward = float(slot_row.reward_sum)
-        else:
-            reward = spec.default
-            conn.execute(
-                t.rewards.insert().values(
-                    decision_id=decision_id, slot=slot_row.slot, value=reward, received_ms=now_ms, status="default"
-                )
-            )
-        _finalise_slot(conn, row, slot_row.slot, reward, now_ms)
-    conn.execute(update(t.decisions).where(t.decisions.c.decision_id == decision_id).values(state="final"))
-    return "final"
+def close_decisions(conn: Connection, decision_ids: Sequence[str], now_ms: int) -> dict[str, str]:
+    """Finalise the decisions whose window closed and release the expired deferred ones among `decision_ids`;
+    returns what became of each that changed (`final` or `released`). Those not due, or gone, are left as they are.
+
+    Set-wise: a sweep closes as many decisions a second as are made, and one at a time (seven statements each) a
+    round of 500 held the write lock for 170 ms, in which no decision could commit. Each kind of change is one
+    statement, or one driver call for its rows, whatever the number of decisions. Learning rows are written in
+    the order of `decision_ids`, each decision's slots in slot order.
+    """
+    rows = _decision_rows(conn, decision_ids)
+    finalise: list[DecisionRow] = []
+    outcome: dict[str, str] = {}
+    for decision_id in decision_ids:
+        row = rows.get(decision_id)
+        if row is None or row.state != "open" or decision_id in outcome:
+            continue
+        if row.activated_ms is None and row.deferred:
+            if row.release_ms is not None and row.release_ms <= now_ms:
+                _release(conn, decision_id)
+                outcome[decision_id] = "released"
+        elif row.window_end_ms is not None and row.window_end_ms <= now_ms:
+            finalise.append(row)
+            outcome[decision_id] = "final"
+    if finalise:
+        _finalise_all(conn, finalise, now_ms)
+    return outcome
+
+
+def _decision_rows(conn: Connection, decision_ids: Sequence[str]) -> dict[str, DecisionRow]:
+    found: dict[str, DecisionRow] = {}
+    columns = [t.decisions.c[name] for name in DecisionRow._fields]
+    for chunk in _chunks(list(dict.fromkeys(decision_ids))):
+        for raw in conn.execute(select(*columns).where(t.decisions.c.decision_id.in_(chunk))):
+            row = DecisionRow(*raw)
+            found[row.decision_id] = row._replace(deferred=bool(row.deferred), policy_version=int(row.policy_version))
+    return found
+
+
+def _finalise_all(conn: Connection, decisions: Sequence[DecisionRow], now_ms: int) -> None:
+    """Every slot not yet final takes its reward for good: the sum of its rewards, or the default (stored as a
+    reward) if none came; each becomes one learning row, and the decisions become final."""
+    ids = [row.decision_id for row in decisions]
+    s = t.decision_slots.c
+    open_slots: dict[str, list[tuple[int, float, int]]] = {}
+    for chunk in _chunks(ids):
+        for decision_id, slot, reward_sum, reward_count in conn.execute(
+            select(s.decision_id, s.slot, s.reward_sum, s.reward_count)
+            .where(s.decision_id.in_(chunk), s.final.is_(False)).order_by(s.decision_id, s.slot)
+        ):
+            open_slots.setdefault(decision_id, []).append((int(slot), float(reward_sum), int(reward_count)))
+    defaults: list[dict[str, Any]] = []
+    examples: list[dict[str, Any]] = []
+    for row in decisions:
+        slots = open_slots.get(row.decision_id, [])
+        spec = _reward_spec(row)  # read even if unneeded: a record this version cannot read fails its close
+        for slot, reward_sum, count in slots:
+            reward = reward_sum if count > 0 else spec.default
+            if count == 0:
+                defaults.append({"decision_id": row.decision_id, "slot": slot, "value": reward, "received_ms": now_ms,
+                                 "status": "default"})
+            examples.append(_example(row, slot, reward, now_ms))
+    _REWARD_NEW.execute_many(conn, defaults)
+    for chunk in _chunks(ids):
+        conn.execute(update(t.decision_slots).where(s.decision_id.in_(chunk), s.final.is_(False)).values(final=True))
+        conn.execute(update(t.decisions).where(t.decisions.c.decision_id.in_(chunk)).values(state="final"))
+    _ENQUEUE.execute_many(conn, examples)
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start:start + _IN_CHUNK]
 
 
 def _release(conn: Connection, decision_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -343,18 +344,25 @@ class Store:
     def activate(self, decision_id: str, now: datetime) -> str:
         return self.run(self.activation_write(decision_id, now))
 
-    def close_due(self, now: datetime, limit: int = 500, rounds: int = 40) -> int:
+    def close_due(self, now: datetime, limit: int = 100, rounds: int = 200,
+                  rest: Callable[[float], object] | None = None) -> int:
         """Finalise closed reward windows and release expired reservations; returns how many changed.
 
-        In transactions of up to `limit` decisions, until none is due or after `rounds` of them: at 500 a round,
-        a sweep a second keeps up with 20,000 decisions a second (one round a sweep fell behind from 500 on).
+        In transactions of up to `limit` decisions, until none is due or after `rounds` of them: a sweep a second
+        keeps up with 20,000 decisions a second (one round a sweep fell behind from 500 on). A round holds the
+        write lock, and decisions' commits wait for it: 100 decisions take about 7 ms (500 took 25 ms). With
+        `rest`, each round is followed by a rest as long as it took (`rest(seconds)`), so that a sweep takes at
+        most half the writer and the GIL from requests.
         """
         total = 0
         for _ in range(rounds):
+            started = time.monotonic()
             changed, full = self._close_due_round(now, limit)
             total += changed
             if not full:
                 break
+            if rest is not None:
+                rest(time.monotonic() - started)
         return total
 
     def _close_due_round(self, now: datetime, limit: int) -> tuple[int, bool]:
@@ -373,19 +381,18 @@ class Store:
         failed: dict[str, Exception] = {}
 
         def job(isolate: bool) -> Callable[[Connection], int]:
-            """Close the due decisions; with `isolate`, each in a savepoint of its own (a fifth more writer time
-            per round, so only once a round without has failed)."""
+            """Close the due decisions together; with `isolate`, each in a savepoint of its own (many times the
+            writer time per round, so only once a round without has failed)."""
             def close(conn: Connection) -> int:
                 store_failed: tuple[type[Exception], ...] = (*store_errors(conn), StoreUnavailable)
                 failed.clear()  # the batch may run again (on a new connection): only the last run counts
+                if not isolate:
+                    return len(outcome_repo.close_decisions(conn, due, ms))
                 changed = 0
                 for decision_id in due:
-                    if not isolate:
-                        changed += outcome_repo.close_decision(conn, decision_id, ms) is not None
-                        continue
                     savepoint = conn.begin_nested()
                     try:
-                        closed = outcome_repo.close_decision(conn, decision_id, ms)
+                        closed = outcome_repo.close_decisions(conn, [decision_id], ms)
                     except store_failed:
                         raise
                     except Exception as exc:
@@ -393,7 +400,7 @@ class Store:
                         failed[decision_id] = exc
                         continue
                     savepoint.commit()
-                    changed += closed is not None
+                    changed += len(closed)
                 return changed
 
             return close

@@ -317,6 +317,67 @@ def test_a_sweep_closes_every_due_decision_however_many(store: Store, clock: Man
         assert stored is not None and stored.state == "final"
 
 
+def test_one_round_closes_many_decisions_each_by_its_own_rewards(store: Store, clock: ManualClock) -> None:
+    """A round closes its decisions together (a few statements for all of them): each still learns its own slots'
+    sums or the default, stores a default reward only for its own slots without one, and the deferred ones never
+    activated are released with their budget given back."""
+    actions = {name: Action(channels=["web"], budget=Budget(limit=1000, window="1d")) for name in "abc"}
+    version = _seed(store, clock, actions, RewardSpec(window="1h", default=-0.5))
+    engine = _engine(store, clock)
+    rng = random.Random(7)
+    expected: list[tuple[str, int, float]] = []
+    defaults: set[tuple[str, int]] = set()
+    released: set[str] = set()
+    for i in range(60):
+        deferred = i % 6 == 5
+        decision = _decide(engine, f"c{i}", slots=2, defer_activation=deferred)
+        assert len(decision.actions) == 2
+        if deferred and i % 12 == 11:
+            released.add(decision.decision_id)  # never activated
+            continue
+        if deferred:
+            assert store.activate(decision.decision_id, clock.now()) == "activated"
+        for slot in (0, 1):
+            values = [round(rng.uniform(-1, 3), 3) for _ in range(rng.choice([0, 0, 1, 2]))]
+            for value in values:
+                assert store.add_reward(decision.decision_id, slot, value, clock.now()) == "accepted"
+            expected.append((decision.decision_id, slot, sum(values) if values else -0.5))
+            if not values:
+                defaults.add((decision.decision_id, slot))
+    assert released and defaults and len(defaults) < len(expected)
+    used = {name: _budget_used(store, name) for name in actions}
+
+    clock.advance(timedelta(hours=2))
+    assert store.close_due(clock.now(), limit=100) == 60
+
+    learned = _learned(store, version)
+    assert sorted((d, s) for d, s, _ in learned) == sorted((d, s) for d, s, _ in expected)
+    assert dict(((d, s), r) for d, s, r in learned) == pytest.approx(dict(((d, s), r) for d, s, r in expected))
+    stored_defaults = store.read(lambda c: c.execute(
+        select(t.rewards.c.decision_id, t.rewards.c.slot, t.rewards.c.value).where(t.rewards.c.status == "default")
+    ).all())
+    assert {(d, s) for d, s, _ in stored_defaults} == defaults and {v for _, _, v in stored_defaults} == {-0.5}
+    for decision_id in {d for d, _, _ in expected} | released:
+        stored = store.get_decision(decision_id)
+        assert stored is not None and stored.state == ("released" if decision_id in released else "final")
+    given_back = sum(used.values()) - sum(_budget_used(store, name) for name in actions)
+    assert given_back == 2 * len(released)
+    assert store.close_due(clock.now()) == 0
+
+
+def test_a_sweep_rests_between_its_rounds(store: Store, clock: ManualClock) -> None:
+    """Each full round is followed by a rest as long as it took, so that a large sweep leaves the writer to
+    requests half the time; the last round, which found the rest, is not."""
+    _seed(store, clock, {"a": Action(channels=["web"])}, RewardSpec(window="1h"))
+    engine = _engine(store, clock)
+    for i in range(25):
+        _decide(engine, f"c{i}")
+    clock.advance(timedelta(hours=1))
+    rests: list[float] = []
+    assert store.close_due(clock.now(), limit=10, rest=rests.append) == 25
+    assert len(rests) == 2 and all(r > 0 for r in rests)
+
+
 def test_a_decision_that_cannot_be_closed_does_not_hold_up_the_others(store: Store, clock: ManualClock) -> None:
     """A stored record this version cannot read (here: not JSON at all) fails its own close, not everyone's."""
     version = _seed(store, clock, {"a": Action(channels=["web"])}, RewardSpec(window="1h", default=0.0))
