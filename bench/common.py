@@ -252,7 +252,8 @@ class Server:
         """Granian's worker processes (the children that run the app)."""
         if self.proc is None:
             return []
-        return [pid for pid in _children(self.proc.pid) if "python" in cmdline(pid) or cmdline(pid) == ""]
+        return [pid for pid in _children(self.proc.pid)
+                if ("python" in cmdline(pid) and "training.cli learn" not in cmdline(pid)) or cmdline(pid) == ""]
 
     def memory(self) -> dict[str, Any]:
         assert self.proc is not None

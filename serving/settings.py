@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     learner: bool = True
+    # With `learner`, `nba serve` runs the learner in a process of its own beside the workers, which serve its
+    # snapshots; false runs it in a worker's thread (one per deployment either way: a lease in the store).
+    learner_process: bool = True
     snapshot_seconds: float = Field(default=5.0, gt=0)
     sweep_seconds: float = Field(default=1.0, gt=0)
     # Days the decision log, events and past budget windows are kept (0: for ever). Contacts stay as long as a

@@ -1,11 +1,14 @@
-"""The `nba` command: `nba serve` starts the service; experiment commands join in later issues."""
+"""The `nba` command: `nba serve` starts the service, `nba learn` the online learner alone; experiment commands
+join in later issues."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from serving.settings import Settings
+from training.learner_process import LearnerSupervisor, learn_main
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -22,17 +25,38 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     print(f"nba: serving on http://{host}:{port} with {workers} worker(s), store {settings.database_url}",
           flush=True)
-    Granian(
-        "training.service:app_from_env",
-        factory=True,
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        workers=workers,
-        log_access=False,
-        respawn_failed_workers=True,
-    ).serve()
+    supervisor = _learner_beside_workers(settings)
+    try:
+        Granian(
+            "training.service:app_from_env",
+            factory=True,
+            address=host,
+            port=port,
+            interface=Interfaces.ASGI,
+            workers=workers,
+            log_access=False,
+            respawn_failed_workers=True,
+        ).serve()
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
     return 0
+
+
+def _learner_beside_workers(settings: Settings) -> LearnerSupervisor | None:
+    """With `NBA_LEARNER_PROCESS`, start `nba learn` and tell the workers (through their environment) to serve
+    its snapshots instead of learning themselves."""
+    if not (settings.learner and settings.learner_process):
+        return None
+    env = {**os.environ, "NBA_LEARNER": "true"}
+    os.environ["NBA_LEARNER"] = "false"
+    supervisor = LearnerSupervisor([sys.executable, "-m", "training.cli", "learn", "--parent", str(os.getpid())], env)
+    supervisor.start()
+    return supervisor
+
+
+def _learn(args: argparse.Namespace) -> int:
+    return learn_main(args.parent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--workers", type=int, default=None)
     serve.set_defaults(func=_serve)
+    learn = sub.add_parser("learn", help="run the online learner alone (`nba serve` starts one unless "
+                                         "NBA_LEARNER_PROCESS=false)")
+    learn.add_argument("--parent", type=int, default=None, help="stop when this process is gone")
+    learn.set_defaults(func=_learn)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

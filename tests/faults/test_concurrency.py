@@ -62,7 +62,8 @@ def _client(url: str, seed: int, answers: list[dict[str, Any]], errors: list[str
 
 
 def _worker_cpu_seconds(supervisor: int) -> dict[int, float]:
-    """CPU time used so far by each worker process (a child of the server's supervisor), from /proc."""
+    """CPU time used so far by each worker process (a child of the server's supervisor, not its learner process),
+    from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
     used: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -72,9 +73,17 @@ def _worker_cpu_seconds(supervisor: int) -> dict[int, float]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process ended while we looked
             continue
-        if int(fields[1]) == supervisor:  # fields after the command: state, ppid, ..., utime (11), stime (12)
+        if int(fields[1]) == supervisor and b"training.cli\0learn" not in _cmdline(entry):
+            # fields after the command: state, ppid, ..., utime (11), stime (12)
             used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
     return used
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

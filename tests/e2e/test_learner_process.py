@@ -1,0 +1,94 @@
+"""`nba serve` runs the online learner in a process of its own: the workers serve what it snapshots, a learner
+that dies is replaced and continues from its snapshot, and it stops with the server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import CHANNEL
+from training.simulator import SegmentSimulator
+
+pytestmark = pytest.mark.e2e
+
+
+def _learners(server_pid: int) -> list[int]:
+    """The `nba learn` processes the server started (children of its main process)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == server_pid and b"training.cli\0learn" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Wait for the server's processes to get somewhere (polling, not timing: returns as soon as they have)."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return result
+
+
+def _rounds(client: httpx.Client, sim: SegmentSimulator, n: int) -> None:
+    for _ in range(n):
+        customer = sim.customer()
+        answer = client.post("/v1/decide", headers=CHANNEL, json={
+            "customer_id": customer.customer_id, "channel": "web", "context": customer.context})
+        assert answer.status_code == 200, answer.text
+        chosen = answer.json()["actions"][0]["action_id"]
+        posted = client.post(f"/v1/decisions/{answer.json()['decision_id']}/reward", headers=CHANNEL,
+                             json={"value": sim.reward(customer, chosen)})
+        assert posted.status_code == 202 and posted.json()["status"] == "accepted", posted.text
+
+
+def _served_examples(client: httpx.Client) -> int:
+    models = client.get("/health").json()["models"]
+    return int(models[0]["examples_learned"]) if models else 0
+
+
+def test_the_learner_runs_beside_the_workers_and_is_replaced_if_it_dies(start_server: Any) -> None:
+    sim = SegmentSimulator(segments=2, actions=3, seed=8)
+    catalog = {
+        "actions": {a: {"channels": ["web"], "attributes": sim.action_attributes(a)} for a in sim.action_ids},
+        "policies": {"learning": {"channels": ["web"], "reward": {"window": "1h", "aggregation": "first"}}},
+    }
+    server = start_server(catalog, NBA_SNAPSHOT_SECONDS="0.5")
+    assert server.proc is not None
+    first = _until(lambda: _learners(server.proc.pid), "the learner process")
+    assert len(first) == 1
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        _rounds(client, sim, 150)
+        _until(lambda: _served_examples(client) >= 150, "the workers to serve a model of all 150 examples")
+
+        os.kill(first[0], signal.SIGKILL)  # no final snapshot: whatever it had not snapshotted is relearned
+        second = _until(lambda: [p for p in _learners(server.proc.pid) if p != first[0]], "a new learner process")
+        assert len(second) == 1
+        _rounds(client, sim, 100)
+        _until(lambda: _served_examples(client) >= 250, "the new learner's model of all 250 examples")
+
+    server.stop()
+    assert server.proc.returncode is not None
+    _until(lambda: not Path(f"/proc/{second[0]}").exists() or b"Z" in _state(second[0]), "the learner to stop",
+           timeout=30)
+
+
+def _state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b"Z"

@@ -1,0 +1,124 @@
+"""`nba learn`: the learner in a process of its own, and the supervisor that keeps one running beside the workers."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from bandits.registry import PolicyModels
+from features.namespaces import NamespaceFeaturizer
+from nba.catalog import Action, Policy, RewardSpec
+from nba.clock import ManualClock
+from nba.decide import DecideRequest, DecisionEngine
+from nba.store import Store
+from serving.settings import Settings
+from training.learner_process import LearnerProcess, LearnerSupervisor
+from training.online import LEASE, LEASE_TTL
+from training.simulator import SegmentSimulator
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait for a background process to get somewhere (polling, not timing: returns as soon as it has)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _play(store: Store, clock: ManualClock, sim: SegmentSimulator, rounds: int) -> None:
+    engine = DecisionEngine(store, store.load_catalog, PolicyModels(store, NamespaceFeaturizer()), clock,
+                            rng=random.Random(3))
+    for _ in range(rounds):
+        customer = sim.customer()
+        decision = engine.decide(DecideRequest(customer.customer_id, "web", dict(customer.context))).decision
+        store.add_reward(decision.decision_id, 0, sim.reward(customer, decision.actions[0].action_id), clock.now())
+
+
+def _snapshot_examples(store: Store) -> int:
+    snapshot = store.latest_snapshot("web", 1)
+    return snapshot.examples if snapshot is not None else 0
+
+
+def test_the_learner_process_learns_what_the_catalog_it_finds_later_rewards(
+    store: Store, store_url: str, clock: ManualClock
+) -> None:
+    """Started before any policy exists (as beside workers that have not applied the catalog file yet), it picks
+    the policy up from the store, learns its rewarded decisions, and on stop snapshots and lets go of the lease."""
+    process = LearnerProcess(Settings(database_url=store_url, snapshot_seconds=0.1), store=store, clock=clock)
+    stop = threading.Event()
+    runner = threading.Thread(target=process.run, args=(stop,))
+    runner.start()
+    try:
+        sim = SegmentSimulator(seed=5)
+        for action_id in sim.action_ids:
+            store.put_action(action_id, Action(channels=["web"], attributes=sim.action_attributes(action_id)),
+                             clock.now())
+        store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(aggregation="first")), clock.now())
+        _play(store, clock, sim, 80)
+        _until(lambda: _snapshot_examples(store) == 80, "a snapshot of all 80 examples")
+        _play(store, clock, sim, 20)
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+    # What it learned of the last 20 is in its final snapshot; what it had not is still in the queue, for the next.
+    assert _snapshot_examples(store) + len(store.pending_examples("web", 1, 0)) == 100
+    assert store.try_lease(LEASE, "another learner", clock.now(), LEASE_TTL)  # released, not left to expire
+
+
+def test_the_learner_process_stops_once_its_parent_is_gone(store: Store, store_url: str, clock: ManualClock) -> None:
+    """`nba learn --parent PID` outlives no SIGKILLed `nba serve`: it stops at its next look (here at once: this
+    process is not its own parent), and releases the lease."""
+    process = LearnerProcess(Settings(database_url=store_url), store=store, clock=clock)
+    process.run(threading.Event(), parent=os.getpid())
+    clock.advance(timedelta(milliseconds=1))
+    assert store.try_lease(LEASE, "another learner", clock.now(), LEASE_TTL)
+
+
+def _script(tmp_path: Path, body: str) -> list[str]:
+    path = tmp_path / "child.py"
+    path.write_text(body)
+    return [sys.executable, str(path)]
+
+
+def test_the_supervisor_starts_a_learner_that_died_again(tmp_path: Path) -> None:
+    """A learner that crashes (here: exits 3 twice) is started again; one that exits cleanly is not (a stop)."""
+    runs = tmp_path / "runs"
+    argv = _script(tmp_path, f"""
+import pathlib, sys
+runs = pathlib.Path({str(runs)!r})
+runs.write_text(runs.read_text() + "x" if runs.exists() else "x")
+sys.exit(3 if len(runs.read_text()) < 3 else 0)
+""")
+    supervisor = LearnerSupervisor(argv, os.environ, backoff=(0.01,))
+    supervisor.start()
+    _until(lambda: not supervisor._thread.is_alive(), "the supervisor to see a clean exit")
+    assert runs.read_text() == "xxx" and supervisor.restarts == 2
+    supervisor.stop()
+
+
+def test_stopping_the_supervisor_stops_its_learner(tmp_path: Path) -> None:
+    """SIGTERM, which `nba learn` answers with a final snapshot; not started again afterwards."""
+    ready = tmp_path / "ready"
+    argv = _script(tmp_path, f"""
+import pathlib, signal, sys, threading
+stopped = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+pathlib.Path({str(ready)!r}).write_text("up")
+stopped.wait()
+sys.exit(0)
+""")
+    supervisor = LearnerSupervisor(argv, os.environ, backoff=(0.01,))
+    supervisor.start()
+    _until(ready.exists, "the child to start")
+    pid = supervisor.pid
+    assert pid is not None
+    supervisor.stop(timeout=30)
+    assert supervisor.restarts == 0 and supervisor.pid == pid
+    _until(lambda: not supervisor._thread.is_alive(), "the supervisor to end")
