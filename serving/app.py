@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from litestar import Litestar, Request
@@ -46,8 +45,7 @@ async def _before_request(request: Request[Any, Any, Any]) -> None:
 
 def create_app(runtime: Runtime) -> Litestar:
     """Build the app around a runtime; the runtime's background work starts and stops with the app."""
-    logging.basicConfig(level=runtime.settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime.settings.configure_logging()
     app = Litestar(
         route_handlers=ROUTES,
         exception_handlers=HANDLERS,

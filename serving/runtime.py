@@ -20,7 +20,7 @@ from nba.store import Store
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
-MODEL_REFRESH_TICKS = 4  # maintenance ticks (0.25 s) between looks for new model snapshots without a learner
+MODEL_REFRESH_TICKS = 1  # maintenance ticks (0.25 s) between looks for new model snapshots without a learner
 
 
 class Service(Protocol):
@@ -132,13 +132,13 @@ class Runtime:
             self._thread.join(timeout=10)
         self.store.close()
 
-    def sweep(self, rest: Callable[[float], object] | None = None) -> int:
+    def sweep(self, rest: Callable[[float], bool] | None = None) -> int:
         """Close due reward windows and release expired reservations now (with `rest`, resting between rounds)."""
         return self.store.close_due(self.clock.now(), rest=rest)
 
     def _maintain(self) -> None:
         """Keep the catalog current and close reward windows, until stopped. A process that runs no learner also
-        picks up, every second, the models a learner elsewhere snapshots (a learner's own process does that
+        picks up, at every tick, the models a learner elsewhere snapshots (a learner's own process does that
         while another holds the learning lease)."""
         ticks = 0
         sweep_every = max(1, int(self.settings.sweep_seconds / 0.25))

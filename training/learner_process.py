@@ -3,8 +3,9 @@
 In a worker's thread the learner shares that worker's GIL with its event loop: catching up on a backlog it left
 the loop half the interpreter at best. Measured at an offered 700 decisions/s (1 worker, 2 cores, 130,000
 examples waiting): in a thread, p50 0.76 s and p99 2.7 s, 1,430 examples learned a second; in a process,
-p50 1.8 ms and p99 72 ms, 2,250 a second. The workers then serve the models the learner snapshots (they look for
-new snapshots every second), so a served model is at most `NBA_SNAPSHOT_SECONDS` and a second behind.
+p50 about 2 ms and p99 72-155 ms (four runs), 1,800-2,250 a second. The workers then serve the models the
+learner snapshots (they look for new snapshots four times a second), so a served model is about a snapshot
+interval (`NBA_SNAPSHOT_SECONDS`, 1 s) behind the learner.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from bandits.registry import PolicyModels
 from features.namespaces import NamespaceFeaturizer
@@ -43,7 +43,8 @@ class LearnerProcess:
         featurizer = NamespaceFeaturizer()
         self._catalog = self.store.load_catalog()
         self.learner = OnlineLearner(self.store, PolicyModels(self.store, featurizer), featurizer, self.catalog,
-                                     clock or SystemClock(), snapshot_every=settings.snapshot_seconds)
+                                     clock or SystemClock(), snapshot_every=settings.snapshot_seconds,
+                                     publishes=False)
 
     def catalog(self) -> CatalogView:
         """The catalog as the store has it (a version read per call; the whole catalog only when it changed)."""
@@ -54,12 +55,12 @@ class LearnerProcess:
             pass
         return self._catalog
 
-    def run(self, stop: threading.Event, parent: int | None = None) -> None:
-        """Learn until `stop` is set or the process that started this one is gone, then snapshot and let go of
-        the lease (`OnlineLearner.stop`)."""
+    def run(self, stopped: Callable[[float], bool], parent: int | None = None) -> None:
+        """Learn until `stopped(seconds)` (which waits up to that long) says so, or the process that started this
+        one is gone; then snapshot and let go of the lease (`OnlineLearner.stop`)."""
         self.learner.start()
         try:
-            while not stop.wait(PARENT_CHECK_SECONDS):
+            while not stopped(PARENT_CHECK_SECONDS):
                 if parent is not None and os.getppid() != parent:
                     log.warning("learner: the serving process %d is gone; stopping", parent)
                     break
@@ -70,20 +71,32 @@ class LearnerProcess:
 
 
 def learn_main(parent: int | None) -> int:
-    """`nba learn`: run the learner until SIGTERM or SIGINT (or the parent's exit, with `parent`)."""
+    """`nba learn`: run the learner until SIGTERM or SIGINT (or the parent's exit, with `parent`).
+
+    The signals are blocked and waited for, not handled: a handler that set an Event could interrupt that
+    Event's own wait while it holds the Event's lock, and never return."""
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.configure_logging()
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    LearnerProcess(settings).run(stop, parent)
+    signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # before any thread starts: they inherit the mask
+
+    def stopped(seconds: float) -> bool:
+        return signal.sigtimedwait(signals, seconds) is not None
+
+    LearnerProcess(settings).run(stopped, parent)
     return 0
 
 
 class LearnerSupervisor:
-    """Runs `nba learn` beside the serving workers and starts it again if it dies (not if it exits cleanly:
-    that is a stop the serving process is also going through)."""
+    """Runs `nba learn` beside the serving workers, in a session of its own (a Ctrl-C or a signal to the
+    server's process group reaches the server, which stops it after its final snapshot), and starts another
+    whenever it ends (a crash, a kill, or a stop nobody asked the supervisor for) until `stop`.
+
+    The learner is started with `posix_spawn`, not `subprocess`: a `Popen` waits on a pipe until its child has
+    called exec, and a granian worker forked meanwhile (granian forks them from another thread) holds that
+    pipe open for its whole life, so the `Popen` never returned and no learner was ever started again.
+    """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str],
                  backoff: Sequence[float] = RESTART_BACKOFF) -> None:
@@ -92,53 +105,72 @@ class LearnerSupervisor:
         self._backoff = tuple(backoff)
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None  # the learner running now, if any
         self._thread = threading.Thread(target=self._watch, name="nba-learner-supervisor", daemon=True)
         self.restarts = 0
 
     @property
     def pid(self) -> int | None:
         with self._lock:
-            return self._proc.pid if self._proc is not None else None
+            return self._pid
 
     def start(self) -> None:
-        self._spawn()
         self._thread.start()
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> int | None:
         with self._lock:
-            if not self._stop.is_set():
-                self._proc = subprocess.Popen(self._argv, env=self._env)
+            if self._stop.is_set():
+                return None
+            try:
+                self._pid = os.posix_spawn(self._argv[0], self._argv, self._env, setsid=True)
+            except OSError as exc:  # no memory or process slots for now: try again after the backoff
+                log.error("could not start the learner process: %s", exc)
+                return None
+            return self._pid
+
+    def _wait(self, pid: int) -> str:
+        try:
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped by someone else: how it ended is not known
+            code = None
+        with self._lock:
+            self._pid = None
+        return f"learner process {pid} exited with {code}"
 
     def _watch(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            proc = self._proc
-            assert proc is not None
             started = time.monotonic()
-            code = proc.wait()
-            if self._stop.is_set() or code == 0:
+            pid = self._spawn()
+            what = self._wait(pid) if pid is not None else "no learner"
+            if self._stop.is_set():
                 return
             failures = failures + 1 if time.monotonic() - started < self._backoff[-1] else 1
             delay = self._backoff[min(failures, len(self._backoff)) - 1]
-            log.error("learner process %d exited with %d; starting another in %g s", proc.pid, code, delay)
+            log.error("%s; starting another in %g s", what, delay)
             if self._stop.wait(delay):
                 return
             self.restarts += 1
-            self._spawn()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the learner to stop (it snapshots first), and kill it if it has not within `timeout` s."""
-        self._stop.set()
         with self._lock:
-            proc = self._proc
-        if proc is None or proc.poll() is not None:
+            self._stop.set()
+            pid = self._pid
+        if pid is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        _signal(pid, signal.SIGTERM)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
             log.error("learner process %d did not stop within %g s; killed (the queue keeps what it had not "
-                      "snapshotted)", proc.pid, timeout)
-            proc.kill()
-            proc.wait()
+                      "snapshotted)", pid, timeout)
+            _signal(pid, signal.SIGKILL)
+            self._thread.join(timeout)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:  # ended meanwhile
+        pass

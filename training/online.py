@@ -66,6 +66,7 @@ class OnlineLearner:
         publish_every: float = 0.25,
         snapshot_every: float = 5.0,
         poll_every: float = 0.05,
+        publishes: bool = True,
     ) -> None:
         self._store = store
         self._models = models
@@ -75,6 +76,9 @@ class OnlineLearner:
         self._publish_every = publish_every
         self._snapshot_every = snapshot_every
         self._poll_every = poll_every
+        # False for a learner in a process of its own (`nba learn`): its models serve no request there, so it
+        # neither publishes them nor picks up the snapshots of another learner holding the lease.
+        self._publishes = publishes
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         self._tracks: dict[tuple[str, int], _Track] = {}
         self._stop = threading.Event()
@@ -119,13 +123,14 @@ class OnlineLearner:
                     self.renew_lease()
                     last_lease = now
                 if not self.has_lease:
-                    self._models.refresh(self._catalog().policies)
+                    if self._publishes:
+                        self._models.refresh(self._catalog().policies)
                     self._stop.wait(1.0)
                     continue
                 started = clock()
                 learned = self.learn_pending()
                 spent = clock() - started
-                if now - last_publish >= self._publish_every:
+                if self._publishes and now - last_publish >= self._publish_every:
                     self.publish_all()
                     last_publish = now
                 if now - last_snapshot >= self._snapshot_every:

@@ -345,14 +345,15 @@ class Store:
         return self.run(self.activation_write(decision_id, now))
 
     def close_due(self, now: datetime, limit: int = 100, rounds: int = 200,
-                  rest: Callable[[float], object] | None = None) -> int:
+                  rest: Callable[[float], bool] | None = None) -> int:
         """Finalise closed reward windows and release expired reservations; returns how many changed.
 
         In transactions of up to `limit` decisions, until none is due or after `rounds` of them: a sweep a second
         keeps up with 20,000 decisions a second (one round a sweep fell behind from 500 on). A round holds the
         write lock, and decisions' commits wait for it: 100 decisions take about 7 ms (500 took 25 ms). With
-        `rest`, each round is followed by a rest as long as it took (`rest(seconds)`), so that a sweep takes at
-        most half the writer and the GIL from requests.
+        `rest`, each round is followed by a rest as long as it took (`rest(seconds)`, true to stop), so that a
+        sweep takes at most half the writer and the GIL from requests: it then closes about 7,000 decisions a
+        second, and a sweep through a backlog of 20,000 takes about 3 s.
         """
         total = 0
         for _ in range(rounds):
@@ -361,8 +362,8 @@ class Store:
             total += changed
             if not full:
                 break
-            if rest is not None:
-                rest(time.monotonic() - started)
+            if rest is not None and rest(time.monotonic() - started):
+                break  # a rest that says so ends the sweep (the process is stopping)
         return total
 
     def _close_due_round(self, now: datetime, limit: int) -> tuple[int, bool]:

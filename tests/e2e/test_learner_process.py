@@ -12,7 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, func, select
 
+from nba.store import schema as t
 from tests.conftest import CHANNEL
 from training.simulator import SegmentSimulator
 
@@ -61,13 +63,38 @@ def _served_examples(client: httpx.Client) -> int:
     return int(models[0]["examples_learned"]) if models else 0
 
 
-def test_the_learner_runs_beside_the_workers_and_is_replaced_if_it_dies(start_server: Any) -> None:
-    sim = SegmentSimulator(segments=2, actions=3, seed=8)
-    catalog = {
+def _catalog(sim: SegmentSimulator) -> dict[str, Any]:
+    return {
         "actions": {a: {"channels": ["web"], "attributes": sim.action_attributes(a)} for a in sim.action_ids},
         "policies": {"learning": {"channels": ["web"], "reward": {"window": "1h", "aggregation": "first"}}},
     }
-    server = start_server(catalog, NBA_SNAPSHOT_SECONDS="0.5")
+
+
+def _gone(pid: int) -> bool:
+    """Ended (a zombie its parent has not reaped yet counts: it runs nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def _snapshot(database: Path) -> tuple[int, int]:
+    """(examples in the newest snapshot, learning rows in no snapshot)."""
+    engine = create_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as conn:
+            examples = conn.execute(select(t.model_snapshots.c.examples)
+                                    .order_by(t.model_snapshots.c.id.desc()).limit(1)).scalar()
+            pending = conn.execute(select(func.count()).select_from(t.learn_queue)
+                                   .where(t.learn_queue.c.snapshot_id.is_(None))).scalar_one()
+    finally:
+        engine.dispose()
+    return int(examples or 0), int(pending)
+
+
+def test_the_learner_runs_beside_the_workers_and_is_replaced_if_it_dies(start_server: Any, tmp_path: Path) -> None:
+    sim = SegmentSimulator(segments=2, actions=3, seed=8)
+    server = start_server(_catalog(sim), NBA_SNAPSHOT_SECONDS="0.5")
     assert server.proc is not None
     first = _until(lambda: _learners(server.proc.pid), "the learner process")
     assert len(first) == 1
@@ -79,16 +106,23 @@ def test_the_learner_runs_beside_the_workers_and_is_replaced_if_it_dies(start_se
         second = _until(lambda: [p for p in _learners(server.proc.pid) if p != first[0]], "a new learner process")
         assert len(second) == 1
         _rounds(client, sim, 100)
-        _until(lambda: _served_examples(client) >= 250, "the new learner's model of all 250 examples")
+        _until(lambda: _snapshot(tmp_path / "nba.db") == (250, 0), "a snapshot of every example, each once")
+        _until(lambda: _served_examples(client) == 250, "the workers to serve it")
 
-    server.stop()
-    assert server.proc.returncode is not None
-    _until(lambda: not Path(f"/proc/{second[0]}").exists() or b"Z" in _state(second[0]), "the learner to stop",
-           timeout=30)
+    os.kill(server.proc.pid, signal.SIGTERM)  # the server alone: its supervisor stops the learner
+    server.proc.wait(timeout=60)
+    _until(lambda: _gone(second[0]), "the learner to stop with the server", timeout=30)
 
 
-def _state(pid: int) -> bytes:
+def test_a_learner_whose_server_was_killed_stops(start_server: Any) -> None:
+    """SIGKILL leaves the supervisor no chance to stop it: the learner sees its parent gone and stops itself."""
+    server = start_server(_catalog(SegmentSimulator(segments=2, actions=3, seed=9)))
+    assert server.proc is not None
+    learner = _until(lambda: _learners(server.proc.pid), "the learner process")[0]
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(timeout=30)
     try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return b"Z"
+        os.killpg(server.proc.pid, signal.SIGKILL)  # the workers, which are not under test here
+    except ProcessLookupError:
+        pass
+    _until(lambda: _gone(learner), "the learner to notice", timeout=30)

@@ -374,8 +374,25 @@ def test_a_sweep_rests_between_its_rounds(store: Store, clock: ManualClock) -> N
         _decide(engine, f"c{i}")
     clock.advance(timedelta(hours=1))
     rests: list[float] = []
-    assert store.close_due(clock.now(), limit=10, rest=rests.append) == 25
+
+    def rest(seconds: float) -> bool:
+        rests.append(seconds)
+        return False
+
+    assert store.close_due(clock.now(), limit=10, rest=rest) == 25
     assert len(rests) == 2 and all(r > 0 for r in rests)
+
+
+def test_a_sweep_told_to_stop_in_a_rest_stops(store: Store, clock: ManualClock) -> None:
+    """A rest that returns true (the process is stopping) ends the sweep after the round it followed; what is
+    left is closed by the next sweep."""
+    _seed(store, clock, {"a": Action(channels=["web"])}, RewardSpec(window="1h"))
+    engine = _engine(store, clock)
+    for i in range(25):
+        _decide(engine, f"c{i}")
+    clock.advance(timedelta(hours=1))
+    assert store.close_due(clock.now(), limit=10, rest=lambda _seconds: True) == 10
+    assert store.close_due(clock.now(), limit=10) == 15
 
 
 def test_a_decision_that_cannot_be_closed_does_not_hold_up_the_others(store: Store, clock: ManualClock) -> None:
