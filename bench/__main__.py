@@ -185,6 +185,11 @@ def collect() -> dict[str, Any]:
              "fixed_rate_rps": r["fixed_rate"]["target_rps"], "fixed_p50_ms": r["fixed_rate"]["p50_ms"],
              "fixed_p99_ms": r["fixed_rate"]["p99_ms"],
              "fixed_p99_runs_ms": r["fixed_rate"].get("repeats_p99_ms", [r["fixed_rate"]["p99_ms"]]),
+             "steady_rps": r.get("steady_state", {}).get("max_rate", {}).get("rps"),
+             "steady_fixed_rps": r.get("steady_state", {}).get("fixed_rate", {}).get("target_rps"),
+             "steady_p50_ms": r.get("steady_state", {}).get("fixed_rate", {}).get("p50_ms"),
+             "steady_p99_ms": r.get("steady_state", {}).get("fixed_rate", {}).get("p99_ms"),
+             "steady_p99_runs_ms": r.get("steady_state", {}).get("fixed_rate", {}).get("repeats_p99_ms", []),
              "other_load_cores": max(r["ceiling"].get("cpu", {}).get("other_cores", 0.0),
                                      r["max_rate"].get("cpu", {}).get("other_cores", 0.0),
                                      r["fixed_rate"].get("cpu", {}).get("other_cores", 0.0))}
@@ -257,6 +262,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
                          f"{'met' if t['share_met'] else 'NOT met'}); p99 at half rate "
                          f"{t['p99_at_half_rate_ms']:.2f} ms "
                          f"(target < {t['p99_target_ms']:.0f} ms: {'met' if t['p99_met'] else 'NOT met'})")
+        for r in f["decide"]:
+            if r.get("steady_p99_ms") is not None:
+                lines.append(f"- Steady state, {r['workers']} worker(s), {r['candidates']} candidates, with 1-s reward "
+                             f"windows (the sweep closes, the learner learns and snapshots as fast as decisions "
+                             f"come): decide {r['steady_rps']:,.0f} req/s; at {r['steady_fixed_rps']:,.0f} req/s "
+                             f"fixed, p50 {r['steady_p50_ms']:.1f} ms, p99 {r['steady_p99_ms']:.1f} ms "
+                             f"({', '.join(f'{v:.1f}' for v in r['steady_p99_runs_ms'])})")
         lines.append("")
     if "ingest" in f:
         lines += ["| workers | events/s, one per request | events/s, 1,000 per request | rewards/s "

@@ -36,6 +36,10 @@ CHANNEL_AUTH = {"Authorization": f"Bearer {CHANNEL_KEY}"}
 
 # One channel per candidate count: the policy serving it sees exactly that many catalog actions.
 CHANNELS = {20: "web20", 200: "web200"}
+# The 20 actions again, under a policy whose reward windows last 1 s: decisions close as fast as they are made,
+# so the sweep, the learner and its snapshots run at the decision rate, as they do in production once windows
+# of any length start to close.
+STEADY_CHANNEL = "web20s"
 CATEGORIES = ["discount", "shipping", "loyalty", "credit", "service"]
 
 
@@ -108,7 +112,7 @@ def bench_catalog() -> dict[str, Any]:
     actions: dict[str, Any] = {}
     for i in range(200):
         action: dict[str, Any] = {
-            "channels": [CHANNELS[20], CHANNELS[200]] if i < 20 else [CHANNELS[200]],
+            "channels": [CHANNELS[20], CHANNELS[200], STEADY_CHANNEL] if i < 20 else [CHANNELS[200]],
             "attributes": {"category": CATEGORIES[i % len(CATEGORIES)], "value": float(i % 17),
                            "cost": round(0.5 + (i % 7) * 0.75, 2)},
         }
@@ -132,6 +136,7 @@ def bench_catalog() -> dict[str, Any]:
         "policies": {
             "p20": {"channels": [CHANNELS[20]], "reward": {"window": "1h", "default": 0.0, "aggregation": "sum"}},
             "p200": {"channels": [CHANNELS[200]], "reward": {"window": "1h", "default": 0.0, "aggregation": "sum"}},
+            "p20s": {"channels": [STEADY_CHANNEL], "reward": {"window": "1s", "default": 0.0, "aggregation": "sum"}},
         },
     }
 

@@ -8,8 +8,6 @@ a pass leaves work behind.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,7 +16,7 @@ from nba.catalog_view import CatalogView
 from nba.clock import Clock
 from nba.constraints import longest_counter_window
 from nba.errors import StoreUnavailable
-from nba.store import Store
+from nba.store import Store, lease_holder
 from nba.store.retention import Cursors, Horizons, PruneResult, prune
 from serving.metrics import RETAINED_DELETED, child
 
@@ -46,7 +44,7 @@ class RetentionService:
         self._keep = keep
         self._idle_every = idle_every
         self._busy_every = busy_every
-        self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self._holder = lease_holder(self)
         # Held across the wait between passes: another process takes over only once this one has missed two.
         self._lease_ttl = max(LEASE_TTL, timedelta(seconds=2 * idle_every + 60))
         self._cursors = Cursors()

@@ -18,6 +18,7 @@ from nba.decide import DecisionEngine
 from nba.errors import StoreUnavailable
 from nba.store import Store
 from serving.settings import Settings
+from serving.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 MODEL_REFRESH_TICKS = 1  # maintenance ticks (0.25 s) between looks for new model snapshots without a learner
@@ -57,6 +58,7 @@ class Runtime:
             self.store, self.catalog, self.models, self.clock, refresh_catalog=self.refresh_catalog
         )
         self.api_keys = settings.keys()
+        self._sweeper = Sweeper(self.store, self.clock, settings.sweep_seconds) if settings.sweep else None
         self._services = [factory(self) for factory in services]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,11 +132,13 @@ class Runtime:
             service.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._sweeper is not None:
+            self._sweeper.release()
         self.store.close()
 
-    def sweep(self, rest: Callable[[float], bool] | None = None) -> int:
-        """Close due reward windows and release expired reservations now (with `rest`, resting between rounds)."""
-        return self.store.close_due(self.clock.now(), rest=rest)
+    def sweep(self) -> int:
+        """Close due reward windows and release expired reservations now, whoever holds the sweep lease."""
+        return self.store.close_due(self.clock.now())
 
     def _maintain(self) -> None:
         """Keep the catalog current and close reward windows, until stopped. A process that runs no learner also
@@ -148,8 +152,8 @@ class Runtime:
             try:
                 if self.store.catalog_version() != self._catalog.version:
                     self.refresh_catalog()
-                if ticks % sweep_every == 0:
-                    self.sweep(rest=self._stop.wait)
+                if self._sweeper is not None and ticks % sweep_every == 0:
+                    self._sweeper.run_once(rest=self._stop.wait)
                 if refresh_every and ticks % refresh_every == 0:
                     self.models.refresh(self._catalog.policies)
                 self.store_healthy = True

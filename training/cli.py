@@ -45,11 +45,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _learner_beside_workers(settings: Settings) -> LearnerSupervisor | None:
     """With `NBA_LEARNER_PROCESS`, start `nba learn` and tell the workers (through their environment) to serve
-    its snapshots instead of learning themselves."""
+    its snapshots instead of learning themselves, and to leave the sweep to it."""
     if not (settings.learner and settings.learner_process):
         return None
     env = {**os.environ, "NBA_LEARNER": "true"}
     os.environ["NBA_LEARNER"] = "false"
+    os.environ["NBA_SWEEP"] = "false"
     supervisor = LearnerSupervisor([sys.executable, "-m", "training.cli", "learn", "--parent", str(os.getpid())], env)
     supervisor.start()
     return supervisor

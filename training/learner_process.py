@@ -25,6 +25,7 @@ from nba.clock import Clock, SystemClock
 from nba.errors import StoreUnavailable
 from nba.store import Store
 from serving.settings import Settings
+from serving.sweeper import Sweeper
 from training.online import OnlineLearner
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,20 @@ RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class LearnerProcess:
-    """What `nba learn` runs: the store, the catalog as the store has it, and the online learner."""
+    """What `nba learn` runs: the store, the catalog as the store has it, the online learner, and (with
+    `NBA_SWEEP`) the sweep that closes reward windows, taken off the workers: it competed with their requests
+    for the GIL, and in steady state it closes as many decisions a second as are made."""
 
     def __init__(self, settings: Settings, store: Store | None = None, clock: Clock | None = None) -> None:
         self.store = store or Store(settings.database_url, synchronous=settings.sqlite_synchronous)
         self._owns_store = store is None
+        clock = clock or SystemClock()
         featurizer = NamespaceFeaturizer()
         self._catalog = self.store.load_catalog()
         self.learner = OnlineLearner(self.store, PolicyModels(self.store, featurizer), featurizer, self.catalog,
-                                     clock or SystemClock(), snapshot_every=settings.snapshot_seconds,
-                                     publishes=False)
+                                     clock, snapshot_every=settings.snapshot_seconds, publishes=False)
+        self.sweeper = Sweeper(self.store, clock, settings.sweep_seconds) if settings.sweep else None
+        self._sweep_every = settings.sweep_seconds
 
     def catalog(self) -> CatalogView:
         """The catalog as the store has it (a version read per call; the whole catalog only when it changed)."""
@@ -56,18 +61,41 @@ class LearnerProcess:
         return self._catalog
 
     def run(self, stopped: Callable[[float], bool], parent: int | None = None) -> None:
-        """Learn until `stopped(seconds)` (which waits up to that long) says so, or the process that started this
-        one is gone; then snapshot and let go of the lease (`OnlineLearner.stop`)."""
+        """Learn and sweep until `stopped(seconds)` (which waits up to that long) says so, or the process that
+        started this one is gone; then snapshot and let go of the leases (`OnlineLearner.stop`)."""
+        asked = False
+
+        def rest(seconds: float) -> bool:
+            nonlocal asked
+            asked = asked or stopped(seconds)
+            return asked
+
         self.learner.start()
+        tick = min(PARENT_CHECK_SECONDS, self._sweep_every)
+        last_sweep = time.monotonic()
         try:
-            while not stopped(PARENT_CHECK_SECONDS):
+            while not rest(tick):
                 if parent is not None and os.getppid() != parent:
                     log.warning("learner: the serving process %d is gone; stopping", parent)
                     break
+                if self.sweeper is not None and time.monotonic() - last_sweep >= self._sweep_every:
+                    last_sweep = time.monotonic()
+                    self._sweep(rest)
         finally:
             self.learner.stop()
+            if self.sweeper is not None:
+                self.sweeper.release()
             if self._owns_store:
                 self.store.close()
+
+    def _sweep(self, rest: Callable[[float], bool]) -> None:
+        assert self.sweeper is not None
+        try:
+            self.sweeper.run_once(rest=rest)
+        except StoreUnavailable as exc:
+            log.warning("sweep waiting for the store: %s", exc)
+        except Exception:
+            log.exception("sweep failed")
 
 
 def learn_main(parent: int | None) -> int:

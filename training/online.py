@@ -8,8 +8,6 @@ seconds. A snapshot records which examples it contains, so a restart relearns ex
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from nba.catalog import Policy
 from nba.catalog_view import CatalogView
 from nba.clock import Clock
 from nba.errors import LeaseLost, StoreUnavailable
-from nba.store import Store
+from nba.store import Store, lease_holder
 from nba.store.learning_repo import JoinedExample
 
 log = logging.getLogger(__name__)
@@ -79,7 +77,7 @@ class OnlineLearner:
         # False for a learner in a process of its own (`nba learn`): its models serve no request there, so it
         # neither publishes them nor picks up the snapshots of another learner holding the lease.
         self._publishes = publishes
-        self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self._holder = lease_holder(self)
         self._tracks: dict[tuple[str, int], _Track] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +52,12 @@ class WriteJob(Generic[T]):
     keys: Sequence[str]
     inline: bool = True
 
+
+
+def lease_holder(owner: object) -> str:
+    """A lease holder's name: this host, this process and the object holding it (a learner, a sweeper), so that
+    two holders never share a name, even within one process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{id(owner)}"
 
 class Store:
     """Everything the service keeps: catalog, customers, events, decisions, outcomes, models."""

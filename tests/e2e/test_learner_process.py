@@ -92,12 +92,24 @@ def _snapshot(database: Path) -> tuple[int, int]:
     return int(examples or 0), int(pending)
 
 
+def _lease_holder(database: Path, name: str) -> str:
+    engine = create_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as conn:
+            holder = conn.execute(select(t.leases.c.holder).where(t.leases.c.name == name)).scalar()
+    finally:
+        engine.dispose()
+    return str(holder or "")
+
+
 def test_the_learner_runs_beside_the_workers_and_is_replaced_if_it_dies(start_server: Any, tmp_path: Path) -> None:
     sim = SegmentSimulator(segments=2, actions=3, seed=8)
     server = start_server(_catalog(sim), NBA_SNAPSHOT_SECONDS="0.5")
     assert server.proc is not None
     first = _until(lambda: _learners(server.proc.pid), "the learner process")
     assert len(first) == 1
+    for lease in ("online-learner", "sweep"):  # it learns, and it closes reward windows instead of the workers
+        _until(lambda name=lease: f":{first[0]}:" in _lease_holder(tmp_path / "nba.db", name), f"the {lease} lease")
     with httpx.Client(base_url=server.url, timeout=30) as client:
         _rounds(client, sim, 150)
         _until(lambda: _served_examples(client) >= 150, "the workers to serve a model of all 150 examples")

@@ -18,6 +18,7 @@ from nba.clock import ManualClock
 from nba.decide import DecideRequest, DecisionEngine
 from nba.store import Store
 from serving.settings import Settings
+from serving.sweeper import Sweeper
 from training.learner_process import LearnerProcess, LearnerSupervisor
 from training.online import LEASE, LEASE_TTL
 from training.simulator import SegmentSimulator
@@ -127,3 +128,29 @@ sys.exit(0)
     assert not supervisor._thread.is_alive()  # the learner it waited for has been reaped
     assert supervisor.restarts == 0 and supervisor.pid is None
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_the_learner_process_closes_reward_windows(store: Store, store_url: str, clock: ManualClock) -> None:
+    """Under `nba serve` the workers leave the sweep to the learner's process; it lets go of the sweep lease when
+    it stops, so a worker (say one started with the learner process off) can take over at once."""
+    store.put_action("a", Action(channels=["web"]), clock.now())
+    store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h")), clock.now())
+    engine = DecisionEngine(store, store.load_catalog, PolicyModels(store, NamespaceFeaturizer()), clock,
+                            rng=random.Random(4))
+    ids = [engine.decide(DecideRequest(f"c{i}", "web", {})).decision.decision_id for i in range(5)]
+    clock.advance(timedelta(hours=1))
+
+    def closed() -> bool:
+        return all((d := store.get_decision(i)) is not None and d.state == "final" for i in ids)
+
+    process = LearnerProcess(Settings(database_url=store_url, sweep_seconds=0.05), store=store, clock=clock)
+    stop = threading.Event()
+    runner = threading.Thread(target=process.run, args=(stop.wait,))
+    runner.start()
+    try:
+        _until(closed, "the learner process to close the 5 windows")
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    assert Sweeper(store, clock, every=1.0).run_once() == 0  # the lease was released: taken at once
+    assert LearnerProcess(Settings(database_url=store_url, sweep=False), store=store).sweeper is None

@@ -1,0 +1,46 @@
+"""The sweep: one process of a deployment at a time closes reward windows (a lease in the store)."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+from bandits.registry import PolicyModels
+from features.namespaces import NamespaceFeaturizer
+from nba.catalog import Action, Policy, RewardSpec
+from nba.clock import ManualClock
+from nba.decide import DecideRequest, DecisionEngine
+from nba.store import Store
+from serving.sweeper import Sweeper
+
+
+def _decide(store: Store, clock: ManualClock, customers: range) -> None:
+    engine = DecisionEngine(store, store.load_catalog, PolicyModels(store, NamespaceFeaturizer()), clock,
+                            rng=random.Random(2))
+    for i in customers:
+        engine.decide(DecideRequest(f"c{i}", "web", {}))
+
+
+def test_one_sweeper_at_a_time_closes_what_is_due(store: Store, clock: ManualClock) -> None:
+    """A second process's sweeper finds the lease taken and leaves the work alone; once the first lets go (a
+    stopping process), or stops renewing it, the second sweeps."""
+    store.put_action("a", Action(channels=["web"]), clock.now())
+    store.put_policy("p", Policy(channels=["web"], reward=RewardSpec(window="1h")), clock.now())
+    start = clock.now()
+    for offset, customers in ((0, range(3)), (5, range(3, 5)), (7, range(5, 9)), (9, range(9, 10))):
+        clock.set(start + timedelta(seconds=offset))
+        _decide(store, clock, customers)  # windows ending 1 h later: 3, 2, 4 and 1 decisions
+    first, second = Sweeper(store, clock, every=1.0), Sweeper(store, clock, every=1.0)
+
+    clock.set(start + timedelta(hours=1))
+    assert first.run_once() == 3
+    clock.advance(timedelta(seconds=5))
+    assert second.run_once() is None  # the first holds the lease (10 s at a sweep a second)
+    assert first.run_once() == 2
+    clock.advance(timedelta(seconds=2))
+    first.release()
+    assert second.run_once() == 4
+    clock.advance(timedelta(seconds=2))
+    assert first.run_once() is None
+    clock.advance(timedelta(seconds=11))  # the second missed its renewals: its lease ran out
+    assert first.run_once() == 1
