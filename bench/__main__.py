@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 def report() -> int:
     from bench import profile
 
-    if (RESULTS / "profile.json").exists():
-        profile.rerender()
+    if (RESULTS / "profile.json").exists() and (RESULTS / "profile_decide.collapsed.txt").exists():
+        profile.rerender()  # the saved stacks stay with the machine that recorded them
     summary = read_result("summary") or {"machine": machine(), "commit": _git_commit(), "quick": False,
                                          "total_seconds": 0.0, "steps": {}}
     summary["figures"] = collect()

@@ -363,7 +363,8 @@ class CpuWatch:
     def _server_ticks(self) -> int:
         if self.server is None or self.server.proc is None:
             return 0
-        return sum(_process_ticks(p) for p in [self.server.proc.pid, *self.server.worker_pids()])
+        # Every process of the server: its workers and its learner process too.
+        return sum(_process_ticks(p) for p in [self.server.proc.pid, *_children(self.server.proc.pid)])
 
     def _loop_ticks(self) -> dict[int, tuple[int, int]]:
         if self.server is None or self.server.proc is None:
