@@ -21,6 +21,7 @@ from serving.settings import Settings
 from serving.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
+SWEEP_STANDBY_SECONDS = 20.0  # two sweep leases: the learner process has long taken it by then
 MODEL_REFRESH_TICKS = 1  # maintenance ticks (0.25 s) between looks for new model snapshots without a learner
 
 
@@ -58,7 +59,8 @@ class Runtime:
             self.store, self.catalog, self.models, self.clock, refresh_catalog=self.refresh_catalog
         )
         self.api_keys = settings.keys()
-        self._sweeper = Sweeper(self.store, self.clock, settings.sweep_seconds) if settings.sweep else None
+        self._sweeper = (Sweeper(self.store, self.clock, settings.sweep_seconds, standby=self._sweep_standby())
+                         if settings.sweep else None)
         self._services = [factory(self) for factory in services]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,6 +68,11 @@ class Runtime:
 
     def catalog(self) -> CatalogView:
         return self._catalog
+
+    def _sweep_standby(self) -> float:
+        """Seconds this process leaves the sweep to others after its start: a worker of `nba serve` whose
+        learner runs in a process of its own leaves it to that process (see `serving.sweeper`)."""
+        return SWEEP_STANDBY_SECONDS if self.settings.learner_process and not self.settings.learner else 0.0
 
     @property
     def services(self) -> tuple[Service, ...]:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from typing import TYPE_CHECKING
 
 from serving.settings import Settings
-from training.learner_process import LearnerSupervisor, learn_main
+
+if TYPE_CHECKING:
+    from training.learner_process import LearnerSupervisor
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -45,18 +49,24 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _learner_beside_workers(settings: Settings) -> LearnerSupervisor | None:
     """With `NBA_LEARNER_PROCESS`, start `nba learn` and tell the workers (through their environment) to serve
-    its snapshots instead of learning themselves, and to leave the sweep to it."""
+    its snapshots instead of learning themselves."""
     if not (settings.learner and settings.learner_process):
         return None
+    from training.learner_process import LearnerSupervisor
+
     env = {**os.environ, "NBA_LEARNER": "true"}
     os.environ["NBA_LEARNER"] = "false"
-    os.environ["NBA_SWEEP"] = "false"
     supervisor = LearnerSupervisor([sys.executable, "-m", "training.cli", "learn", "--parent", str(os.getpid())], env)
     supervisor.start()
     return supervisor
 
 
 def _learn(args: argparse.Namespace) -> int:
+    # Blocked before anything starts a thread (importing numpy starts OpenBLAS's): a thread that does not block
+    # them would take a SIGTERM meant for `learn_main`'s wait and die of it, with no final snapshot.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    from training.learner_process import learn_main
+
     return learn_main(args.parent)
 
 

@@ -30,6 +30,7 @@ from training.online import OnlineLearner
 
 log = logging.getLogger(__name__)
 PARENT_CHECK_SECONDS = 1.0
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # Waits before starting a learner process again after it failed: longer for each failure that came within the
 # longest wait of its start.
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -37,8 +38,9 @@ RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 class LearnerProcess:
     """What `nba learn` runs: the store, the catalog as the store has it, the online learner, and (with
-    `NBA_SWEEP`) the sweep that closes reward windows, taken off the workers: it competed with their requests
-    for the GIL, and in steady state it closes as many decisions a second as are made."""
+    `NBA_SWEEP`) a sweeper, which under `nba serve` normally holds the sweep lease (the workers stand by): in a
+    worker the sweep competes with requests for the GIL, and in steady state it closes as many decisions a
+    second as are made."""
 
     def __init__(self, settings: Settings, store: Store | None = None, clock: Clock | None = None) -> None:
         self.store = store or Store(settings.database_url, synchronous=settings.sqlite_synchronous)
@@ -102,15 +104,17 @@ def learn_main(parent: int | None) -> int:
     """`nba learn`: run the learner until SIGTERM or SIGINT (or the parent's exit, with `parent`).
 
     The signals are blocked and waited for, not handled: a handler that set an Event could interrupt that
-    Event's own wait while it holds the Event's lock, and never return."""
+    Event's own wait while it holds the Event's lock, and never return. They must be blocked in every thread
+    (the supervisor starts the process with them blocked; `nba learn` blocks them before its imports): one
+    thread that does not block them (OpenBLAS starts one at numpy's import) takes the signal whenever the main
+    thread is not waiting for it, and dies of it with the whole process."""
     settings = Settings()
     settings.configure_logging()
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
-    signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # before any thread starts: they inherit the mask
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # threads started from now on inherit the mask
 
     def stopped(seconds: float) -> bool:
-        return signal.sigtimedwait(signals, seconds) is not None
+        return signal.sigtimedwait(STOP_SIGNALS, seconds) is not None
 
     LearnerProcess(settings).run(stopped, parent)
     return 0
@@ -150,7 +154,9 @@ class LearnerSupervisor:
             if self._stop.is_set():
                 return None
             try:
-                self._pid = os.posix_spawn(self._argv[0], self._argv, self._env, setsid=True)
+                # Born with SIGTERM and SIGINT blocked, so every thread it starts blocks them too (see learn_main).
+                self._pid = os.posix_spawn(self._argv[0], self._argv, self._env, setsid=True,
+                                           setsigmask=STOP_SIGNALS)
             except OSError as exc:  # no memory or process slots for now: try again after the backoff
                 log.error("could not start the learner process: %s", exc)
                 return None

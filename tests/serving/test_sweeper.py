@@ -44,3 +44,33 @@ def test_one_sweeper_at_a_time_closes_what_is_due(store: Store, clock: ManualClo
     assert first.run_once() is None
     clock.advance(timedelta(seconds=11))  # the second missed its renewals: its lease ran out
     assert first.run_once() == 1
+
+
+def test_a_sweeper_standing_by_leaves_the_lease_to_others(store: Store, clock: ManualClock) -> None:
+    """A worker beside a learner process competes for the lease only once its standby is over."""
+    store.put_action("a", Action(channels=["web"]), clock.now())
+    store.put_policy("p", Policy(channels=["web"], reward=RewardSpec(window="1h")), clock.now())
+    _decide(store, clock, range(2))
+    clock.advance(timedelta(hours=1))
+    worker = Sweeper(store, clock, every=1.0, standby=3600)
+    assert worker.run_once() is None  # nobody holds the lease, and it still does not sweep
+    assert Sweeper(store, clock, every=1.0).run_once() == 2
+
+
+def test_a_sweep_that_lost_its_lease_stops(store: Store, clock: ManualClock) -> None:
+    """The lease is renewed after each round; a sweeper that lost it meanwhile (a round longer than the lease)
+    stops, and the new holder closes the rest, so two processes never sweep the same backlog together."""
+    store.put_action("a", Action(channels=["web"]), clock.now())
+    store.put_policy("p", Policy(channels=["web"], reward=RewardSpec(window="1h")), clock.now())
+    _decide(store, clock, range(250))
+    clock.advance(timedelta(hours=1))
+    first, second = Sweeper(store, clock, every=1.0), Sweeper(store, clock, every=1.0)
+
+    def stolen(_seconds: float) -> bool:
+        clock.advance(timedelta(seconds=11))  # the first round outlasted the lease ...
+        assert second.run_once(rest=lambda _s: True) == 100  # ... and another process took it (one round)
+        return False
+
+    assert first.run_once(rest=stolen) == 100  # its first round only
+    assert first.run_once() is None
+    assert second.run_once() == 50
