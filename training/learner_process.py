@@ -3,7 +3,7 @@
 In a worker's thread the learner shares that worker's GIL with its event loop: catching up on a backlog it left
 the loop half the interpreter at best. Measured at an offered 700 decisions/s (1 worker, 2 cores, 130,000
 examples waiting): in a thread, p50 0.76 s and p99 2.7 s, 1,430 examples learned a second; in a process,
-p50 about 2 ms and p99 39-155 ms (four runs), 1,800-2,440 a second. The workers then serve the models the
+p50 1.5-4.4 ms and p99 39-155 ms (four runs), 1,800-2,440 a second. The workers then serve the models the
 learner snapshots (they look for new snapshots four times a second), so a served model is about a snapshot
 interval (`NBA_SNAPSHOT_SECONDS`, 1 s) behind the learner.
 """
