@@ -17,11 +17,11 @@ from nba.clock import Clock, SystemClock
 from nba.decide import DecisionEngine
 from nba.errors import StoreUnavailable
 from nba.store import Store
+from nba.store.learning_repo import LEARNER_LEASE
 from serving.settings import Settings
 from serving.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
-SWEEP_STANDBY_SECONDS = 20.0  # two sweep leases: the learner process has long taken it by then
 MODEL_REFRESH_TICKS = 1  # maintenance ticks (0.25 s) between looks for new model snapshots without a learner
 
 
@@ -59,7 +59,7 @@ class Runtime:
             self.store, self.catalog, self.models, self.clock, refresh_catalog=self.refresh_catalog
         )
         self.api_keys = settings.keys()
-        self._sweeper = (Sweeper(self.store, self.clock, settings.sweep_seconds, standby=self._sweep_standby())
+        self._sweeper = (Sweeper(self.store, self.clock, settings.sweep_seconds, defer_to=self._sweep_defers_to())
                          if settings.sweep else None)
         self._services = [factory(self) for factory in services]
         self._stop = threading.Event()
@@ -69,10 +69,10 @@ class Runtime:
     def catalog(self) -> CatalogView:
         return self._catalog
 
-    def _sweep_standby(self) -> float:
-        """Seconds this process leaves the sweep to others after its start: a worker of `nba serve` whose
-        learner runs in a process of its own leaves it to that process (see `serving.sweeper`)."""
-        return SWEEP_STANDBY_SECONDS if self.settings.learner_process and not self.settings.learner else 0.0
+    def _sweep_defers_to(self) -> str | None:
+        """A worker of `nba serve` whose learner runs in a process of its own leaves the sweep to that process
+        while it is up, that is while the learner lease is held (see `serving.sweeper`)."""
+        return LEARNER_LEASE if self.settings.learner_process and not self.settings.learner else None
 
     @property
     def services(self) -> tuple[Service, ...]:

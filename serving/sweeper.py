@@ -3,15 +3,14 @@
 Every worker used to sweep every second: with 2 workers both read the same due decisions and both took the
 write lock to close them, and in steady state (windows closing as fast as decisions are made) that doubled the
 sweep's share of the lock every decision's commit needs. A lease in the store now names the one process that
-sweeps; another takes over once it has missed its renewals. Under `nba serve` the learner's own process
-competes for it at once and the workers only from `standby` seconds after their start, so the sweep normally
-runs beside the workers rather than in one of them; if the learner process is down for longer than the lease,
-a worker takes over (and keeps it: the learner process then waits its turn).
+sweeps; another takes over once it has missed its renewals. Under `nba serve` the learner's own process sweeps:
+it competes for the lease at once, and the workers defer to it, competing only while no process holds the
+learner lease (no learner process is up: it has not started yet, or it has been gone for longer than its lease)
+and giving the sweep lease up as soon as one does.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -25,20 +24,25 @@ LEASE = "sweep"
 class Sweeper:
     """Closes what is due when its process holds the sweep lease."""
 
-    def __init__(self, store: Store, clock: Clock, every: float, standby: float = 0.0) -> None:
+    def __init__(self, store: Store, clock: Clock, every: float, defer_to: str | None = None) -> None:
         self._store = store
         self._clock = clock
         self._holder = lease_holder(self)
         # Outlasts two missed sweeps; renewed after every round of a long one.
         self._ttl = timedelta(seconds=max(10.0, 2 * every + 5))
-        self._compete_from = time.monotonic() + standby
+        self._defer_to = defer_to  # a lease whose holder sweeps in this one's stead
+        self._held = False
 
     def run_once(self, rest: Callable[[float], bool] | None = None) -> int | None:
         """Close every due decision if this process holds the lease; how many changed (None: another sweeps, or
-        this one is still standing by). `rest` as in `Store.close_due`; the lease is renewed after each rest, and
-        the sweep ends if it was lost meanwhile (a sweep longer than the lease would otherwise run beside the
-        next holder's)."""
-        if time.monotonic() < self._compete_from or not self._renew():
+        this one defers). `rest` as in `Store.close_due`; the lease is renewed after each rest, and the sweep
+        ends if it was lost meanwhile (a sweep longer than the lease would otherwise run beside the next
+        holder's)."""
+        if self._defer_to is not None and self._store.lease_held(self._defer_to, self._clock.now()):
+            if self._held:
+                self.release()
+            return None
+        if not self._renew():
             return None
 
         def rest_and_renew(seconds: float) -> bool:
@@ -47,11 +51,13 @@ class Sweeper:
         return self._store.close_due(self._clock.now(), rest=rest_and_renew)
 
     def _renew(self) -> bool:
-        return self._store.try_lease(LEASE, self._holder, self._clock.now(), self._ttl)
+        self._held = self._store.try_lease(LEASE, self._holder, self._clock.now(), self._ttl)
+        return self._held
 
     def release(self) -> None:
         """Let another process sweep at once (a stopping one); a lease not released runs out by itself."""
         try:
             self._store.release_lease(LEASE, self._holder)
+            self._held = False
         except StoreUnavailable:
             pass

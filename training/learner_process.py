@@ -38,7 +38,7 @@ RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 class LearnerProcess:
     """What `nba learn` runs: the store, the catalog as the store has it, the online learner, and (with
-    `NBA_SWEEP`) a sweeper, which under `nba serve` normally holds the sweep lease (the workers stand by): in a
+    `NBA_SWEEP`) a sweeper, which under `nba serve` holds the sweep lease (the workers defer to it): in a
     worker the sweep competes with requests for the GIL, and in steady state it closes as many decisions a
     second as are made."""
 

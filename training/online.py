@@ -21,10 +21,10 @@ from nba.catalog_view import CatalogView
 from nba.clock import Clock
 from nba.errors import LeaseLost, StoreUnavailable
 from nba.store import Store, lease_holder
-from nba.store.learning_repo import JoinedExample
+from nba.store.learning_repo import LEARNER_LEASE, JoinedExample
 
 log = logging.getLogger(__name__)
-LEASE = "online-learner"
+LEASE = LEARNER_LEASE
 LEASE_TTL = timedelta(seconds=10)
 
 

@@ -168,6 +168,9 @@ def _snapshot(row: Any) -> Snapshot | None:
                     int(row.policy_version))
 
 
+LEARNER_LEASE = "online-learner"  # held by the one online learner of a deployment
+
+
 def try_lease(conn: Connection, name: str, holder: str, now_ms: int, ttl_ms: int) -> bool:
     """Take or renew a named lease; true when `holder` has it until `now + ttl`."""
     row = conn.execute(select(t.leases.c.holder, t.leases.c.expires_ms).where(t.leases.c.name == name)).first()
@@ -178,6 +181,12 @@ def try_lease(conn: Connection, name: str, holder: str, now_ms: int, ttl_ms: int
         return False
     conn.execute(update(t.leases).where(t.leases.c.name == name).values(holder=holder, expires_ms=now_ms + ttl_ms))
     return True
+
+
+def lease_held(conn: Connection, name: str, now_ms: int) -> bool:
+    """Whether anyone holds the named lease at `now_ms`."""
+    expires = conn.execute(select(t.leases.c.expires_ms).where(t.leases.c.name == name)).scalar()
+    return expires is not None and int(expires) > now_ms
 
 
 def holds_lease(conn: Connection, name: str, holder: str, now_ms: int) -> bool:

@@ -467,5 +467,9 @@ class Store:
             [f"lease:{name}"],
         )
 
+    def lease_held(self, name: str, now: datetime) -> bool:
+        """Whether anyone holds the named lease now (a read: no write lock taken)."""
+        return self.read(lambda c: learning_repo.lease_held(c, name, epoch_ms(now)))
+
     def release_lease(self, name: str, holder: str) -> None:
         self.write(lambda c: learning_repo.release_lease(c, name, holder), [f"lease:{name}"])

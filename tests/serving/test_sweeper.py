@@ -11,6 +11,7 @@ from nba.catalog import Action, Policy, RewardSpec
 from nba.clock import ManualClock
 from nba.decide import DecideRequest, DecisionEngine
 from nba.store import Store
+from nba.store.learning_repo import LEARNER_LEASE
 from serving.sweeper import Sweeper
 
 
@@ -46,15 +47,26 @@ def test_one_sweeper_at_a_time_closes_what_is_due(store: Store, clock: ManualClo
     assert first.run_once() == 1
 
 
-def test_a_sweeper_standing_by_leaves_the_lease_to_others(store: Store, clock: ManualClock) -> None:
-    """A worker beside a learner process competes for the lease only once its standby is over."""
+def test_a_worker_leaves_the_sweep_to_a_learner_process_while_one_is_up(store: Store, clock: ManualClock) -> None:
+    """While the learner lease is held (a learner process is up), a deferring worker neither sweeps nor keeps
+    the sweep lease; while it is not (not started yet, or gone for longer than its lease), the worker sweeps."""
     store.put_action("a", Action(channels=["web"]), clock.now())
     store.put_policy("p", Policy(channels=["web"], reward=RewardSpec(window="1h")), clock.now())
-    _decide(store, clock, range(2))
-    clock.advance(timedelta(hours=1))
-    worker = Sweeper(store, clock, every=1.0, standby=3600)
-    assert worker.run_once() is None  # nobody holds the lease, and it still does not sweep
-    assert Sweeper(store, clock, every=1.0).run_once() == 2
+    start = clock.now()
+    for offset, customers in ((0, range(2)), (3, range(2, 5)), (40, range(5, 6))):
+        clock.set(start + timedelta(seconds=offset))
+        _decide(store, clock, customers)
+    worker = Sweeper(store, clock, every=1.0, defer_to=LEARNER_LEASE)
+    learner = Sweeper(store, clock, every=1.0)
+
+    clock.set(start + timedelta(hours=1))
+    assert worker.run_once() == 2  # no learner process yet: the worker sweeps, and holds the lease
+    clock.advance(timedelta(seconds=5))
+    assert store.try_lease(LEARNER_LEASE, "learner process", clock.now(), timedelta(seconds=10))
+    assert worker.run_once() is None  # a learner process is up: the worker lets go of the sweep at once ...
+    assert learner.run_once() == 3  # ... so the learner process takes it without waiting for it to run out
+    clock.advance(timedelta(seconds=40))  # the learner process is gone: its leases have run out
+    assert worker.run_once() == 1
 
 
 def test_a_sweep_that_lost_its_lease_stops(store: Store, clock: ManualClock) -> None:
