@@ -18,6 +18,7 @@ from nba.decide import DecisionEngine
 from nba.errors import StoreUnavailable
 from nba.store import Store
 from nba.store.learning_repo import LEARNER_LEASE
+from nba.store.live_catalog import LiveCatalog
 from serving.settings import Settings
 from serving.sweeper import Sweeper
 
@@ -52,8 +53,7 @@ class Runtime:
         self.featurizer = NamespaceFeaturizer()
         if settings.catalog:
             self._apply_catalog_file(settings.catalog)
-        self._catalog = self.store.load_catalog()
-        self._catalog_lock = threading.Lock()
+        self._catalog = LiveCatalog(self.store)
         self.models = PolicyModels(self.store, self.featurizer)
         self.engine = DecisionEngine(
             self.store, self.catalog, self.models, self.clock, refresh_catalog=self.refresh_catalog
@@ -67,7 +67,7 @@ class Runtime:
         self.store_healthy = True
 
     def catalog(self) -> CatalogView:
-        return self._catalog
+        return self._catalog.view
 
     def _sweep_defers_to(self) -> str | None:
         """A worker of `nba serve` whose learner runs in a process of its own leaves the sweep to that process
@@ -82,24 +82,16 @@ class Runtime:
     def current_catalog(self) -> CatalogView:
         """The catalog as the store has it now (one small read): what another process changed a moment ago is in
         it, where `catalog()` may be up to a maintenance tick (0.25 s) behind."""
-        try:
-            if self.store.catalog_version() != self._catalog.version:
-                return self.refresh_catalog()
-        except StoreUnavailable:  # nobody can change it while the store is down: the last one read stands
-            pass
-        return self._catalog
+        return self._catalog.current()
 
     def refresh_catalog(self) -> CatalogView:
         """Reload the catalog from the store (after an admin change here or in another process)."""
-        with self._catalog_lock:
-            view = self.store.load_catalog()
-            self._catalog = view
-            return view
+        return self._catalog.refresh()
 
     def start(self) -> None:
         # Load every online policy's model now, not in the first request that needs it (a snapshot read and a
         # model load would otherwise run inside that request, in the event loop).
-        for name, (version, policy) in self._catalog.policies.items():
+        for name, (version, policy) in self._catalog.view.policies.items():
             if policy.mode == "online":
                 try:
                     self.models.scorer(name, version, policy)
@@ -157,12 +149,12 @@ class Runtime:
         while not self._stop.wait(0.25):
             ticks += 1
             try:
-                if self.store.catalog_version() != self._catalog.version:
+                if self.store.catalog_version() != self._catalog.view.version:
                     self.refresh_catalog()
                 if self._sweeper is not None and ticks % sweep_every == 0:
                     self._sweeper.run_once(rest=self._stop.wait)
                 if refresh_every and ticks % refresh_every == 0:
-                    self.models.refresh(self._catalog.policies)
+                    self.models.refresh(self._catalog.view.policies)
                 self.store_healthy = True
             except StoreUnavailable as exc:
                 self.store_healthy = False

@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     # serve 1,400 decisions unopposed, and the e2e learning test's best-action share fell to 0.23 once).
     snapshot_seconds: float = Field(default=1.0, gt=0)
     sweep_seconds: float = Field(default=1.0, gt=0)
-    # Close due reward windows in this process (one process of the deployment at a time: a lease). `nba serve`
-    # turns it off for its workers when the learner runs in its own process, which sweeps instead.
+    # Close due reward windows in this process (one process of the deployment at a time: a lease). Under
+    # `nba serve` with a learner process, the workers defer to that process while it is up (serving.sweeper).
     sweep: bool = True
     # Days the decision log, events and past budget windows are kept (0: for ever). Contacts stay as long as a
     # cap or cooldown counts them; customers' states are not a log and stay.

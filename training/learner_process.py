@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from bandits.registry import PolicyModels
 from features.namespaces import NamespaceFeaturizer
-from nba.catalog_view import CatalogView
 from nba.clock import Clock, SystemClock
 from nba.errors import StoreUnavailable
 from nba.store import Store
+from nba.store.live_catalog import LiveCatalog
 from serving.settings import Settings
 from serving.sweeper import Sweeper
 from training.online import OnlineLearner
@@ -47,20 +47,12 @@ class LearnerProcess:
         self._owns_store = store is None
         clock = clock or SystemClock()
         featurizer = NamespaceFeaturizer()
-        self._catalog = self.store.load_catalog()
-        self.learner = OnlineLearner(self.store, PolicyModels(self.store, featurizer), featurizer, self.catalog,
-                                     clock, snapshot_every=settings.snapshot_seconds, publishes=False)
+        self._catalog = LiveCatalog(self.store)
+        self.learner = OnlineLearner(self.store, PolicyModels(self.store, featurizer), featurizer,
+                                     self._catalog.current, clock, snapshot_every=settings.snapshot_seconds,
+                                     publishes=False)
         self.sweeper = Sweeper(self.store, clock, settings.sweep_seconds) if settings.sweep else None
         self._sweep_every = settings.sweep_seconds
-
-    def catalog(self) -> CatalogView:
-        """The catalog as the store has it (a version read per call; the whole catalog only when it changed)."""
-        try:
-            if self.store.catalog_version() != self._catalog.version:
-                self._catalog = self.store.load_catalog()
-        except StoreUnavailable:  # nobody can change it while the store is down
-            pass
-        return self._catalog
 
     def run(self, stopped: Callable[[float], bool], parent: int | None = None) -> None:
         """Learn and sweep until `stopped(seconds)` (which waits up to that long) says so, or the process that

@@ -12,8 +12,7 @@ from sqlalchemy import ColumnElement, Connection, select, update
 from nba.errors import LeaseLost
 from nba.store import schema as t
 from nba.store.codec import loads
-
-_IN_CHUNK = 500  # seqs per IN list: under the 999 parameters SQLite bound per statement before 3.32
+from nba.store.in_lists import in_chunks
 
 
 @dataclass(frozen=True)
@@ -70,8 +69,8 @@ def unlearned_examples(
     ).scalars()
     wanted = [seq for seq in pending if seq not in learned][:limit]
     examples: list[JoinedExample] = []
-    for start in range(0, len(wanted), _IN_CHUNK):
-        examples += _joined(conn, policy, q.policy_version <= version, q.seq.in_(wanted[start:start + _IN_CHUNK]))
+    for chunk in in_chunks(wanted):
+        examples += _joined(conn, policy, q.policy_version <= version, q.seq.in_(chunk))
     return examples
 
 
@@ -114,10 +113,10 @@ def save_snapshot(
     ).inserted_primary_key
     assert inserted is not None
     snapshot_id = inserted[0]
-    for start in range(0, len(seqs), _IN_CHUNK):
+    for chunk in in_chunks(seqs):
         conn.execute(
             update(t.learn_queue)
-            .where(t.learn_queue.c.seq.in_(seqs[start:start + _IN_CHUNK]), t.learn_queue.c.snapshot_id.is_(None))
+            .where(t.learn_queue.c.seq.in_(chunk), t.learn_queue.c.snapshot_id.is_(None))
             .values(snapshot_id=snapshot_id)
         )
     old = [

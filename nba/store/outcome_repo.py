@@ -6,7 +6,7 @@ the default when the window closes under `sum`); becoming final enqueues one exa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Float, bindparam, select, update
 from nba.catalog import RewardSpec
 from nba.errors import Conflict, DecisionNotFound, InvalidInput
 from nba.store import schema as t
+from nba.store.in_lists import in_chunks
 from nba.store.prepared import Prepared
 
 
@@ -49,7 +50,6 @@ _SLOT_ADD = Prepared(
 _SLOT_FINAL = Prepared(update(t.decision_slots).where(*_SLOT_KEY).values(final=True))
 _REWARD_NEW = Prepared.insert(t.rewards)
 _ENQUEUE = Prepared.insert(t.learn_queue)
-_IN_CHUNK = 500  # ids per IN list: under the 999 parameters SQLite bound per statement before 3.32
 
 
 class _RewardOnly(msgspec.Struct):
@@ -213,7 +213,7 @@ def close_decisions(conn: Connection, decision_ids: Sequence[str], now_ms: int) 
 def _decision_rows(conn: Connection, decision_ids: Sequence[str]) -> dict[str, DecisionRow]:
     found: dict[str, DecisionRow] = {}
     columns = [t.decisions.c[name] for name in DecisionRow._fields]
-    for chunk in _chunks(list(dict.fromkeys(decision_ids))):
+    for chunk in in_chunks(list(dict.fromkeys(decision_ids))):
         for raw in conn.execute(select(*columns).where(t.decisions.c.decision_id.in_(chunk))):
             row = DecisionRow(*raw)
             found[row.decision_id] = row._replace(deferred=bool(row.deferred), policy_version=int(row.policy_version))
@@ -226,7 +226,7 @@ def _finalise_all(conn: Connection, decisions: Sequence[DecisionRow], now_ms: in
     ids = [row.decision_id for row in decisions]
     s = t.decision_slots.c
     open_slots: dict[str, list[tuple[int, float, int]]] = {}
-    for chunk in _chunks(ids):
+    for chunk in in_chunks(ids):
         for decision_id, slot, reward_sum, reward_count in conn.execute(
             select(s.decision_id, s.slot, s.reward_sum, s.reward_count)
             .where(s.decision_id.in_(chunk), s.final.is_(False)).order_by(s.decision_id, s.slot)
@@ -244,15 +244,10 @@ def _finalise_all(conn: Connection, decisions: Sequence[DecisionRow], now_ms: in
                                  "status": "default"})
             examples.append(_example(row, slot, reward, now_ms))
     _REWARD_NEW.execute_many(conn, defaults)
-    for chunk in _chunks(ids):
+    for chunk in in_chunks(ids):
         conn.execute(update(t.decision_slots).where(s.decision_id.in_(chunk), s.final.is_(False)).values(final=True))
         conn.execute(update(t.decisions).where(t.decisions.c.decision_id.in_(chunk)).values(state="final"))
     _ENQUEUE.execute_many(conn, examples)
-
-
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), _IN_CHUNK):
-        yield items[start:start + _IN_CHUNK]
 
 
 def _release(conn: Connection, decision_id: str) -> None:

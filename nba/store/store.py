@@ -53,11 +53,11 @@ class WriteJob(Generic[T]):
     inline: bool = True
 
 
-
 def lease_holder(owner: object) -> str:
     """A lease holder's name: this host, this process and the object holding it (a learner, a sweeper), so that
     two holders never share a name, even within one process."""
     return f"{socket.gethostname()}:{os.getpid()}:{id(owner)}"
+
 
 class Store:
     """Everything the service keeps: catalog, customers, events, decisions, outcomes, models."""
