@@ -155,13 +155,19 @@ class LearnerSupervisor:
             return self._pid
 
     def _wait(self, pid: int) -> str:
+        """Wait for the learner to end; it is forgotten before it is reaped, while its pid is still its own (a
+        zombie's), so `stop` can never signal another process that was given the pid after the reaping."""
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # reaped by someone else
+            pass
+        with self._lock:
+            self._pid = None
         try:
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
         except ChildProcessError:  # reaped by someone else: how it ended is not known
             code = None
-        with self._lock:
-            self._pid = None
         return f"learner process {pid} exited with {code}"
 
     def _watch(self) -> None:
@@ -181,22 +187,24 @@ class LearnerSupervisor:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the learner to stop (it snapshots first), and kill it if it has not within `timeout` s."""
-        with self._lock:
-            self._stop.set()
-            pid = self._pid
-        if pid is None:
+        self._stop.set()
+        if self._thread.ident is None:  # never started
             return
-        _signal(pid, signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.error("learner process %d did not stop within %g s; killed (the queue keeps what it had not "
+            pid = self._signal(signal.SIGKILL)
+            log.error("learner process %s did not stop within %g s; killed (the queue keeps what it had not "
                       "snapshotted)", pid, timeout)
-            _signal(pid, signal.SIGKILL)
             self._thread.join(timeout)
 
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:  # ended meanwhile
-        pass
+    def _signal(self, signum: int) -> int | None:
+        """Signal the learner running now, if any (its pid, or None). Under the lock that `_wait` takes to forget a
+        learner before reaping it: a pid read here is still that learner's, alive or a zombie."""
+        with self._lock:
+            if self._pid is not None:
+                try:
+                    os.kill(self._pid, signum)  # a zombie takes a signal and ignores it
+                except ProcessLookupError:  # reaped by someone else (see _wait)
+                    pass
+            return self._pid

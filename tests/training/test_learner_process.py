@@ -11,6 +11,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from bandits.registry import PolicyModels
 from features.namespaces import NamespaceFeaturizer
 from nba.catalog import Action, Policy, RewardSpec
@@ -128,6 +130,26 @@ sys.exit(0)
     assert not supervisor._thread.is_alive()  # the learner it waited for has been reaped
     assert supervisor.restarts == 0 and supervisor.pid is None
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_the_supervisor_forgets_a_learner_before_reaping_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once reaped, a learner's pid may be given to any new process: the supervisor must not hold it then, or a
+    `stop` at that moment would signal a stranger. While the learner is a zombie the pid is still its own."""
+    supervisor = LearnerSupervisor(_script(tmp_path, "import sys; sys.exit(3)"), os.environ, backoff=(60.0,))
+    held_at_reaping: list[tuple[int, int | None]] = []
+    waitpid = os.waitpid
+
+    def reap(pid: int, options: int) -> tuple[int, int]:
+        held_at_reaping.append((pid, supervisor._pid))
+        return waitpid(pid, options)
+
+    monkeypatch.setattr(os, "waitpid", reap)
+    supervisor.start()
+    _until(lambda: bool(held_at_reaping), "the learner to exit and be reaped")
+    supervisor.stop(timeout=30)
+    assert not supervisor._thread.is_alive()
+    [(pid, held)] = held_at_reaping
+    assert pid > 0 and held is None
 
 
 def test_the_learner_process_closes_reward_windows(store: Store, store_url: str, clock: ManualClock) -> None:
