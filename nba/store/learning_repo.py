@@ -13,6 +13,7 @@ from nba.errors import LeaseLost
 from nba.store import schema as t
 from nba.store.codec import loads
 from nba.store.in_lists import in_chunks
+from nba.store.lease_holders import holder_gone
 
 
 @dataclass(frozen=True)
@@ -171,21 +172,22 @@ LEARNER_LEASE = "online-learner"  # held by the one online learner of a deployme
 
 
 def try_lease(conn: Connection, name: str, holder: str, now_ms: int, ttl_ms: int) -> bool:
-    """Take or renew a named lease; true when `holder` has it until `now + ttl`."""
+    """Take or renew a named lease; true when `holder` has it until `now + ttl`. Another holder's lease is taken
+    once it has run out, or at once when that holder's process is known to have ended (`holder_gone`)."""
     row = conn.execute(select(t.leases.c.holder, t.leases.c.expires_ms).where(t.leases.c.name == name)).first()
     if row is None:
         conn.execute(t.leases.insert().values(name=name, holder=holder, expires_ms=now_ms + ttl_ms))
         return True
-    if row.holder != holder and row.expires_ms > now_ms:
+    if row.holder != holder and row.expires_ms > now_ms and not holder_gone(row.holder):
         return False
     conn.execute(update(t.leases).where(t.leases.c.name == name).values(holder=holder, expires_ms=now_ms + ttl_ms))
     return True
 
 
 def lease_held(conn: Connection, name: str, now_ms: int) -> bool:
-    """Whether anyone holds the named lease at `now_ms`."""
-    expires = conn.execute(select(t.leases.c.expires_ms).where(t.leases.c.name == name)).scalar()
-    return expires is not None and int(expires) > now_ms
+    """Whether anyone holds the named lease at `now_ms` (a holder whose process has ended does not)."""
+    row = conn.execute(select(t.leases.c.holder, t.leases.c.expires_ms).where(t.leases.c.name == name)).first()
+    return row is not None and int(row.expires_ms) > now_ms and not holder_gone(row.holder)
 
 
 def holds_lease(conn: Connection, name: str, holder: str, now_ms: int) -> bool:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -51,12 +49,6 @@ class WriteJob(Generic[T]):
     fn: Callable[[Connection], T]
     keys: Sequence[str]
     inline: bool = True
-
-
-def lease_holder(owner: object) -> str:
-    """A lease holder's name: this host, this process and the object holding it (a learner, a sweeper), so that
-    two holders never share a name, even within one process."""
-    return f"{socket.gethostname()}:{os.getpid()}:{id(owner)}"
 
 
 class Store:
