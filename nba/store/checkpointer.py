@@ -15,7 +15,9 @@ engine.py). Instead:
   starts the log from the beginning and SQLite truncates the file back to the limit (`journal_size_limit`,
   set on the writer's connections).
 - should this thread fall behind or stop, the writer finishes a checkpoint itself once the log reaches
-  `HARD_FACTOR` times the limit, so the file stays bounded whatever happens.
+  `HARD_FACTOR` times the limit, so the file stays bounded whatever happens. There it waits for a pass this
+  thread is in (which then stops its catch-up): when it gave up after 20 ms instead, a thread slowed by a
+  loaded machine kept it from ever checkpointing, and in one test run the log reached 3.3 times the limit.
 
 Measured (bench, 1,000 decisions/s, 1 worker on 2 cores): with the writer copying the whole 8 MiB log itself,
 each group commit after a restart waited 13-19 ms, five times a second. With that fixed, slow requests still
@@ -31,6 +33,7 @@ import os
 import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -46,7 +49,9 @@ FEW_FRAMES = 256  # a pass copying fewer new frames has caught up (1 MiB of 4 Ki
 # about 50 MB/s at the busiest, so a look every 5 ms lets it pass the limit by a quarter of a megabyte at most.
 SIZE_CHECK_SECONDS = 0.005
 MAX_PASSES = 20  # catch-up passes before signalling the writer anyway
-HARD_RETRIES = 20  # the writer's attempts at the hard limit while another checkpoint runs (1 ms apart)
+# How long the writer at the hard limit keeps trying while another process's checkpoint runs (this process's own
+# thread makes way for it: see `between_batches`).
+HARD_WAIT_SECONDS = 2.0
 
 
 class WalCheckpointer:
@@ -63,6 +68,8 @@ class WalCheckpointer:
         self._stop = threading.Event()
         self._wake = threading.Event()  # the writer saw the log past the limit: catch up now
         self._caught_up = threading.Event()  # little is left to copy: the writer may finish the checkpoint
+        self._pass = threading.Lock()  # held through each checkpoint pass of this process (thread or writer)
+        self._writer_waits = threading.Event()  # the writer at the hard limit waits for the pass lock
         self.writer_checkpoints = 0  # final passes the writer ran (on a signal or at the hard limit)
         self._thread_copied = 0  # frames checkpointed as of this thread's last pass on the current log
         self.last_writer_pass: tuple[int, int] | None = None  # (frames in the log, frames the writer copied)
@@ -75,9 +82,10 @@ class WalCheckpointer:
         connection's checkpoint was running."""
         raw = self._engine.raw_connection()
         try:
-            cursor = raw.cursor()
-            row = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            cursor.close()
+            with self._pass:
+                cursor = raw.cursor()
+                row = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                cursor.close()
             busy, logged, copied = int(row[0]), int(row[1]), int(row[2])
             if copied >= 0:
                 self._thread_copied = copied
@@ -100,6 +108,8 @@ class WalCheckpointer:
         copied = -1
         passes = 0
         while passes < MAX_PASSES and not self._stop.is_set():
+            if self._writer_waits.is_set():
+                return passes  # the writer finishes it now
             _, logged, now_copied = self.checkpoint()
             passes += 1
             if now_copied < 0:  # another process's checkpoint is running: try again shortly
@@ -144,22 +154,45 @@ class WalCheckpointer:
                 return
             raw = conn.connection.dbapi_connection  # autocommit: a checkpoint runs outside any transaction
             assert raw is not None
-            # Busy (-1) while another connection's checkpoint runs: at the hard limit wait a little for it,
-            # otherwise try again after the next batch.
-            attempts = HARD_RETRIES if size >= HARD_FACTOR * self._limit else 1
-            for attempt in range(attempts):
-                _, logged, copied = raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if copied >= 0:
-                    break
-                if attempt + 1 < attempts:
-                    time.sleep(0.001)
+            hard = size >= HARD_FACTOR * self._limit
+            logged, copied = self._writer_pass(raw, hard)
         if copied < 0:
+            if hard:
+                log.warning("WAL at %d bytes, %d times its limit: another process's checkpoint kept the writer "
+                            "from finishing one for %g s", size, HARD_FACTOR, HARD_WAIT_SECONDS)
             return
         self._caught_up.clear()
         behind = self._thread_copied if 0 <= self._thread_copied <= copied else 0
         self.last_writer_pass = (int(logged), int(copied) - behind)
         self._thread_copied = 0  # the log starts over with the next transaction
         self.writer_checkpoints += 1
+
+    def _writer_pass(self, raw: Any, hard: bool) -> tuple[int, int]:
+        """The writer's checkpoint: (frames in the log, frames checkpointed), -1 if another checkpoint ran.
+
+        Below the hard limit, one try, and none while this process's thread is in a pass: the writer tries
+        again after the next batch. At the hard limit the file must not grow on, so the writer waits: this
+        thread ends its catch-up and makes way after the pass it is in (however long a starved core makes that
+        pass), and another process's checkpoint is waited for up to `HARD_WAIT_SECONDS`."""
+        if not hard:
+            if not self._pass.acquire(blocking=False):
+                return -1, -1
+            try:
+                row = raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                self._pass.release()
+            return int(row[1]), int(row[2])
+        self._writer_waits.set()
+        deadline = time.monotonic() + HARD_WAIT_SECONDS
+        try:
+            with self._pass:
+                while True:
+                    row = raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if int(row[2]) >= 0 or time.monotonic() >= deadline:
+                        return int(row[1]), int(row[2])
+                    time.sleep(0.001)
+        finally:
+            self._writer_waits.clear()
 
     def _run(self) -> None:
         while not self._stop.is_set():

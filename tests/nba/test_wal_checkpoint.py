@@ -91,6 +91,31 @@ def test_the_writer_bounds_the_log_by_itself_when_the_checkpointer_thread_is_gon
         store.close()
 
 
+def test_the_writer_waits_out_a_slow_pass_of_the_thread_at_the_hard_limit(sqlite_url: str) -> None:
+    """On a loaded machine a pass of the thread can take longer than any fixed wait of the writer's; at the hard
+    limit the writer waits for it (and the thread makes way), or the log would grow for as long as passes are
+    slow. Here every pass of the thread lasts until the writer is waiting for it."""
+    store = Store(sqlite_url, checkpoint_seconds=3600, wal_limit_bytes=LIMIT)
+    wal = _wal(sqlite_url)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    real_pass = checkpointer.checkpoint
+
+    def slow_pass() -> tuple[int, int, int]:
+        with checkpointer._pass:
+            checkpointer._writer_waits.wait(timeout=5)
+        return real_pass()
+
+    checkpointer.checkpoint = slow_pass  # type: ignore[method-assign]
+    try:
+        sizes = _write_rows(store, "slow", 8 * LIMIT // ROW, wal)
+        assert max(sizes) <= HARD_FACTOR * LIMIT + 2 * ROW, sizes
+        assert checkpointer.writer_checkpoints >= 2
+        assert _count(store, "slow") == 8 * LIMIT // ROW
+    finally:
+        store.close()
+
+
 def test_a_signal_for_a_log_that_started_over_is_dropped(sqlite_url: str) -> None:
     """A catch-up that ran while the log was short (it had just started over) must not leave the thread idle."""
     store = Store(sqlite_url, checkpoint_seconds=3600, wal_limit_bytes=LIMIT)
