@@ -105,11 +105,18 @@ def learn_main(parent: int | None) -> int:
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # threads started from now on inherit the mask
 
-    def stopped(seconds: float) -> bool:
-        return signal.sigtimedwait(STOP_SIGNALS, seconds) is not None
-
-    LearnerProcess(settings).run(stopped, parent)
+    LearnerProcess(settings).run(asked_to_stop, parent)
     return 0
+
+
+def asked_to_stop(seconds: float) -> bool:
+    """Wait up to `seconds` for SIGTERM or SIGINT (blocked); true if one came.
+
+    Only a siginfo naming one of them counts: CPython's `sigtimedwait`, interrupted (EINTR) once its timeout has
+    passed, returns a siginfo it never filled in. A SIGSTOP and SIGCONT, or a profiler attaching, did that, and
+    the learner took the garbage for a stop request and exited (2 times in 3)."""
+    info = signal.sigtimedwait(STOP_SIGNALS, seconds)
+    return info is not None and info.si_signo in STOP_SIGNALS
 
 
 class LearnerSupervisor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -21,7 +23,7 @@ from nba.decide import DecideRequest, DecisionEngine
 from nba.store import Store
 from serving.settings import Settings
 from serving.sweeper import Sweeper
-from training.learner_process import LearnerProcess, LearnerSupervisor
+from training.learner_process import STOP_SIGNALS, LearnerProcess, LearnerSupervisor, asked_to_stop
 from training.online import LEASE, LEASE_TTL
 from training.simulator import SegmentSimulator
 
@@ -176,3 +178,36 @@ def test_the_learner_process_closes_reward_windows(store: Store, store_url: str,
         runner.join(timeout=60)
     assert Sweeper(store, clock, every=1.0).run_once() == 0  # the lease was released: taken at once
     assert LearnerProcess(Settings(database_url=store_url, sweep=False), store=store).sweeper is None
+
+
+@pytest.mark.parametrize(("waited", "stop"), [
+    (None, False),  # the timeout passed
+    (signal.struct_siginfo((signal.SIGTERM, 0, 0, 1, 0, 0, 0)), True),
+    (signal.struct_siginfo((signal.SIGINT, 0, 0, 1, 0, 0, 0)), True),
+    # What CPython returned after an EINTR past the timeout (a SIGSTOP and SIGCONT): never filled in.
+    (signal.struct_siginfo((437918234, 32767, 0, 0, 0, 0, 0)), False),
+])
+def test_only_a_stop_signal_stops_the_learner(
+    monkeypatch: pytest.MonkeyPatch, waited: signal.struct_siginfo | None, stop: bool
+) -> None:
+    monkeypatch.setattr(signal, "sigtimedwait", lambda signals, timeout: waited)
+    assert asked_to_stop(0.01) is stop
+
+
+def test_a_sigterm_is_waited_for_and_seen(tmp_path: Path) -> None:
+    """The real wait, in a process of its own with the stop signals blocked (as `nba learn` runs)."""
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import signal, sys
+from training.learner_process import asked_to_stop
+signal.pthread_sigmask(signal.SIG_BLOCK, {sorted(int(s) for s in STOP_SIGNALS)})
+print("ready", flush=True)
+waits = 1
+while not asked_to_stop(0.05):
+    waits += 1
+print("stopped", waits, flush=True)
+"""], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 0  # blocked and waited for: SIGTERM did not kill it
+    assert child.stdout.read().split()[0] == "stopped"
