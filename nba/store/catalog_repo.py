@@ -74,7 +74,13 @@ def event_types_version_in_transaction(conn: Connection) -> int:
 
 
 def load_view(conn: Connection) -> CatalogView:
+    """The catalog, labelled with versions read before its contents: its reads need not share one snapshot (read
+    committed on PostgreSQL, autocommit reads on SQLite), and a change committed between them leaves contents
+    newer than their label, which the checks at commit refuse and send round again (a stale label). Read after
+    the contents, a version could label contents older than itself: an event-type change committed between the
+    two reads let another host commit an event the new types refuse (about 1 in 100 tries)."""
     version = catalog_version(conn)
+    types_version = event_types_version(conn)
     actions = {
         row.action_id: Action.model_validate(loads(row.spec))
         for row in conn.execute(select(t.actions.c.action_id, t.actions.c.spec))
@@ -87,7 +93,7 @@ def load_view(conn: Connection) -> CatalogView:
         row.name: EventType.model_validate(loads(row.spec))
         for row in conn.execute(select(t.event_types.c.name, t.event_types.c.spec))
     }
-    return CatalogView.build(version, actions, policies, event_types, event_types_version(conn))
+    return CatalogView.build(version, actions, policies, event_types, types_version)
 
 
 def put_action(conn: Connection, action_id: str, action: Action, now_ms: int) -> bool:

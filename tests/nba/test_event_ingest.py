@@ -5,7 +5,13 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from sqlalchemy import event as sqlalchemy_event
+
+from features.events import validate_event
 from features.state import apply_event
+from nba.catalog import EventType
+from nba.errors import CatalogChanged, InvalidInput
 from nba.store import Store
 from nba.store import schema as t
 from nba.store.customer_repo import IN_CHUNK
@@ -75,3 +81,48 @@ def test_a_batch_of_repeats_only_changes_nothing(store: Store) -> None:
     outcomes = store.ingest_events(list(reversed(batch)), apply_event, START + timedelta(hours=1))
     assert all(o.duplicate for o in outcomes)
     assert {cid: store.load_customer(cid) for cid in before} == before
+
+
+def test_a_catalog_read_straddling_another_hosts_change_never_lets_through_what_the_change_refuses(
+    store_url: str,
+) -> None:
+    """Host B tightens an event type while host A reads the catalog: B's change commits before each of A's
+    statements in turn. Whatever A's view then holds, an event it accepts but the new type refuses must not
+    commit (`CatalogChanged`: validated again). The view's reads do not share one snapshot."""
+    host_a, host_b = Store(store_url), Store(store_url)
+    now = datetime(2026, 11, 24, tzinfo=UTC)
+    loose = EventType.model_validate({"properties": {"k": "number"}, "required": ["k"]})
+    tight = EventType.model_validate({"properties": {"k": "number", "z": "string"}, "required": ["k", "z"]})
+    statements, inject_at, name = 0, 0, ""
+    injected = refused_at_once = refused_at_commit = 0
+
+    def before_statement(*_: object) -> None:
+        nonlocal statements, injected
+        statements += 1
+        if statements == inject_at:
+            host_b.put_event_type(name, tight, now)
+            injected += 1
+
+    sqlalchemy_event.listen(host_a._reader, "before_cursor_execute", before_statement)
+    try:
+        for position in range(1, 8):
+            name = f"order{position}"
+            host_b.put_event_type(name, loose, now)
+            statements, inject_at, before = 0, position, injected
+            view = host_a.load_catalog()
+            if injected == before:  # past A's last statement: nothing straddled
+                continue
+            try:
+                validate_event(name, {"k": 1}, view.event_types)
+            except InvalidInput:
+                refused_at_once += 1
+                continue
+            with pytest.raises(CatalogChanged):
+                host_a.run(host_a.events_write([Event(f"ev-{position}", "c1", name, now, {"k": 1})], apply_event,
+                                               now, event_types_version=view.event_types_version))
+            refused_at_commit += 1
+    finally:
+        sqlalchemy_event.remove(host_a._reader, "before_cursor_execute", before_statement)
+        host_a.close()
+        host_b.close()
+    assert injected >= 3 and refused_at_once >= 1, (injected, refused_at_once, refused_at_commit)
