@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from sqlalchemy import Connection, text
 from features.state import apply_event
 from nba.store import Store
 from nba.store.batcher import MAX_BATCH_KEYS, WriteBatcher, _Job
+from nba.store.engine import lock_id
 from nba.types import Event, EventOutcome
 
 pytestmark = pytest.mark.postgres
@@ -76,3 +77,37 @@ def test_large_event_batches_queued_together_are_all_stored(postgres_url: str) -
         assert store.load_customer("c-15-999") is not None and store.load_customer("c-0-0") is not None
     finally:
         store.close()
+
+
+def test_a_lease_is_renewed_while_a_batch_waits_for_another_hosts_lock(postgres_url: str) -> None:
+    """A host frozen mid-transaction holds a customer's lock; this host's next batch needing it waits (up to the
+    writer's lock timeout). Lease renewals must not wait behind that batch: the lease would run out meanwhile."""
+    store = Store(postgres_url)
+    frozen_host = store._writer_engine.connect()
+    try:
+        frozen = frozen_host.begin()
+        frozen_host.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id("customer:c1")})
+        blocked: Future[None] = Future()
+        batch = threading.Thread(target=lambda: blocked.set_result(store.write(lambda c: None, ["customer:c1"])))
+        batch.start()
+        with store._reader.connect() as conn:
+            _until(lambda: conn.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).scalar_one() == 1)
+        assert store.try_lease("online-learner", "me", NOW, timedelta(seconds=10))
+        assert store.lease_held("online-learner", NOW)
+        store.release_lease("online-learner", "me")
+        assert not blocked.done()  # the batch still waits for the frozen host's lock
+        frozen.rollback()
+        batch.join(timeout=60)
+        assert blocked.result(timeout=0) is None
+    finally:
+        frozen_host.close()
+        store.close()
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("condition not met in 30 s")
