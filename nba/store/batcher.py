@@ -53,7 +53,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from nba.errors import Conflict, InvalidInput, NBAError, StoreUnavailable
-from nba.store.engine import lock_keys
+from nba.store.engine import KeyBusy, key_ids, lock_keys
 from nba.store.prepared import TRANSACTION_CACHE, Prepared
 from nba.store.write_lock import ProcessWriteLock
 
@@ -78,6 +78,11 @@ IN_DOUBT_WAIT_MS = 5_000
 # (max_locks_per_transaction x max_connections: 6,400 by default); sixteen 1,000-event requests in one group
 # commit needed 32,000, and every write of the group failed ("out of shared memory").
 MAX_BATCH_KEYS = 2_048
+# PostgreSQL: how long the group commit's lane waits for a lock key another session holds before it moves the writes
+# that need it to the patient lane (which waits up to the writer's lock timeout, 10 s). Locks are normally held for
+# the few milliseconds of another host's transaction; a host frozen mid-transaction holds them until it resumes or
+# its session ends, and every write queued behind the one waiting would wait as long.
+LOCK_PATIENCE_MS = 200
 
 
 @dataclass
@@ -181,9 +186,10 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 class _Lane:
     """A connection group commits run on, kept between batches (no pool checkout and reset per batch)."""
 
-    def __init__(self, engine: Engine, inline: bool) -> None:
+    def __init__(self, engine: Engine, inline: bool, patience_ms: int | None = None) -> None:
         self.engine = engine
         self.inline = inline
+        self.patience_ms = patience_ms  # how long it waits for a lock key held elsewhere (None: the lock timeout)
         self.conn: Connection | None = None
         self.key = secrets.randbits(31)  # of its advisory lock (PostgreSQL); two lanes sharing one only wait more
 
@@ -222,7 +228,11 @@ class WriteBatcher:
         database take turns (see write_lock.py). With it and an `inline_engine` (SQLite; its busy timeout
         should be short), event loops commit their writes inline on a connection of that engine.
         """
-        self._lane = _Lane(engine, inline=False)
+        postgres = engine.dialect.name == "postgresql"
+        self._lane = _Lane(engine, inline=False, patience_ms=LOCK_PATIENCE_MS if postgres else None)
+        # PostgreSQL: writes whose lock key another session held past the lane's patience, run one at a time.
+        self._patient = _Lane(engine, inline=False) if postgres else None
+        self._patient_queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._process_lock: AbstractContextManager[object] = (
             process_lock if process_lock is not None else nullcontext()
         )
@@ -247,6 +257,9 @@ class WriteBatcher:
         self.failing_since: float | None = None  # monotonic time of the first failed commit since the last good one
         self.last_error = ""
         self._thread.start()
+        self._patient_thread = threading.Thread(target=self._run_patient, name="nba-writer-patient", daemon=True)
+        if self._patient is not None:
+            self._patient_thread.start()
         if self._inline_lock is not None:
             threading.Thread(target=self._wait_for_lock, args=(self._inline_lock,), name="nba-inline-lock",
                              daemon=True).start()
@@ -423,6 +436,10 @@ class WriteBatcher:
         self._thread.join(timeout=30)
         if not self._thread.is_alive():
             self._lane.close()
+        if self._patient is not None:
+            self._patient_thread.join(timeout=30)
+            if not self._patient_thread.is_alive():
+                self._patient.close()
         if self._inline is not None and self._inline_lock is not None and self._inline_lock.try_acquire():
             try:  # not while a loop of another thread is committing on it
                 self._inline.close()
@@ -450,6 +467,21 @@ class WriteBatcher:
                     leftover.append(job)
             if leftover:
                 self._deliver(leftover, [(False, StoreUnavailable("the store is shutting down"))] * len(leftover))
+            self._patient_queue.put(None)  # after every write this thread could have moved there
+
+    def _run_patient(self) -> None:
+        """The patient lane's thread: each write alone, waiting for its locks up to the lock timeout."""
+        assert self._patient is not None
+        while True:
+            job = self._patient_queue.get()
+            if job is None:
+                return
+            try:
+                self._commit([job], self._patient)
+            except Exception as exc:  # a bug or a driver error outside SQLAlchemy: fail the write, keep going
+                log.exception("patient commit failed unexpectedly")
+                self._patient.drop()
+                self._fail([job], exc)
 
     def _loop(self) -> None:
         stopping = False  # the stop was read: what was queued before it is committed, then the thread ends
@@ -488,14 +520,21 @@ class WriteBatcher:
                 self._between_requested = False
 
     def _commit(self, batch: list[_Job], lane: _Lane) -> None:
-        try:
+        while True:
             try:
-                outcomes = self._attempt(batch, lane)
-            except _JobFailed:
-                outcomes = self._transaction(batch, lane, savepoints=True)
-        except (SQLAlchemyError, StoreUnavailable) as exc:  # the database failed, or its write lock timed out
-            self._fail(batch, exc)
-            return
+                try:
+                    outcomes = self._attempt(batch, lane)
+                except _JobFailed:
+                    outcomes = self._transaction(batch, lane, savepoints=True)
+            except KeyBusy as busy:  # rolled back: the writes needing that key wait apart, the rest run again
+                batch = self._set_apart(batch, busy.key_id)
+                if not batch:
+                    return
+                continue
+            except (SQLAlchemyError, StoreUnavailable) as exc:  # the database failed, or its write lock timed out
+                self._fail(batch, exc)
+                return
+            break
         self.failing_since = None
         self._deliver(batch, outcomes)
         if lane.inline:
@@ -505,6 +544,14 @@ class WriteBatcher:
                 self._between_batches(lane.conn)
             except Exception as exc:  # e.g. a checkpoint on a full disk: the writes themselves went through
                 log.warning("work between group commits failed: %s", exc)
+
+    def _set_apart(self, batch: list[_Job], key_id: int) -> list[_Job]:
+        """Move the writes that need a busy lock key to the patient lane; return the others."""
+        waiting = [job for job in batch if key_id in key_ids(job.keys)]
+        log.warning("%d writes wait apart for a lock held elsewhere for over %d ms", len(waiting), LOCK_PATIENCE_MS)
+        for job in waiting:
+            self._patient_queue.put(job)
+        return [job for job in batch if key_id not in key_ids(job.keys)]
 
     def _attempt(self, batch: list[_Job], lane: _Lane) -> list[tuple[bool, Any]]:
         """The savepoint-free pass; once more on a new connection if a kept one turned out to be dead.
@@ -569,7 +616,7 @@ class WriteBatcher:
                 with transaction:  # rolls back if a job or a statement fails: COMMIT is never sent
                     conn.info[TRANSACTION_CACHE] = {}
                     try:
-                        lock_keys(conn, [k for job in batch for k in job.keys])
+                        lock_keys(conn, [k for job in batch for k in job.keys], lane.patience_ms)
                         self._run_jobs(conn, batch, savepoints, outcomes)
                     finally:
                         conn.info.pop(TRANSACTION_CACHE, None)

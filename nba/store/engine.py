@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from nba.store.checkpointer import WAL_LIMIT_BYTES
 from nba.store.prepared import driver_sql
@@ -88,17 +90,57 @@ def lock_id(key: str) -> int:
 SHARED = "shared:"
 
 
-def lock_keys(conn: Connection, keys: list[str]) -> None:
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock wait that ran out of time
+
+
+class KeyBusy(Exception):
+    """A lock key stayed held by another session for longer than the caller would wait (`lock_keys`)."""
+
+    def __init__(self, key_id: int) -> None:
+        super().__init__(f"advisory lock {key_id} is held elsewhere")
+        self.key_id = key_id
+
+
+def key_ids(keys: Sequence[str]) -> set[int]:
+    """The advisory lock ids of write keys, whatever their mode."""
+    return {lock_id(k.removeprefix(SHARED)) for k in keys}
+
+
+def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None) -> None:
     """Take transaction-scoped advisory locks (PostgreSQL) in a fixed order, so batches never deadlock.
 
     A key written `shared:<key>` takes the lock in shared mode (readers of something that `<key>` writers
     change); a batch that needs both modes of one key takes it exclusively. On SQLite the write transaction
     already excludes every other writer, so this does nothing.
+
+    With `patience_ms`, a key another session holds is waited for that long at most, then `KeyBusy` (the
+    transaction is aborted): the group commit's lane moves the writes that need it to a lane of their own, so
+    that a host frozen mid-transaction holds up only those. A key that is free costs one statement, as before.
     """
     if conn.dialect.name != "postgresql":
         return
     exclusive = {lock_id(k) for k in keys if not k.startswith(SHARED)}
     shared = {lock_id(k[len(SHARED):]) for k in keys if k.startswith(SHARED)} - exclusive
     for key_id in sorted(exclusive | shared):
-        lock = func.pg_advisory_xact_lock_shared if key_id in shared else func.pg_advisory_xact_lock
+        if patience_ms is None:
+            lock = func.pg_advisory_xact_lock_shared if key_id in shared else func.pg_advisory_xact_lock
+            conn.execute(select(lock(key_id)))
+            continue
+        try_lock = func.pg_try_advisory_xact_lock_shared if key_id in shared else func.pg_try_advisory_xact_lock
+        if not conn.execute(select(try_lock(key_id))).scalar():
+            _wait_briefly(conn, key_id, key_id in shared, patience_ms)
+
+
+def _wait_briefly(conn: Connection, key_id: int, shared: bool, patience_ms: int) -> None:
+    """Wait up to `patience_ms` for a key held elsewhere (then `KeyBusy`); the session's lock timeout stands for
+    the rest of the transaction."""
+    lock = func.pg_advisory_xact_lock_shared if shared else func.pg_advisory_xact_lock
+    usual = conn.execute(select(func.current_setting("lock_timeout"),
+                                func.set_config("lock_timeout", f"{patience_ms}ms", True))).scalar_one()
+    try:
         conn.execute(select(lock(key_id)))
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            raise KeyBusy(key_id) from exc
+        raise
+    conn.execute(select(func.set_config("lock_timeout", usual, True)))

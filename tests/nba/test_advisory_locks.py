@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select, text
 
 from features.state import apply_event
 from nba.store import Store
+from nba.store import schema as t
 from nba.store.batcher import MAX_BATCH_KEYS, WriteBatcher, _Job
 from nba.store.engine import lock_id
 from nba.types import Event, EventOutcome
@@ -111,3 +112,67 @@ def _until(condition: Callable[[], bool]) -> None:
             return
         threading.Event().wait(0.01)
     raise AssertionError("condition not met in 30 s")
+
+
+def _waiting_for_locks(store: Store) -> int:
+    with store._reader.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).scalar_one())
+
+
+def _put(key: str) -> Callable[[Connection], str]:
+    return lambda conn: conn.execute(t.meta_kv.insert().values(key=key, value="x")) and key
+
+
+def _stored(store: Store, keys: list[str]) -> list[str]:
+    return sorted(store.read(lambda c: [r[0] for r in c.execute(select(t.meta_kv.c.key).where(
+        t.meta_kv.c.key.in_(keys)))]))
+
+
+def test_a_write_waiting_for_a_frozen_hosts_lock_holds_up_no_other_write(postgres_url: str) -> None:
+    """Another host froze mid-transaction holding customer c1's lock. A write for c1 waits for it (up to the lock
+    timeout) apart from the group commit, and the writes after it, for other customers, commit meanwhile."""
+    store = Store(postgres_url)
+    frozen_host = store._writer_engine.connect()
+    try:
+        frozen = frozen_host.begin()
+        frozen_host.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id("customer:c1")})
+        blocked: Future[str] = Future()
+        waiter = threading.Thread(target=lambda: blocked.set_result(store.write(_put("w-c1"), ["customer:c1"])))
+        waiter.start()
+        _until(lambda: _waiting_for_locks(store) == 1)
+        assert store.write(_put("w-c2"), ["customer:c2"]) == "w-c2"
+        assert store.write(_put("w-c3"), ["customer:c3", "shared:catalog"]) == "w-c3"
+        assert not blocked.done() and _stored(store, ["w-c1"]) == []
+        frozen.rollback()  # the frozen host's session ends
+        waiter.join(timeout=60)
+        assert blocked.result(timeout=0) == "w-c1"
+        assert _stored(store, ["w-c1", "w-c2", "w-c3"]) == ["w-c1", "w-c2", "w-c3"]
+    finally:
+        frozen_host.close()
+        store.close()
+
+
+def test_a_batch_sets_apart_only_the_writes_that_need_a_busy_key(postgres_url: str) -> None:
+    """In one group transaction: the writes needing the held key are rolled back and wait apart; the others
+    commit together, once each."""
+    store = Store(postgres_url)
+    frozen_host = store._writer_engine.connect()
+    try:
+        frozen = frozen_host.begin()
+        frozen_host.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id("customer:c1")})
+        answers = {key: Future[Any]() for key in ("b-c1", "b-c2", "b-c1-c4", "b-c3")}
+        keys = {"b-c1": ["customer:c1"], "b-c2": ["customer:c2"], "b-c1-c4": ["customer:c4", "customer:c1"],
+                "b-c3": ["customer:c3"]}
+        jobs = [_Job(_put(key), keys[key], future=answers[key]) for key in answers]
+        _queued_together(store._batcher, jobs)
+        assert answers["b-c2"].result(timeout=60) == "b-c2" and answers["b-c3"].result(timeout=60) == "b-c3"
+        assert not answers["b-c1"].done() and not answers["b-c1-c4"].done()
+        assert _stored(store, list(answers)) == ["b-c2", "b-c3"]
+        frozen.rollback()
+        assert answers["b-c1"].result(timeout=60) == "b-c1"
+        assert answers["b-c1-c4"].result(timeout=60) == "b-c1-c4"
+        assert _stored(store, list(answers)) == sorted(answers)
+    finally:
+        frozen_host.close()
+        store.close()
