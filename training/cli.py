@@ -4,15 +4,20 @@ join in later issues."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from serving.settings import Settings
 
 if TYPE_CHECKING:
     from training.learner_process import LearnerSupervisor
+
+log = logging.getLogger("nba.serve")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -31,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
           flush=True)
     supervisor = _learner_beside_workers(settings)
     try:
-        Granian(
+        return serve_until_stopped(lambda: Granian(
             "training.service:app_from_env",
             factory=True,
             address=host,
@@ -40,11 +45,43 @@ def _serve(args: argparse.Namespace) -> int:
             workers=workers,
             log_access=False,
             respawn_failed_workers=True,
-        ).serve()
+        ))
     finally:
         if supervisor is not None:
             supervisor.stop()
-    return 0
+
+
+# Waits before starting granian again after it gave up on a crashing worker: longer for each time it gave up
+# within the longest wait of its start.
+SERVER_RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def serve_until_stopped(make_server: Callable[[], Any], backoff: Sequence[float] = SERVER_RESTART_BACKOFF) -> int:
+    """Run the server until a signal stops it, starting it again when it gives up by itself.
+
+    granian respawns a worker that dies, but exits, stopping the healthy workers too, when the same worker dies
+    again within 5.5 s of its respawn (a fixed "crash loop" rule): two OOM kills in a row took the whole service
+    down for good in a chaos run. It is started again after a backoff instead, for as long as workers are what
+    failed; a server that stopped for any other reason (a signal, a port it cannot bind) ends `nba serve`.
+    """
+    failures = 0
+    while True:
+        server = make_server()
+        started = time.monotonic()
+        try:
+            server.serve()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        if server.interrupt_signal or not server.interrupt_children:
+            return code
+        failures = failures + 1 if time.monotonic() - started < backoff[-1] else 1
+        delay = backoff[min(failures, len(backoff)) - 1]
+        log.error("the server stopped after worker %s kept dying; starting it again in %g s",
+                  ", ".join(str(i + 1) for i in server.interrupt_children), delay)
+        # The stopped server's signal handlers are still installed: a SIGTERM or SIGINT now sets its event.
+        if server.main_loop_interrupt.wait(delay) and server.interrupt_signal:
+            return 0
 
 
 def _learner_beside_workers(settings: Settings) -> LearnerSupervisor | None:

@@ -1,0 +1,60 @@
+"""A worker that dies again right after granian respawned it makes granian give up and stop every worker:
+`nba serve` starts it again, and the service answers again, with its learner still running."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import CHANNEL
+from tests.e2e.test_learner_process import _learners, _until
+
+pytestmark = pytest.mark.e2e
+CATALOG = {
+    "actions": {"a": {"channels": ["web"]}, "b": {"channels": ["web"]}},
+    "policies": {"p": {"channels": ["web"], "reward": {"window": "1h", "aggregation": "first"}}},
+}
+
+
+def _workers(server_pid: int) -> list[int]:
+    """The granian workers (forked children of the server's main process running `training.cli serve`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == server_pid and fields[0] != "Z" and b"training.cli\0serve" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.post(f"{url}/v1/decide", headers=CHANNEL, timeout=5,
+                          json={"customer_id": "c-1", "channel": "web"}).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_the_server_starts_again_when_a_worker_keeps_dying(start_server: Any, tmp_path: Path) -> None:
+    server = start_server(CATALOG)
+    assert server.proc is not None
+    [learner] = _until(lambda: _learners(server.proc.pid), "the learner process")
+    [first] = _until(lambda: _workers(server.proc.pid), "the worker")
+    os.kill(first, signal.SIGKILL)
+    [respawned] = _until(lambda: [p for p in _workers(server.proc.pid) if p != first], "the respawned worker")
+    os.kill(respawned, signal.SIGKILL)  # within granian's 5.5 s of the respawn: it gives up
+    _until(lambda: "starting it again" in server.log_path.read_text(), "nba serve to start the server again")
+    _until(lambda: [p for p in _workers(server.proc.pid) if p not in (first, respawned)], "a new worker")
+    _until(lambda: _answers(server.url), "the service to answer again")
+    assert server.proc.poll() is None
+    assert _learners(server.proc.pid) == [learner]  # the learner went on throughout
