@@ -53,7 +53,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from nba.errors import Conflict, InvalidInput, NBAError, StoreUnavailable
-from nba.store.engine import KeyBusy, key_ids, lock_keys
+from nba.store.engine import WRITER_LOCK_TIMEOUT_MS, KeysBusy, key_ids, lock_keys
 from nba.store.prepared import TRANSACTION_CACHE, Prepared
 from nba.store.write_lock import ProcessWriteLock
 
@@ -83,6 +83,7 @@ MAX_BATCH_KEYS = 2_048
 # the few milliseconds of another host's transaction; a host frozen mid-transaction holds them until it resumes or
 # its session ends, and every write queued behind the one waiting would wait as long.
 LOCK_PATIENCE_MS = 200
+LOCK_HELD = "a lock this write needs has been held by another session for longer than the lock timeout"
 
 
 @dataclass
@@ -230,9 +231,13 @@ class WriteBatcher:
         """
         postgres = engine.dialect.name == "postgresql"
         self._lane = _Lane(engine, inline=False, patience_ms=LOCK_PATIENCE_MS if postgres else None)
-        # PostgreSQL: writes whose lock key another session held past the lane's patience, run one at a time.
+        # PostgreSQL: writes whose lock key another session held past the lane's patience, run one at a time, each
+        # by the deadline it was set apart with (the lock timeout from then), with the keys waited for (counted per
+        # write, so that later writes needing one of them join the queue at once instead of waiting again).
         self._patient = _Lane(engine, inline=False) if postgres else None
-        self._patient_queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._patient_queue: queue.SimpleQueue[tuple[_Job, frozenset[int], float] | None] = queue.SimpleQueue()
+        self._busy: dict[int, int] = {}  # key id -> writes in the patient queue waiting for it
+        self._busy_lock = threading.Lock()
         self._process_lock: AbstractContextManager[object] = (
             process_lock if process_lock is not None else nullcontext()
         )
@@ -448,7 +453,7 @@ class WriteBatcher:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and (self._patient is None or self._patient_thread.is_alive())
 
     def _run(self) -> None:
         try:
@@ -470,18 +475,32 @@ class WriteBatcher:
             self._patient_queue.put(None)  # after every write this thread could have moved there
 
     def _run_patient(self) -> None:
-        """The patient lane's thread: each write alone, waiting for its locks up to the lock timeout."""
+        """The patient lane's thread: each write alone, waiting for its locks until its deadline (the lock timeout
+        from when it was set apart), so that every write set apart is answered within about that time, however
+        many wait before it."""
         assert self._patient is not None
         while True:
-            job = self._patient_queue.get()
-            if job is None:
+            item = self._patient_queue.get()
+            if item is None:
                 return
+            job, waited_for, deadline = item
             try:
-                self._commit([job], self._patient)
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                if remaining_ms < 1:
+                    self._deliver([job], [(False, StoreUnavailable(LOCK_HELD))])
+                else:
+                    self._patient.patience_ms = remaining_ms
+                    self._commit([job], self._patient)
             except Exception as exc:  # a bug or a driver error outside SQLAlchemy: fail the write, keep going
                 log.exception("patient commit failed unexpectedly")
                 self._patient.drop()
                 self._fail([job], exc)
+            finally:
+                with self._busy_lock:
+                    for key_id in waited_for:
+                        self._busy[key_id] -= 1
+                        if not self._busy[key_id]:
+                            del self._busy[key_id]
 
     def _loop(self) -> None:
         stopping = False  # the stop was read: what was queued before it is committed, then the thread ends
@@ -520,21 +539,33 @@ class WriteBatcher:
                 self._between_requested = False
 
     def _commit(self, batch: list[_Job], lane: _Lane) -> None:
-        while True:
+        """Commit a batch and answer its writes. On PostgreSQL's group-commit lane, writes set apart for a busy key
+        leave `batch` (narrowed in place: a caller that fails the batch after an unexpected error fails only the
+        writes still in it, never one the patient lane answers)."""
+        setting_apart = lane is self._lane and self._patient is not None
+        if setting_apart:
+            with self._busy_lock:
+                waited_for = frozenset(self._busy)
+            if waited_for:  # keys writes already wait for apart: later writes needing them join that queue
+                self._set_apart(batch, waited_for)
+        while batch:
             try:
                 try:
                     outcomes = self._attempt(batch, lane)
                 except _JobFailed:
                     outcomes = self._transaction(batch, lane, savepoints=True)
-            except KeyBusy as busy:  # rolled back: the writes needing that key wait apart, the rest run again
-                batch = self._set_apart(batch, busy.key_id)
-                if not batch:
+            except KeysBusy as busy:  # rolled back
+                if not setting_apart:  # the patient lane, at the write's deadline
+                    self._deliver(batch, [(False, StoreUnavailable(LOCK_HELD))] * len(batch))
                     return
+                self._set_apart(batch, busy.key_ids)  # the writes needing those keys wait apart; the rest run again
                 continue
             except (SQLAlchemyError, StoreUnavailable) as exc:  # the database failed, or its write lock timed out
                 self._fail(batch, exc)
                 return
             break
+        if not batch:
+            return
         self.failing_since = None
         self._deliver(batch, outcomes)
         if lane.inline:
@@ -545,13 +576,24 @@ class WriteBatcher:
             except Exception as exc:  # e.g. a checkpoint on a full disk: the writes themselves went through
                 log.warning("work between group commits failed: %s", exc)
 
-    def _set_apart(self, batch: list[_Job], key_id: int) -> list[_Job]:
-        """Move the writes that need a busy lock key to the patient lane; return the others."""
-        waiting = [job for job in batch if key_id in key_ids(job.keys)]
-        log.warning("%d writes wait apart for a lock held elsewhere for over %d ms", len(waiting), LOCK_PATIENCE_MS)
-        for job in waiting:
-            self._patient_queue.put(job)
-        return [job for job in batch if key_id not in key_ids(job.keys)]
+    def _set_apart(self, batch: list[_Job], busy: frozenset[int]) -> None:
+        """Move the writes of `batch` that need a busy lock key to the patient lane (removed from `batch`)."""
+        deadline = time.monotonic() + WRITER_LOCK_TIMEOUT_MS / 1000
+        kept: list[_Job] = []
+        moved = 0
+        for job in batch:
+            needs = frozenset(key_ids(job.keys) & busy)
+            if not needs:
+                kept.append(job)
+                continue
+            with self._busy_lock:
+                for key_id in needs:
+                    self._busy[key_id] = self._busy.get(key_id, 0) + 1
+            self._patient_queue.put((job, needs, deadline))
+            moved += 1
+        if moved:
+            log.warning("%d writes wait apart for locks held elsewhere", moved)
+        batch[:] = kept
 
     def _attempt(self, batch: list[_Job], lane: _Lane) -> list[tuple[bool, Any]]:
         """The savepoint-free pass; once more on a new connection if a kept one turned out to be dead.
@@ -584,6 +626,9 @@ class WriteBatcher:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for job, (ok, value) in zip(batch, outcomes, strict=True):
             if job.future is not None:
+                if job.future.done():  # answered already: a second answer would raise here and lose the rest
+                    log.error("a write was answered twice; the second answer (%s) is dropped", "ok" if ok else value)
+                    continue
                 if ok:
                     job.future.set_result(value)
                 else:
@@ -616,7 +661,8 @@ class WriteBatcher:
                 with transaction:  # rolls back if a job or a statement fails: COMMIT is never sent
                     conn.info[TRANSACTION_CACHE] = {}
                     try:
-                        lock_keys(conn, [k for job in batch for k in job.keys], lane.patience_ms)
+                        lock_keys(conn, [k for job in batch for k in job.keys], lane.patience_ms,
+                                  try_first=lane is not self._patient)
                         self._run_jobs(conn, batch, savepoints, outcomes)
                     finally:
                         conn.info.pop(TRANSACTION_CACHE, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,12 +94,13 @@ SHARED = "shared:"
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock wait that ran out of time
 
 
-class KeyBusy(Exception):
-    """A lock key stayed held by another session for longer than the caller would wait (`lock_keys`)."""
+class KeysBusy(Exception):
+    """Lock keys another session held for longer than the caller would wait (`lock_keys`); the transaction must
+    be rolled back."""
 
-    def __init__(self, key_id: int) -> None:
-        super().__init__(f"advisory lock {key_id} is held elsewhere")
-        self.key_id = key_id
+    def __init__(self, key_ids: frozenset[int]) -> None:
+        super().__init__(f"{len(key_ids)} advisory lock(s) held elsewhere")
+        self.key_ids = key_ids
 
 
 def key_ids(keys: Sequence[str]) -> set[int]:
@@ -106,41 +108,56 @@ def key_ids(keys: Sequence[str]) -> set[int]:
     return {lock_id(k.removeprefix(SHARED)) for k in keys}
 
 
-def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None) -> None:
+def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True) -> None:
     """Take transaction-scoped advisory locks (PostgreSQL) in a fixed order, so batches never deadlock.
 
     A key written `shared:<key>` takes the lock in shared mode (readers of something that `<key>` writers
     change); a batch that needs both modes of one key takes it exclusively. On SQLite the write transaction
     already excludes every other writer, so this does nothing.
 
-    With `patience_ms`, a key another session holds is waited for that long at most, then `KeyBusy` (the
-    transaction is aborted): the group commit's lane moves the writes that need it to a lane of their own, so
-    that a host frozen mid-transaction holds up only those. A key that is free costs one statement, as before.
+    With `patience_ms`, every key is first tried without waiting (one statement each, as a plain lock costs);
+    those another session holds are then waited for, in order, for `patience_ms` in all, and the ones not had by
+    then raise `KeysBusy`. The group commit moves the writes that need them to a lane of their own, so that a
+    host frozen mid-transaction holds up only those. (Waiting for an earlier key while holding later ones breaks
+    the fixed order, but only for `patience_ms`, less than PostgreSQL's deadlock timeout: a cycle ends in
+    `KeysBusy` here, not in a deadlock error.) With `try_first=False` the keys are waited for in order, for
+    `patience_ms` in all, none tried first: a wait that may be long keeps the order.
     """
     if conn.dialect.name != "postgresql":
         return
     exclusive = {lock_id(k) for k in keys if not k.startswith(SHARED)}
     shared = {lock_id(k[len(SHARED):]) for k in keys if k.startswith(SHARED)} - exclusive
-    for key_id in sorted(exclusive | shared):
-        if patience_ms is None:
-            lock = func.pg_advisory_xact_lock_shared if key_id in shared else func.pg_advisory_xact_lock
-            conn.execute(select(lock(key_id)))
-            continue
-        try_lock = func.pg_try_advisory_xact_lock_shared if key_id in shared else func.pg_try_advisory_xact_lock
-        if not conn.execute(select(try_lock(key_id))).scalar():
-            _wait_briefly(conn, key_id, key_id in shared, patience_ms)
+    ordered = sorted(exclusive | shared)
+    if patience_ms is None:
+        for key_id in ordered:
+            conn.execute(select(_lock(key_id, key_id in shared, wait=True)))
+        return
+    busy = ordered if not try_first else [
+        key_id for key_id in ordered if not conn.execute(select(_lock(key_id, key_id in shared, wait=False))).scalar()]
+    if busy:
+        _wait_briefly(conn, busy, shared, patience_ms)
 
 
-def _wait_briefly(conn: Connection, key_id: int, shared: bool, patience_ms: int) -> None:
-    """Wait up to `patience_ms` for a key held elsewhere (then `KeyBusy`); the session's lock timeout stands for
-    the rest of the transaction."""
-    lock = func.pg_advisory_xact_lock_shared if shared else func.pg_advisory_xact_lock
-    usual = conn.execute(select(func.current_setting("lock_timeout"),
-                                func.set_config("lock_timeout", f"{patience_ms}ms", True))).scalar_one()
-    try:
-        conn.execute(select(lock(key_id)))
-    except OperationalError as exc:
-        if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
-            raise KeyBusy(key_id) from exc
-        raise
+def _lock(key_id: int, shared: bool, wait: bool) -> Any:
+    if wait:
+        return func.pg_advisory_xact_lock_shared(key_id) if shared else func.pg_advisory_xact_lock(key_id)
+    return func.pg_try_advisory_xact_lock_shared(key_id) if shared else func.pg_try_advisory_xact_lock(key_id)
+
+
+def _wait_briefly(conn: Connection, busy: list[int], shared: set[int], patience_ms: int) -> None:
+    """Wait for the busy keys, `patience_ms` in all; `KeysBusy` with those not had by then. The session's lock
+    timeout stands again for the rest of the transaction."""
+    deadline = time.monotonic() + patience_ms / 1000
+    usual = conn.execute(select(func.current_setting("lock_timeout"))).scalar_one()
+    for index, key_id in enumerate(busy):
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms < 1:
+            raise KeysBusy(frozenset(busy[index:]))
+        conn.execute(select(func.set_config("lock_timeout", f"{remaining_ms}ms", True)))
+        try:
+            conn.execute(select(_lock(key_id, key_id in shared, wait=True)))
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                raise KeysBusy(frozenset(busy[index:])) from exc
+            raise
     conn.execute(select(func.set_config("lock_timeout", usual, True)))

@@ -12,10 +12,12 @@ import pytest
 from sqlalchemy import Connection, select, text
 
 from features.state import apply_event
+from nba.errors import StoreUnavailable
 from nba.store import Store
+from nba.store import batcher as batcher_module
 from nba.store import schema as t
 from nba.store.batcher import MAX_BATCH_KEYS, WriteBatcher, _Job
-from nba.store.engine import lock_id
+from nba.store.engine import KeysBusy, lock_id
 from nba.types import Event, EventOutcome
 
 pytestmark = pytest.mark.postgres
@@ -81,9 +83,11 @@ def test_large_event_batches_queued_together_are_all_stored(postgres_url: str) -
 
 
 def test_a_lease_is_renewed_while_a_batch_waits_for_another_hosts_lock(postgres_url: str) -> None:
-    """A host frozen mid-transaction holds a customer's lock; this host's next batch needing it waits (up to the
-    writer's lock timeout). Lease renewals must not wait behind that batch: the lease would run out meanwhile."""
+    """A host frozen mid-transaction holds a customer's lock; a batch needing it waits (here the group commit waits
+    as long as the lock timeout, as it did before writes were set apart for a busy key). Lease renewals must not
+    wait behind such a batch: the lease would run out meanwhile."""
     store = Store(postgres_url)
+    store._batcher._lane.patience_ms = None
     frozen_host = store._writer_engine.connect()
     try:
         frozen = frozen_host.begin()
@@ -173,6 +177,127 @@ def test_a_batch_sets_apart_only_the_writes_that_need_a_busy_key(postgres_url: s
         assert answers["b-c1"].result(timeout=60) == "b-c1"
         assert answers["b-c1-c4"].result(timeout=60) == "b-c1-c4"
         assert _stored(store, list(answers)) == sorted(answers)
+    finally:
+        frozen_host.close()
+        store.close()
+
+
+class _CountingLocks:
+    """`lock_keys` as the batcher calls it, counting the group commit's tries and the patient lane's waits."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.busy_raised = 0
+        self.patient_waits = 0
+        real = batcher_module.lock_keys
+
+        def counting(conn: Connection, keys: list[str], patience_ms: int | None = None,
+                     try_first: bool = True) -> None:
+            if not try_first:
+                self.patient_waits += 1
+            try:
+                real(conn, keys, patience_ms, try_first)
+            except KeysBusy:
+                self.busy_raised += try_first
+                raise
+
+        monkeypatch.setattr(batcher_module, "lock_keys", counting)
+
+
+def _frozen_holding(store: Store, keys: list[str]) -> tuple[Connection, Any]:
+    """Another host's session, frozen mid-transaction while it holds these keys."""
+    conn = store._writer_engine.connect()
+    transaction = conn.begin()
+    for key in keys:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id(key)})
+    return conn, transaction
+
+
+def test_every_busy_key_of_a_batch_is_set_apart_at_once_and_remembered(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten keys held by a frozen host: the group commit waits once (not ten times 200 ms) and sets apart the ten
+    writes needing them together; a later write for one of them joins those without waiting again."""
+    counting = _CountingLocks(monkeypatch)
+    store = Store(postgres_url)
+    frozen_host, frozen = _frozen_holding(store, [f"customer:h{i}" for i in range(10)])
+    try:
+        answers = {f"m-h{i}": Future[Any]() for i in range(10)} | {"m-free": Future[Any]()}
+        jobs = [_Job(_put(key), [f"customer:{key[2:]}"], future=answer) for key, answer in answers.items()]
+        _queued_together(store._batcher, jobs)
+        assert answers["m-free"].result(timeout=60) == "m-free"
+        assert counting.busy_raised == 1
+        assert store._batcher._busy.keys() == {lock_id(f"customer:h{i}") for i in range(10)}
+        later: Future[str] = Future()
+        threading.Thread(target=lambda: later.set_result(store.write(_put("m-h3-later"), ["customer:h3"]))).start()
+        _until(lambda: store._batcher._busy.get(lock_id("customer:h3")) == 2)  # joined the writes waiting for h3
+        assert counting.busy_raised == 1
+        assert not any(answer.done() for key, answer in answers.items() if key != "m-free") and not later.done()
+        frozen.rollback()
+        assert sorted(answer.result(timeout=60) for answer in answers.values()) == sorted(answers)
+        assert later.result(timeout=60) == "m-h3-later"
+        assert _stored(store, [*answers, "m-h3-later"]) == sorted([*answers, "m-h3-later"])
+        _until(lambda: not store._batcher._busy)
+    finally:
+        frozen_host.close()
+        store.close()
+
+
+def test_writes_set_apart_are_answered_by_their_deadline_not_one_lock_timeout_after_another(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three writes for a key a frozen host never lets go of: answered 503 once the lock timeout from when they
+    were set apart has passed (the first's wait uses it up; the others are not waited for again), where one at a
+    time they took one lock timeout after another (10, 20, 30 s)."""
+    monkeypatch.setattr(batcher_module, "WRITER_LOCK_TIMEOUT_MS", 1_000)
+    counting = _CountingLocks(monkeypatch)
+    store = Store(postgres_url)
+    frozen_host, frozen = _frozen_holding(store, ["customer:f1"])
+    try:
+        answers = [Future[Any]() for _ in range(3)]
+        _queued_together(store._batcher, [_Job(_put(f"d-{i}"), ["customer:f1"], future=answer)
+                                          for i, answer in enumerate(answers)])
+        for answer in answers:
+            with pytest.raises(StoreUnavailable, match="lock timeout"):
+                answer.result(timeout=60)
+        assert counting.patient_waits == 1 and counting.busy_raised == 1
+        assert _stored(store, ["d-0", "d-1", "d-2"]) == []
+        frozen.rollback()
+        assert store.write(_put("d-after"), ["customer:f1"]) == "d-after"  # the key is free again, and not waited for
+        assert not store._batcher._busy
+    finally:
+        frozen_host.close()
+        store.close()
+
+
+def test_a_write_set_apart_is_answered_once_even_when_its_batch_then_fails(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error in the batch's next run fails the writes still in it, not those set apart (which the
+    patient lane commits and answers): each write gets exactly one answer, and the patient lane lives on."""
+    store = Store(postgres_url)
+    frozen_host, frozen = _frozen_holding(store, ["customer:x1"])
+    real_mark = batcher_module._mark
+    injected = 0
+
+    def failing_mark(conn: Connection, lane: Any) -> str | None:
+        nonlocal injected
+        if lane is store._batcher._lane and store._batcher._busy and not injected:  # the run after setting apart
+            injected += 1
+            raise RuntimeError("injected: a bug outside SQLAlchemy")
+        return real_mark(conn, lane)
+
+    monkeypatch.setattr(batcher_module, "_mark", failing_mark)
+    try:
+        apart, failed = Future[Any](), Future[Any]()
+        _queued_together(store._batcher, [_Job(_put("e-apart"), ["customer:x1"], future=apart),
+                                          _Job(_put("e-other"), ["customer:x2"], future=failed)])
+        with pytest.raises(StoreUnavailable):
+            failed.result(timeout=60)
+        assert injected == 1 and not apart.done()
+        frozen.rollback()
+        assert apart.result(timeout=60) == "e-apart"
+        assert store._batcher.alive
+        assert _stored(store, ["e-apart", "e-other"]) == ["e-apart"]
     finally:
         frozen_host.close()
         store.close()
