@@ -53,7 +53,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from nba.errors import Conflict, InvalidInput, NBAError, StoreUnavailable
-from nba.store.engine import WRITER_LOCK_TIMEOUT_MS, KeysBusy, key_ids, lock_keys
+from nba.store.engine import LOCK_NOT_AVAILABLE, WRITER_LOCK_TIMEOUT_MS, KeysBusy, key_ids, lock_keys
 from nba.store.prepared import TRANSACTION_CACHE, Prepared
 from nba.store.write_lock import ProcessWriteLock
 
@@ -93,6 +93,10 @@ class _Job:
     future: Future[Any] | None = None  # a thread waits on this ...
     loop: asyncio.AbstractEventLoop | None = None  # ... or a coroutine on `awaited`, in this loop
     awaited: asyncio.Future[Any] | None = None
+
+
+def _lock_timed_out(exc: SQLAlchemyError) -> bool:
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
 def _rollback(conn: Connection, savepoint: Any) -> None:
@@ -608,7 +612,9 @@ class WriteBatcher:
         try:
             return self._transaction(batch, lane, savepoints=False)
         except SQLAlchemyError as exc:
-            if not reused or isinstance(exc, IntegrityError):
+            # A lock timeout is no dead connection: run again, the batch waited as long again (a write 503'd after
+            # 20 s, not 10, in a two-host review).
+            if not reused or isinstance(exc, IntegrityError) or _lock_timed_out(exc):
                 raise
             log.warning("writer connection failed (%s); retrying the batch on a new connection", exc)
             return self._transaction(batch, lane, savepoints=False)

@@ -246,3 +246,32 @@ def test_locks_left_by_a_transaction_whose_client_vanished_fail_one_batch_not_th
         holder.close()
         pool.shutdown()
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_batch_whose_lock_wait_timed_out_is_not_run_again(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock timeout on the writer's kept connection is no sign of a dead connection: the batch fails at once
+    (503) rather than waiting the lock timeout a second time on a new connection."""
+    monkeypatch.setattr(engine_module, "POSTGRES_WRITER_OPTIONS",
+                        engine_module.POSTGRES_WRITER_OPTIONS.replace(
+                            f"lock_timeout={engine_module.WRITER_LOCK_TIMEOUT_MS}", "lock_timeout=300"))
+    store = Store(postgres_url)
+    holder = store._reader.connect()
+    try:
+        store.write(lambda c: c.execute(t.meta_kv.insert().values(key="row", value="0")))  # the kept connection
+        holder.begin()
+        holder.execute(select(t.meta_kv).where(t.meta_kv.c.key == "row").with_for_update())  # row lock held
+        runs = 0
+
+        def update_row(conn: Connection) -> None:
+            nonlocal runs
+            runs += 1
+            conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "row").values(value="1"))
+
+        with pytest.raises(StoreUnavailable):
+            store.write(update_row)
+        assert runs == 1
+    finally:
+        holder.rollback()
+        holder.close()
+        store.close()
