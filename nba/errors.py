@@ -52,6 +52,15 @@ class StoreUnavailable(NBAError):
     """The store cannot be read or written right now (maps to 503)."""
 
 
+class LocksHeld(NBAError):
+    """A write that would rather not wait found lock keys another session holds (PostgreSQL): `key_ids` (advisory
+    lock ids) name them. Nothing of it was written."""
+
+    def __init__(self, key_ids: frozenset[int]) -> None:
+        super().__init__(f"{len(key_ids)} lock(s) held by another session")
+        self.key_ids = key_ids
+
+
 class CatalogChanged(NBAError):
     """The catalog changed while a decision was being made; it must be made again on the new catalog."""
 

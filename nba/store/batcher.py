@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
-from nba.errors import Conflict, InvalidInput, NBAError, StoreUnavailable
+from nba.errors import Conflict, InvalidInput, LocksHeld, NBAError, StoreUnavailable
 from nba.store.engine import LOCK_NOT_AVAILABLE, WRITER_LOCK_TIMEOUT_MS, KeysBusy, key_ids, lock_keys
 from nba.store.prepared import TRANSACTION_CACHE, Prepared
 from nba.store.write_lock import ProcessWriteLock
@@ -93,6 +93,7 @@ class _Job:
     future: Future[Any] | None = None  # a thread waits on this ...
     loop: asyncio.AbstractEventLoop | None = None  # ... or a coroutine on `awaited`, in this loop
     awaited: asyncio.Future[Any] | None = None
+    wait_apart: bool = True  # False: answered LocksHeld rather than set apart for a busy key
 
 
 def _lock_timed_out(exc: SQLAlchemyError) -> bool:
@@ -273,10 +274,12 @@ class WriteBatcher:
             threading.Thread(target=self._wait_for_lock, args=(self._inline_lock,), name="nba-inline-lock",
                              daemon=True).start()
 
-    def submit(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> T:
-        """Run `fn(conn)` in the next group transaction and return its result once committed."""
+    def submit(self, fn: Callable[[Connection], T], keys: Sequence[str] = (), wait_apart: bool = True) -> T:
+        """Run `fn(conn)` in the next group transaction and return its result once committed. With
+        `wait_apart=False`, a write that needs a key another session holds (PostgreSQL) is not set apart to wait
+        for it: it raises `LocksHeld` naming the keys held, and the caller may go on without them."""
         future: Future[T] = Future()
-        self._put(_Job(fn, keys, future=future))
+        self._put(_Job(fn, keys, future=future, wait_apart=wait_apart))
         return future.result()
 
     def submit_async(self, fn: Callable[[Connection], T], keys: Sequence[str] = (),
@@ -589,6 +592,9 @@ class WriteBatcher:
             needs = frozenset(key_ids(job.keys) & busy)
             if not needs:
                 kept.append(job)
+                continue
+            if not job.wait_apart:
+                self._deliver([job], [(False, LocksHeld(needs))])
                 continue
             with self._busy_lock:
                 for key_id in needs:

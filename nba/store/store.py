@@ -19,14 +19,14 @@ from nba.catalog import Action, CatalogFile, EventType, Policy, RewardSpec
 from nba.catalog_view import CatalogView
 from nba.clock import epoch_ms
 from nba.constraints import CounterState
-from nba.errors import CatalogChanged, StoreUnavailable
+from nba.errors import CatalogChanged, LocksHeld, StoreUnavailable
 from nba.store import catalog_repo, customer_repo, decision_repo, learning_repo, outcome_repo
 from nba.store.batcher import WriteBatcher, store_errors
 from nba.store.budget_reads import BudgetReads
 from nba.store.checkpointer import CHECKPOINT_SECONDS, WAL_LIMIT_BYTES, WalCheckpointer
 from nba.store.customer_repo import Reducer
 from nba.store.decide_reads import customer_inputs
-from nba.store.engine import SHARED, lock_keys, make_engine
+from nba.store.engine import SHARED, WRITER_LOCK_TIMEOUT_MS, lock_id, lock_keys, make_engine
 from nba.store.prepared import AUTOCOMMIT_READS
 from nba.store.schema import migrate
 from nba.store.write_lock import ProcessWriteLock
@@ -58,6 +58,8 @@ class Store:
                  checkpoint_seconds: float = CHECKPOINT_SECONDS, wal_limit_bytes: int = WAL_LIMIT_BYTES) -> None:
         self.url = url
         self.unclosable: dict[str, str] = {}  # decision id -> why its reward window could not be closed
+        # Decision id -> (monotonic) time until which the sweep leaves it: another session held its lock.
+        self._held_decisions: dict[str, float] = {}
         self._reader = make_engine(url, writer=False, synchronous=synchronous)
         self._writer_engine = make_engine(url, writer=True, synchronous=synchronous, wal_limit_bytes=wal_limit_bytes)
         self._thread_reader = threading.local()
@@ -147,8 +149,10 @@ class Store:
                 conn.invalidate()
             raise StoreUnavailable(f"the store could not be read: {exc.__class__.__name__}") from exc
 
-    def write(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> T:
-        return self._batcher.submit(fn, keys)
+    def write(self, fn: Callable[[Connection], T], keys: Sequence[str] = (), wait_apart: bool = True) -> T:
+        """Run `fn` in a group commit and return its result once committed; `wait_apart` as in
+        `WriteBatcher.submit`."""
+        return self._batcher.submit(fn, keys, wait_apart)
 
     def write_apart(self, fn: Callable[[Connection], T], keys: Sequence[str] = ()) -> T:
         """A small write in a transaction of its own beside the group commit, on PostgreSQL: a lease's renewal must
@@ -389,8 +393,12 @@ class Store:
         """
         ms = epoch_ms(now)
         skipped = self.unclosable
-        due = [d for d in self.read(lambda c: outcome_repo.due_decisions(c, ms, limit + len(skipped)))
-               if d not in skipped][:limit]
+        held = self._held_decisions
+        for decision_id, until in list(held.items()):
+            if until <= time.monotonic():
+                del held[decision_id]
+        due = [d for d in self.read(lambda c: outcome_repo.due_decisions(c, ms, limit + len(skipped) + len(held)))
+               if d not in skipped and d not in held][:limit]
         if not due:
             return 0, False
         failed: dict[str, Exception] = {}
@@ -422,11 +430,23 @@ class Store:
 
         keys = [f"decision:{d}" for d in due]
         try:
-            changed = self.write(job(isolate=False), keys)
-        except (StoreUnavailable, SQLAlchemyError):
-            raise
-        except Exception:  # one decision could not be closed: the round again, each decision on its own
-            changed = self.write(job(isolate=True), keys)
+            try:
+                changed = self.write(job(isolate=False), keys, wait_apart=False)
+            except (StoreUnavailable, SQLAlchemyError, LocksHeld):
+                raise
+            except Exception:  # one decision could not be closed: the round again, each decision on its own
+                changed = self.write(job(isolate=True), keys, wait_apart=False)
+        except LocksHeld as locked:
+            # Another host holds some of these decisions (a reward being stored, or a host frozen mid-transaction):
+            # the sweep goes on without them for a lock timeout rather than wait, since a sweep that waits lets its
+            # lease run out, and the next holder would wait for the same locks.
+            until = time.monotonic() + WRITER_LOCK_TIMEOUT_MS / 1000
+            for decision_id in due:
+                if lock_id(f"decision:{decision_id}") in locked.key_ids and len(held) < MAX_UNCLOSABLE:
+                    held[decision_id] = until
+            log.warning("sweep: %d due decisions locked by another session; closing the others first",
+                        len(locked.key_ids))
+            return 0, True
         for decision_id, exc in failed.items():
             log.error("decision %s cannot be closed (%s: %s); this process skips it until it restarts",
                       decision_id, exc.__class__.__name__, exc)

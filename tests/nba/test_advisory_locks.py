@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -12,6 +13,9 @@ import pytest
 from sqlalchemy import Connection, select, text
 
 from features.state import apply_event
+from nba.catalog import Action, Policy, RewardSpec
+from nba.clock import ManualClock
+from nba.decide import DecideRequest, DecisionEngine
 from nba.errors import StoreUnavailable
 from nba.store import Store
 from nba.store import batcher as batcher_module
@@ -19,6 +23,7 @@ from nba.store import schema as t
 from nba.store.batcher import MAX_BATCH_KEYS, WriteBatcher, _Job
 from nba.store.engine import KeysBusy, lock_id
 from nba.types import Event, EventOutcome
+from tests.nba.test_failed_commit import NoModel
 
 pytestmark = pytest.mark.postgres
 NOW = datetime(2026, 11, 24, 10, tzinfo=UTC)
@@ -301,3 +306,34 @@ def test_a_write_set_apart_is_answered_once_even_when_its_batch_then_fails(
     finally:
         frozen_host.close()
         store.close()
+
+
+def test_the_sweep_closes_what_it_can_and_leaves_decisions_another_session_locks(postgres_url: str) -> None:
+    """A frozen host holds one due decision's lock (it was storing a reward for it): the sweep closes the others at
+    once instead of waiting the lock timeout (its lease, renewed between rounds, would run out), and leaves that
+    one for a later sweep."""
+    store = Store(postgres_url)
+    frozen_host = None
+    try:
+        store.put_action("a", Action(channels=["web"]), NOW)
+        store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
+        engine = DecisionEngine(store, store.load_catalog, NoModel(), ManualClock(NOW), rng=random.Random(0))
+        locked, free = (engine.decide(DecideRequest(c, "web", {})).decision.decision_id for c in ("c-1", "c-2"))
+        frozen_host, frozen = _frozen_holding(store, [f"decision:{locked}"])
+        later = NOW + timedelta(hours=2)
+        assert store.close_due(later) == 1
+        assert _states(store, [locked, free]) == {locked: "open", free: "final"}
+        assert store.close_due(later) == 0  # left alone for a while: not waited for again
+        frozen.rollback()
+        store._held_decisions.clear()  # that while (a lock timeout) has passed
+        assert store.close_due(later) == 1
+        assert _states(store, [locked, free]) == {locked: "final", free: "final"}
+    finally:
+        if frozen_host is not None:
+            frozen_host.close()
+        store.close()
+
+
+def _states(store: Store, decision_ids: list[str]) -> dict[str, str]:
+    return dict(store.read(lambda c: c.execute(select(t.decisions.c.decision_id, t.decisions.c.state).where(
+        t.decisions.c.decision_id.in_(decision_ids))).all()))
