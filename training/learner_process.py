@@ -95,28 +95,41 @@ class LearnerProcess:
 def learn_main(parent: int | None) -> int:
     """`nba learn`: run the learner until SIGTERM or SIGINT (or the parent's exit, with `parent`).
 
-    The signals are blocked and waited for, not handled: a handler that set an Event could interrupt that
-    Event's own wait while it holds the Event's lock, and never return. They must be blocked in every thread
-    (the supervisor starts the process with them blocked; `nba learn` blocks them before its imports): one
-    thread that does not block them (OpenBLAS starts one at numpy's import) takes the signal whenever the main
-    thread is not waiting for it, and dies of it with the whole process."""
+    The signals must be blocked in every thread (the supervisor starts the process with them blocked; `nba learn`
+    blocks them before its imports): one thread that does not block them (OpenBLAS starts one at numpy's import)
+    takes the signal and dies of it with the whole process. `StopSignals` waits for them."""
     settings = Settings()
     settings.configure_logging()
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # threads started from now on inherit the mask
-
-    LearnerProcess(settings).run(asked_to_stop, parent)
+    LearnerProcess(settings).run(StopSignals().start().wait, parent)
     return 0
 
 
-def asked_to_stop(seconds: float) -> bool:
-    """Wait up to `seconds` for SIGTERM or SIGINT (blocked); true if one came.
+class StopSignals:
+    """SIGTERM and SIGINT, blocked in every thread, as an event: a thread of its own waits for them (`sigwait`).
 
-    Only a siginfo naming one of them counts: CPython's `sigtimedwait`, interrupted (EINTR) once its timeout has
-    passed, returns a siginfo it never filled in. A SIGSTOP and SIGCONT, or a profiler attaching, did that, and
-    the learner took the garbage for a stop request and exited (2 times in 3)."""
-    info = signal.sigtimedwait(STOP_SIGNALS, seconds)
-    return info is not None and info.si_signo in STOP_SIGNALS
+    Not a handler: one that set an Event could interrupt that Event's own wait while it holds the Event's lock,
+    and never return. Not `sigtimedwait` with a timeout in the main thread: interrupted (EINTR) once its timeout
+    has passed, CPython's returns a siginfo it never filled in, whose signal number can be anything, a stop signal's
+    included; after a SIGSTOP and SIGCONT (or a profiler attaching) the learner took that for a stop request and
+    exited. `sigwait` has no timeout, and glibc's restarts it after EINTR."""
+
+    def __init__(self) -> None:
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._wait_for_signal, name="nba-stop-signals", daemon=True)
+
+    def start(self) -> StopSignals:
+        self._thread.start()
+        return self
+
+    def _wait_for_signal(self) -> None:
+        signal.sigwait(STOP_SIGNALS)
+        self._stopped.set()
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to `seconds` for a stop signal; true once one has come."""
+        return self._stopped.wait(seconds)
 
 
 class LearnerSupervisor:
