@@ -4,6 +4,7 @@ that dies is replaced and continues from its snapshot, and it stops with the ser
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import time
 from collections.abc import Callable
@@ -92,17 +93,24 @@ def _snapshot(database: Path) -> tuple[int, int]:
     return int(examples or 0), int(pending)
 
 
-def _blocked_beside_main(pid: int, signums: tuple[int, ...]) -> bool:
-    """Whether every thread of the process but its main one blocks these signals (SigBlk in
-    /proc/PID/task/TID/status). The main thread waits for them in `sigtimedwait`, during which the kernel shows
-    them unblocked for it: it is the one thread meant to take them."""
+# rt_sigtimedwait, which sigwait calls, by machine (/proc/PID/task/TID/syscall names the call a thread is in).
+SIGTIMEDWAIT = {"x86_64": 128, "aarch64": 137}
+
+
+def _blocked_but_by_the_waiter(pid: int, signums: tuple[int, ...]) -> bool:
+    """Whether every thread of the process blocks these signals (SigBlk in /proc/PID/task/TID/status) except the
+    one waiting for them in sigwait (the kernel shows them unblocked for a thread while it waits for them), and one
+    thread is that waiter."""
+    waiters = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        if task.name == str(pid):
+        call = (task / "syscall").read_text().split()[0]
+        if call.isdigit() and int(call) == SIGTIMEDWAIT[platform.machine()]:
+            waiters += 1
             continue
         line = next(x for x in (task / "status").read_text().splitlines() if x.startswith("SigBlk:"))
         if any(not int(line.split()[1], 16) >> (signum - 1) & 1 for signum in signums):
             return False
-    return True
+    return waiters == 1
 
 
 def _lease_holder(database: Path, name: str) -> str:
@@ -121,10 +129,11 @@ def test_the_learner_runs_beside_the_workers_and_is_replaced_if_it_dies(start_se
     assert server.proc is not None
     first = _until(lambda: _learners(server.proc.pid), "the learner process")
     assert len(first) == 1
-    # SIGTERM is waited for by the main thread: another thread that did not block it (OpenBLAS starts one at
+    # SIGTERM is waited for by a thread of its own: another thread that did not block it (OpenBLAS starts one at
     # numpy's import) would die of it, with the process and without a final snapshot.
     _until(lambda: len(list(Path(f"/proc/{first[0]}/task").iterdir())) > 1, "the learner's threads")
-    assert _blocked_beside_main(first[0], (signal.SIGTERM, signal.SIGINT))
+    _until(lambda: _blocked_but_by_the_waiter(first[0], (signal.SIGTERM, signal.SIGINT)),
+           "every thread but the one waiting for them to block the stop signals")
     for lease in ("online-learner", "sweep"):  # it learns, and it closes reward windows instead of the workers
         _until(lambda name=lease: f":{first[0]}:" in _lease_holder(tmp_path / "nba.db", name), f"the {lease} lease")
     with httpx.Client(base_url=server.url, timeout=30) as client:
