@@ -52,36 +52,79 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 # Waits before starting granian again after it gave up on a crashing worker: longer for each time it gave up
-# within the longest wait of its start.
+# within the longest wait of its start. Once it has given up that often in a row, `nba serve` gives up too (exit 1):
+# a worker that dies at every start (a store it cannot reach, a broken install) is for whatever runs `nba serve`
+# to see, not to be retried here for ever.
 SERVER_RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+STOP_CHECK_SECONDS = 0.1
 
 
-def serve_until_stopped(make_server: Callable[[], Any], backoff: Sequence[float] = SERVER_RESTART_BACKOFF) -> int:
-    """Run the server until a signal stops it, starting it again when it gives up by itself.
+def serve_until_stopped(make_server: Callable[[], Any], backoff: Sequence[float] = SERVER_RESTART_BACKOFF,
+                        sleep: Callable[[float], None] = time.sleep) -> int:
+    """Run the server until a signal stops it, starting it again when it gives up on its workers by itself.
 
     granian respawns a worker that dies, but exits, stopping the healthy workers too, when the same worker dies
     again within 5.5 s of its respawn (a fixed "crash loop" rule): two OOM kills in a row took the whole service
-    down for good in a chaos run. It is started again after a backoff instead, for as long as workers are what
-    failed; a server that stopped for any other reason (a signal, a port it cannot bind) ends `nba serve`.
+    down for good in a chaos run. It is started again after a backoff instead; a server that stopped for any
+    other reason (a signal, a port it cannot bind) ends `nba serve`, with 0 after a signal.
+
+    Between two servers SIGTERM and SIGINT go to a handler of this function's: it stops the wait, and one that
+    comes while the next server starts (before granian installs its own handlers) is passed on to that server.
+    The handler only sets flags, and the wait looks at them every `STOP_CHECK_SECONDS`: a handler that set an
+    Event could interrupt that Event's own wait while it holds the Event's lock, and never return.
     """
+    stop = {"asked": False}
+    starting: list[Any] = []
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop["asked"] = True
+        for server in starting:
+            server.signal_handler_interrupt()  # granian's own, which its serve loop reads
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _serve_again(make_server, backoff, sleep, stop, starting, on_signal)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _serve_again(make_server: Callable[[], Any], backoff: Sequence[float], sleep: Callable[[float], None],
+                 stop: dict[str, bool], starting: list[Any], on_signal: Callable[[int, object], None]) -> int:
     failures = 0
     while True:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        if stop["asked"]:
+            return 0
         server = make_server()
+        starting[:] = [server]
         started = time.monotonic()
         try:
             server.serve()
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-        if server.interrupt_signal or not server.interrupt_children:
+        finally:
+            starting.clear()
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        if server.interrupt_signal or stop["asked"]:
+            return 0
+        if not server.interrupt_children:
             return code
         failures = failures + 1 if time.monotonic() - started < backoff[-1] else 1
-        delay = backoff[min(failures, len(backoff)) - 1]
-        log.error("the server stopped after worker %s kept dying; starting it again in %g s",
-                  ", ".join(str(i + 1) for i in server.interrupt_children), delay)
-        # The stopped server's signal handlers are still installed: a SIGTERM or SIGINT now sets its event.
-        if server.main_loop_interrupt.wait(delay) and server.interrupt_signal:
-            return 0
+        workers = ", ".join(str(i + 1) for i in server.interrupt_children)
+        if failures > len(backoff):
+            log.error("the server stopped after worker %s kept dying, %d times in a row; giving up", workers,
+                      failures)
+            return code or 1
+        delay = backoff[failures - 1]
+        log.error("the server stopped after worker %s kept dying; starting it again in %g s", workers, delay)
+        for _ in range(max(1, round(delay / STOP_CHECK_SECONDS))):
+            if stop["asked"]:
+                return 0
+            sleep(STOP_CHECK_SECONDS)
 
 
 def _learner_beside_workers(settings: Settings) -> LearnerSupervisor | None:
