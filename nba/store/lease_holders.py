@@ -36,16 +36,27 @@ def holder_gone(holder: str) -> bool:
         started = int(ticks)
     except (ValueError, IndexError):  # a name without the part after `@`: nothing is known of its process
         return False
-    if not name or machine != _machine() or machine == UNKNOWN or started < 0:
+    if not name or machine != _machine() or machine == UNKNOWN or started < 0 or pid <= 0:
         return False
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        os.kill(pid, 0)  # the kernel's word, whatever /proc shows of other users' processes (hidepid)
+    except ProcessLookupError:
         return True
-    except OSError:
+    except PermissionError:  # another user's process: it exists
+        pass
+    fields = _stat_fields(pid)
+    if fields is None:  # hidden or unreadable: a process that exists is not known to be another
         return False
-    fields = stat[stat.rindex(")") + 2:].split()
     return fields[0] == "Z" or int(fields[19]) != started
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (state first, start time at index 19), None if it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()
+    except (OSError, ValueError):
+        return None
 
 
 @cache
@@ -61,8 +72,5 @@ def _machine() -> str:
 
 def _start_ticks(pid: int) -> int:
     """When the process started, in clock ticks since boot (-1 where /proc does not say)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return -1
-    return int(stat[stat.rindex(")") + 2:].split()[19])
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields is not None else -1

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nba.clock import ManualClock
-from nba.store import Store, lease_holder
+from nba.store import Store, lease_holder, lease_holders
 from nba.store.lease_holders import holder_gone
 
 TTL = timedelta(minutes=10)
@@ -93,3 +93,17 @@ def test_a_lease_whose_holder_ended_is_taken_at_once(
     assert store.try_lease("learner", mine, clock.now(), TTL)
     assert store.lease_held("learner", clock.now())
     assert not store.try_lease("learner", holder, clock.now(), TTL)  # the same name, were it to ask again
+
+
+def test_a_live_process_that_proc_hides_still_holds_its_lease(
+    child: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With /proc mounted hidepid (another user's processes absent from it), the kernel still knows the pid: a
+    holder whose process exists is not judged gone, and one whose pid is free is."""
+    holder = _holder(child)
+    monkeypatch.setattr(lease_holders, "_stat_fields", lambda pid: None)
+    assert not holder_gone(holder)
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait()
+    assert holder_gone(holder)
