@@ -207,17 +207,31 @@ class Store:
         return self.read(catalog_repo.load_view)
 
     def put_action(self, action_id: str, action: Action, now: datetime) -> bool:
-        return self.write(lambda c: catalog_repo.put_action(c, action_id, action, epoch_ms(now)), ["catalog"])
+        return self._catalog_write(lambda c: catalog_repo.put_action(c, action_id, action, epoch_ms(now)),
+                                   ["catalog"])
 
     def delete_action(self, action_id: str) -> bool:
-        return self.write(lambda c: catalog_repo.delete_action(c, action_id), ["catalog"])
+        return self._catalog_write(lambda c: catalog_repo.delete_action(c, action_id), ["catalog"])
 
     def put_policy(self, name: str, policy: Policy, now: datetime) -> tuple[int, bool]:
-        return self.write(lambda c: catalog_repo.put_policy(c, name, policy, epoch_ms(now)), ["catalog"])
+        return self._catalog_write(lambda c: catalog_repo.put_policy(c, name, policy, epoch_ms(now)), ["catalog"])
 
     def put_event_type(self, name: str, spec: EventType, now: datetime) -> bool:
-        return self.write(lambda c: catalog_repo.put_event_type(c, name, spec, epoch_ms(now)),
-                          ["catalog", "event-types"])
+        return self._catalog_write(lambda c: catalog_repo.put_event_type(c, name, spec, epoch_ms(now)),
+                                   ["catalog", "event-types"])
+
+    def _catalog_write(self, fn: Callable[[Connection], T], keys: Sequence[str]) -> T:
+        """A change of the catalog (the admin API), which does not wait for a lock another session holds.
+
+        Every decision holds the catalog's lock in shared mode, and PostgreSQL queues new shared requests behind
+        a waiting exclusive one: a change waiting for a host frozen mid-decision held up every decision of every
+        host for the lock timeout (10 s, in a two-host review). It is refused instead (503, to retry) once the
+        group commit's 200 ms have passed."""
+        try:
+            return self.write(fn, keys, wait_apart=False)
+        except LocksHeld as exc:
+            raise StoreUnavailable("the catalog is in use by a write of another session that has not ended (a "
+                                   "host frozen mid-transaction?); try again") from exc
 
     def seed_catalog(self, catalog: CatalogFile, now: datetime, digest: str | None = None) -> bool:
         """Apply a catalog file: every entry it names is created or updated; nothing else is touched.

@@ -337,3 +337,31 @@ def test_the_sweep_closes_what_it_can_and_leaves_decisions_another_session_locks
 def _states(store: Store, decision_ids: list[str]) -> dict[str, str]:
     return dict(store.read(lambda c: c.execute(select(t.decisions.c.decision_id, t.decisions.c.state).where(
         t.decisions.c.decision_id.in_(decision_ids))).all()))
+
+
+def test_a_catalog_change_does_not_wait_for_a_frozen_decision(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host frozen mid-decision holds the catalog's lock in shared mode. A catalog change waiting for it would
+    hold up every new decision (PostgreSQL queues shared requests behind a waiting exclusive one) for the lock
+    timeout: it is refused after the group commit's 200 ms instead, and decisions go on."""
+    counting = _CountingLocks(monkeypatch)
+    store = Store(postgres_url)
+    frozen_host = None
+    try:
+        store.put_action("a", Action(channels=["web"]), NOW)
+        store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
+        frozen_host = store._writer_engine.connect()
+        frozen = frozen_host.begin()
+        frozen_host.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": lock_id("catalog")})
+        with pytest.raises(StoreUnavailable, match="catalog is in use"):
+            store.put_action("b", Action(channels=["web"]), NOW)
+        assert counting.patient_waits == 0 and not store._batcher._busy  # not set apart to wait
+        engine = DecisionEngine(store, store.load_catalog, NoModel(), ManualClock(NOW), rng=random.Random(0))
+        assert engine.decide(DecideRequest("c-1", "web", {})).decision.actions[0].action_id == "a"
+        frozen.rollback()
+        assert store.put_action("b", Action(channels=["web"]), NOW)
+    finally:
+        if frozen_host is not None:
+            frozen_host.close()
+        store.close()
