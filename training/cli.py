@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
             workers=workers,
             log_access=False,
             respawn_failed_workers=True,
-        ))
+        ), restore_handlers=False)
     finally:
         if supervisor is not None:
             supervisor.stop()
@@ -60,7 +60,7 @@ STOP_CHECK_SECONDS = 0.1
 
 
 def serve_until_stopped(make_server: Callable[[], Any], backoff: Sequence[float] = SERVER_RESTART_BACKOFF,
-                        sleep: Callable[[float], None] = time.sleep) -> int:
+                        sleep: Callable[[float], None] = time.sleep, restore_handlers: bool = True) -> int:
     """Run the server until a signal stops it, starting it again when it gives up on its workers by itself.
 
     granian respawns a worker that dies, but exits, stopping the healthy workers too, when the same worker dies
@@ -85,8 +85,10 @@ def serve_until_stopped(make_server: Callable[[], Any], backoff: Sequence[float]
     try:
         return _serve_again(make_server, backoff, sleep, stop, starting, on_signal)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        # `nba serve` keeps these (a second Ctrl-C must not cut the learner's stop short); a caller may want its own.
+        if restore_handlers:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _serve_again(make_server: Callable[[], Any], backoff: Sequence[float], sleep: Callable[[float], None],
@@ -99,12 +101,14 @@ def _serve_again(make_server: Callable[[], Any], backoff: Sequence[float], sleep
             return 0
         server = make_server()
         starting[:] = [server]
+        if stop["asked"]:  # came while the server was being made, before the handler could pass it on
+            return 0
         started = time.monotonic()
         try:
             server.serve()
             code = 0
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
         finally:
             starting.clear()
             signal.signal(signal.SIGTERM, on_signal)

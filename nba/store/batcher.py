@@ -53,7 +53,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from nba.errors import Conflict, InvalidInput, LocksHeld, NBAError, StoreUnavailable
-from nba.store.engine import LOCK_NOT_AVAILABLE, WRITER_LOCK_TIMEOUT_MS, KeysBusy, key_ids, lock_keys
+from nba.store.engine import LOCK_NOT_AVAILABLE, SHARED, WRITER_LOCK_TIMEOUT_MS, KeysBusy, lock_id, lock_keys
 from nba.store.prepared import TRANSACTION_CACHE, Prepared
 from nba.store.write_lock import ProcessWriteLock
 
@@ -94,6 +94,31 @@ class _Job:
     loop: asyncio.AbstractEventLoop | None = None  # ... or a coroutine on `awaited`, in this loop
     awaited: asyncio.Future[Any] | None = None
     wait_apart: bool = True  # False: answered LocksHeld rather than set apart for a busy key
+
+
+_Wait = tuple[int, bool]  # a lock key id, and whether it was asked for exclusively
+
+
+def _needs(keys: Sequence[str]) -> dict[int, bool]:
+    """A write's lock keys: id -> whether it needs the key exclusively (not only `shared:`)."""
+    needs: dict[int, bool] = {}
+    for key in keys:
+        key_id = lock_id(key.removeprefix(SHARED))
+        needs[key_id] = needs.get(key_id, False) or not key.startswith(SHARED)
+    return needs
+
+
+def _blocked_in(batch: list[_Job], busy: frozenset[int]) -> Callable[[dict[int, bool]], frozenset[_Wait]]:
+    """Which of a write's keys the batch's busy keys block: a key the batch asked for exclusively (a write in it
+    needs it so) is held elsewhere for that write, not surely for one needing it only shared (decisions hold the
+    catalog's lock shared, a catalog change exclusively): those run again, alone in their mode."""
+    exclusive = {key_id for job in batch for key_id, excl in _needs(job.keys).items() if excl and key_id in busy}
+
+    def blocked(needs: dict[int, bool]) -> frozenset[_Wait]:
+        return frozenset((key_id, key_id in exclusive) for key_id, excl in needs.items()
+                         if key_id in busy and (excl or key_id not in exclusive))
+
+    return blocked
 
 
 def _lock_timed_out(exc: SQLAlchemyError) -> bool:
@@ -196,6 +221,7 @@ class _Lane:
         self.engine = engine
         self.inline = inline
         self.patience_ms = patience_ms  # how long it waits for a lock key held elsewhere (None: the lock timeout)
+        self.try_first = True  # keys are tried without waiting before any is waited for (see lock_keys)
         self.conn: Connection | None = None
         self.key = secrets.randbits(31)  # of its advisory lock (PostgreSQL); two lanes sharing one only wait more
 
@@ -237,11 +263,13 @@ class WriteBatcher:
         postgres = engine.dialect.name == "postgresql"
         self._lane = _Lane(engine, inline=False, patience_ms=LOCK_PATIENCE_MS if postgres else None)
         # PostgreSQL: writes whose lock key another session held past the lane's patience, run one at a time, each
-        # by the deadline it was set apart with (the lock timeout from then), with the keys waited for (counted per
-        # write, so that later writes needing one of them join the queue at once instead of waiting again).
+        # by the deadline it was set apart with (the lock timeout from then).
         self._patient = _Lane(engine, inline=False) if postgres else None
-        self._patient_queue: queue.SimpleQueue[tuple[_Job, frozenset[int], float] | None] = queue.SimpleQueue()
-        self._busy: dict[int, int] = {}  # key id -> writes in the patient queue waiting for it
+        self._patient_queue: queue.SimpleQueue[tuple[_Job, float] | None] = queue.SimpleQueue()
+        # Keys found held elsewhere lately (id -> monotonic time until which they count): the group commit tries
+        # them without waiting, so a key a frozen host holds costs its batches no 200 ms each; a key had again
+        # (committed in either lane) leaves at once.
+        self._busy: dict[int, float] = {}
         self._busy_lock = threading.Lock()
         self._process_lock: AbstractContextManager[object] = (
             process_lock if process_lock is not None else nullcontext()
@@ -482,32 +510,35 @@ class WriteBatcher:
             self._patient_queue.put(None)  # after every write this thread could have moved there
 
     def _run_patient(self) -> None:
-        """The patient lane's thread: each write alone, waiting for its locks until its deadline (the lock timeout
-        from when it was set apart), so that every write set apart is answered within about that time, however
-        many wait before it."""
-        assert self._patient is not None
+        """The patient lane's thread: each write alone. Its keys are tried first (another write's wait may have used
+        up its time, and its own key may be free by now); then, while its deadline (the lock timeout from when it
+        was set apart) allows, waited for in order; then 503. So every write set apart is answered within about
+        that time, however many wait before it."""
+        patient = self._patient
+        assert patient is not None
         while True:
             item = self._patient_queue.get()
             if item is None:
                 return
-            job, waited_for, deadline = item
+            job, deadline = item
             try:
-                remaining_ms = int((deadline - time.monotonic()) * 1000)
-                if remaining_ms < 1:
-                    self._deliver([job], [(False, StoreUnavailable(LOCK_HELD))])
-                else:
-                    self._patient.patience_ms = remaining_ms
-                    self._commit([job], self._patient)
+                patient.patience_ms, patient.try_first = 0, True
+                try:
+                    self._commit([job], patient)
+                except KeysBusy:
+                    remaining_ms = int((deadline - time.monotonic()) * 1000)
+                    if remaining_ms < 1:
+                        self._deliver([job], [(False, StoreUnavailable(LOCK_HELD))])
+                        continue
+                    patient.patience_ms, patient.try_first = remaining_ms, False
+                    try:
+                        self._commit([job], patient)
+                    except KeysBusy:
+                        self._deliver([job], [(False, StoreUnavailable(LOCK_HELD))])
             except Exception as exc:  # a bug or a driver error outside SQLAlchemy: fail the write, keep going
                 log.exception("patient commit failed unexpectedly")
-                self._patient.drop()
+                patient.drop()
                 self._fail([job], exc)
-            finally:
-                with self._busy_lock:
-                    for key_id in waited_for:
-                        self._busy[key_id] -= 1
-                        if not self._busy[key_id]:
-                            del self._busy[key_id]
 
     def _loop(self) -> None:
         stopping = False  # the stop was read: what was queued before it is committed, then the thread ends
@@ -550,11 +581,6 @@ class WriteBatcher:
         leave `batch` (narrowed in place: a caller that fails the batch after an unexpected error fails only the
         writes still in it, never one the patient lane answers)."""
         setting_apart = lane is self._lane and self._patient is not None
-        if setting_apart:
-            with self._busy_lock:
-                waited_for = frozenset(self._busy)
-            if waited_for:  # keys writes already wait for apart: later writes needing them join that queue
-                self._set_apart(batch, waited_for)
         while batch:
             try:
                 try:
@@ -562,10 +588,10 @@ class WriteBatcher:
                 except _JobFailed:
                     outcomes = self._transaction(batch, lane, savepoints=True)
             except KeysBusy as busy:  # rolled back
-                if not setting_apart:  # the patient lane, at the write's deadline
-                    self._deliver(batch, [(False, StoreUnavailable(LOCK_HELD))] * len(batch))
-                    return
-                self._set_apart(batch, busy.key_ids)  # the writes needing those keys wait apart; the rest run again
+                if not setting_apart:  # the patient lane: its thread decides (_run_patient)
+                    raise
+                # The writes needing those keys wait apart, the rest run again.
+                self._set_apart(batch, _blocked_in(batch, busy.key_ids))
                 continue
             except (SQLAlchemyError, StoreUnavailable) as exc:  # the database failed, or its write lock timed out
                 self._fail(batch, exc)
@@ -573,6 +599,8 @@ class WriteBatcher:
             break
         if not batch:
             return
+        if self._patient is not None and not lane.inline:
+            self._had(batch)
         self.failing_since = None
         self._deliver(batch, outcomes)
         if lane.inline:
@@ -583,27 +611,43 @@ class WriteBatcher:
             except Exception as exc:  # e.g. a checkpoint on a full disk: the writes themselves went through
                 log.warning("work between group commits failed: %s", exc)
 
-    def _set_apart(self, batch: list[_Job], busy: frozenset[int]) -> None:
-        """Move the writes of `batch` that need a busy lock key to the patient lane (removed from `batch`)."""
+    def _set_apart(self, batch: list[_Job], blocked: Callable[[dict[int, bool]], frozenset[_Wait]]) -> None:
+        """Move the writes of `batch` that `blocked` says wait for a lock to the patient lane, or answer them
+        `LocksHeld` (`wait_apart=False`); each leaves `batch` as it goes (a caller failing the batch after an
+        unexpected error then fails only the writes still in it). The keys they wait for are remembered."""
         deadline = time.monotonic() + WRITER_LOCK_TIMEOUT_MS / 1000
-        kept: list[_Job] = []
         moved = 0
-        for job in batch:
-            needs = frozenset(key_ids(job.keys) & busy)
-            if not needs:
-                kept.append(job)
+        for job in list(batch):
+            waits = blocked(_needs(job.keys))
+            if not waits:
                 continue
-            if not job.wait_apart:
-                self._deliver([job], [(False, LocksHeld(needs))])
-                continue
+            batch.remove(job)
             with self._busy_lock:
-                for key_id in needs:
-                    self._busy[key_id] = self._busy.get(key_id, 0) + 1
-            self._patient_queue.put((job, needs, deadline))
+                for key_id, _ in waits:
+                    self._busy[key_id] = deadline
+            if not job.wait_apart:
+                self._deliver([job], [(False, LocksHeld(frozenset(key_id for key_id, _ in waits)))])
+                continue
+            self._patient_queue.put((job, deadline))
             moved += 1
         if moved:
             log.warning("%d writes wait apart for locks held elsewhere", moved)
-        batch[:] = kept
+
+    def _remembered(self) -> frozenset[int]:
+        """The keys found held elsewhere lately, whose time has not run out."""
+        now = time.monotonic()
+        with self._busy_lock:
+            for key_id in [k for k, until in self._busy.items() if until <= now]:
+                del self._busy[key_id]
+            return frozenset(self._busy)
+
+    def _had(self, batch: list[_Job]) -> None:
+        """The batch's keys were all had: none is held elsewhere any more."""
+        with self._busy_lock:
+            if self._busy:
+                for job in batch:
+                    for key_id in _needs(job.keys):
+                        self._busy.pop(key_id, None)
 
     def _attempt(self, batch: list[_Job], lane: _Lane) -> list[tuple[bool, Any]]:
         """The savepoint-free pass; once more on a new connection if a kept one turned out to be dead.
@@ -674,7 +718,8 @@ class WriteBatcher:
                     conn.info[TRANSACTION_CACHE] = {}
                     try:
                         lock_keys(conn, [k for job in batch for k in job.keys], lane.patience_ms,
-                                  try_first=lane is not self._patient)
+                                  try_first=lane.try_first,
+                                  no_wait=self._remembered() if lane is self._lane else frozenset())
                         self._run_jobs(conn, batch, savepoints, outcomes)
                     finally:
                         conn.info.pop(TRANSACTION_CACHE, None)

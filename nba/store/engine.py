@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
@@ -103,12 +102,8 @@ class KeysBusy(Exception):
         self.key_ids = key_ids
 
 
-def key_ids(keys: Sequence[str]) -> set[int]:
-    """The advisory lock ids of write keys, whatever their mode."""
-    return {lock_id(k.removeprefix(SHARED)) for k in keys}
-
-
-def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True) -> None:
+def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True,
+              no_wait: frozenset[int] = frozenset()) -> None:
     """Take transaction-scoped advisory locks (PostgreSQL) in a fixed order, so batches never deadlock.
 
     A key written `shared:<key>` takes the lock in shared mode (readers of something that `<key>` writers
@@ -121,7 +116,8 @@ def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None,
     host frozen mid-transaction holds up only those. (Waiting for an earlier key while holding later ones breaks
     the fixed order, but only for `patience_ms`, less than PostgreSQL's deadlock timeout: a cycle ends in
     `KeysBusy` here, not in a deadlock error.) With `try_first=False` the keys are waited for in order, for
-    `patience_ms` in all, none tried first: a wait that may be long keeps the order.
+    `patience_ms` in all, none tried first: a wait that may be long keeps the order. Keys in `no_wait` (found held
+    elsewhere lately) are not waited for: held still, they raise `KeysBusy` at once.
     """
     if conn.dialect.name != "postgresql":
         return
@@ -134,6 +130,9 @@ def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None,
         return
     busy = ordered if not try_first else [
         key_id for key_id in ordered if not conn.execute(select(_lock(key_id, key_id in shared, wait=False))).scalar()]
+    still_held = no_wait.intersection(busy)
+    if still_held:
+        raise KeysBusy(frozenset(still_held))
     if busy:
         _wait_briefly(conn, busy, shared, patience_ms)
 

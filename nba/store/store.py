@@ -455,12 +455,14 @@ class Store:
             # the sweep goes on without them for a lock timeout rather than wait, since a sweep that waits lets its
             # lease run out, and the next holder would wait for the same locks.
             until = time.monotonic() + WRITER_LOCK_TIMEOUT_MS / 1000
+            recorded = 0
             for decision_id in due:
                 if lock_id(f"decision:{decision_id}") in locked.key_ids and len(held) < MAX_UNCLOSABLE:
                     held[decision_id] = until
+                    recorded += 1
             log.warning("sweep: %d due decisions locked by another session; closing the others first",
                         len(locked.key_ids))
-            return 0, True
+            return 0, recorded > 0  # none left aside (too many already): this sweep ends, the next tries again
         for decision_id, exc in failed.items():
             log.error("decision %s cannot be closed (%s: %s); this process skips it until it restarts",
                       decision_id, exc.__class__.__name__, exc)

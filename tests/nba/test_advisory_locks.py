@@ -16,12 +16,13 @@ from features.state import apply_event
 from nba.catalog import Action, Policy, RewardSpec
 from nba.clock import ManualClock
 from nba.decide import DecideRequest, DecisionEngine
-from nba.errors import StoreUnavailable
+from nba.errors import LocksHeld, StoreUnavailable
 from nba.store import Store
 from nba.store import batcher as batcher_module
+from nba.store import engine as engine_module
 from nba.store import schema as t
 from nba.store.batcher import MAX_BATCH_KEYS, WriteBatcher, _Job
-from nba.store.engine import KeysBusy, lock_id
+from nba.store.engine import lock_id
 from nba.types import Event, EventOutcome
 from tests.nba.test_failed_commit import NoModel
 
@@ -188,24 +189,25 @@ def test_a_batch_sets_apart_only_the_writes_that_need_a_busy_key(postgres_url: s
 
 
 class _CountingLocks:
-    """`lock_keys` as the batcher calls it, counting the group commit's tries and the patient lane's waits."""
+    """Counts, of the batcher's lock taking: the group commit's waits for busy keys (the 200 ms), and the patient
+    lane's waits (keys waited for in order)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.busy_raised = 0
+        self.brief_waits = 0
         self.patient_waits = 0
-        real = batcher_module.lock_keys
+        real_lock_keys, real_wait = batcher_module.lock_keys, engine_module._wait_briefly
 
-        def counting(conn: Connection, keys: list[str], patience_ms: int | None = None,
-                     try_first: bool = True) -> None:
-            if not try_first:
-                self.patient_waits += 1
-            try:
-                real(conn, keys, patience_ms, try_first)
-            except KeysBusy:
-                self.busy_raised += try_first
-                raise
+        def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True,
+                      no_wait: frozenset[int] = frozenset()) -> None:
+            self.patient_waits += not try_first
+            real_lock_keys(conn, keys, patience_ms, try_first, no_wait)
 
-        monkeypatch.setattr(batcher_module, "lock_keys", counting)
+        def wait_briefly(conn: Connection, busy: list[int], shared: set[int], patience_ms: int) -> None:
+            self.brief_waits += patience_ms == batcher_module.LOCK_PATIENCE_MS
+            real_wait(conn, busy, shared, patience_ms)
+
+        monkeypatch.setattr(batcher_module, "lock_keys", lock_keys)
+        monkeypatch.setattr(engine_module, "_wait_briefly", wait_briefly)
 
 
 def _frozen_holding(store: Store, keys: list[str]) -> tuple[Connection, Any]:
@@ -221,7 +223,8 @@ def test_every_busy_key_of_a_batch_is_set_apart_at_once_and_remembered(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ten keys held by a frozen host: the group commit waits once (not ten times 200 ms) and sets apart the ten
-    writes needing them together; a later write for one of them joins those without waiting again."""
+    writes needing them together; a later write for one of them, still held, is set apart without waiting again,
+    and once they are free again writes for them commit in the group commit."""
     counting = _CountingLocks(monkeypatch)
     store = Store(postgres_url)
     frozen_host, frozen = _frozen_holding(store, [f"customer:h{i}" for i in range(10)])
@@ -230,18 +233,21 @@ def test_every_busy_key_of_a_batch_is_set_apart_at_once_and_remembered(
         jobs = [_Job(_put(key), [f"customer:{key[2:]}"], future=answer) for key, answer in answers.items()]
         _queued_together(store._batcher, jobs)
         assert answers["m-free"].result(timeout=60) == "m-free"
-        assert counting.busy_raised == 1
+        assert counting.brief_waits == 1
         assert store._batcher._busy.keys() == {lock_id(f"customer:h{i}") for i in range(10)}
         later: Future[str] = Future()
         threading.Thread(target=lambda: later.set_result(store.write(_put("m-h3-later"), ["customer:h3"]))).start()
-        _until(lambda: store._batcher._busy.get(lock_id("customer:h3")) == 2)  # joined the writes waiting for h3
-        assert counting.busy_raised == 1
+        _until(lambda: store._batcher._patient_queue.qsize() == 10)  # the nine not yet tried there, and it
+        assert counting.brief_waits == 1
         assert not any(answer.done() for key, answer in answers.items() if key != "m-free") and not later.done()
         frozen.rollback()
         assert sorted(answer.result(timeout=60) for answer in answers.values()) == sorted(answers)
         assert later.result(timeout=60) == "m-h3-later"
         assert _stored(store, [*answers, "m-h3-later"]) == sorted([*answers, "m-h3-later"])
-        _until(lambda: not store._batcher._busy)
+        assert not store._batcher._busy  # each had again
+        patient_waits = counting.patient_waits
+        assert store.write(_put("m-h4-again"), ["customer:h4"]) == "m-h4-again"
+        assert counting.patient_waits == patient_waits and counting.brief_waits == 1  # in the group commit
     finally:
         frozen_host.close()
         store.close()
@@ -264,7 +270,7 @@ def test_writes_set_apart_are_answered_by_their_deadline_not_one_lock_timeout_af
         for answer in answers:
             with pytest.raises(StoreUnavailable, match="lock timeout"):
                 answer.result(timeout=60)
-        assert counting.patient_waits == 1 and counting.busy_raised == 1
+        assert counting.patient_waits == 1 and counting.brief_waits == 1
         assert _stored(store, ["d-0", "d-1", "d-2"]) == []
         frozen.rollback()
         assert store.write(_put("d-after"), ["customer:f1"]) == "d-after"  # the key is free again, and not waited for
@@ -356,12 +362,68 @@ def test_a_catalog_change_does_not_wait_for_a_frozen_decision(
         frozen_host.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": lock_id("catalog")})
         with pytest.raises(StoreUnavailable, match="catalog is in use"):
             store.put_action("b", Action(channels=["web"]), NOW)
-        assert counting.patient_waits == 0 and not store._batcher._busy  # not set apart to wait
+        assert counting.patient_waits == 0 and store._batcher._patient_queue.empty()  # not set apart to wait
         engine = DecisionEngine(store, store.load_catalog, NoModel(), ManualClock(NOW), rng=random.Random(0))
         assert engine.decide(DecideRequest("c-1", "web", {})).decision.actions[0].action_id == "a"
+        assert not store._batcher._busy  # the decision had the key (shared)
         frozen.rollback()
         assert store.put_action("b", Action(channels=["web"]), NOW)
     finally:
         if frozen_host is not None:
             frozen_host.close()
+        store.close()
+
+
+def test_writes_needing_a_key_only_shared_are_not_set_apart_for_an_exclusive_wait(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one batch, a catalog change (the catalog's key exclusively) and a decision (shared) while a frozen
+    decision holds it shared: the change is refused, and the decision, which the shared holder does not block,
+    commits in the group commit; nothing is left waiting apart (were it, every later decision would queue there)."""
+    counting = _CountingLocks(monkeypatch)
+    store = Store(postgres_url)
+    frozen_host = store._writer_engine.connect()
+    try:
+        frozen = frozen_host.begin()
+        frozen_host.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": lock_id("catalog")})
+        change, decision = Future[Any](), Future[Any]()
+        _queued_together(store._batcher, [
+            _Job(_put("s-change"), ["catalog"], future=change, wait_apart=False),
+            _Job(_put("s-decision"), ["shared:catalog", "customer:z1"], future=decision)])
+        assert decision.result(timeout=60) == "s-decision"
+        with pytest.raises(LocksHeld):
+            change.result(timeout=60)
+        assert counting.patient_waits == 0 and not store._batcher._busy
+        assert store.write(_put("s-later"), ["shared:catalog", "customer:z2"]) == "s-later"
+        assert counting.patient_waits == 0
+        frozen.rollback()
+    finally:
+        frozen_host.close()
+        store.close()
+
+
+def test_a_key_free_again_is_had_at_once_in_either_lane(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys qa (a frozen host's for good) and qb (held for a moment) set two writes apart, qb's behind qa's. Once qb
+    is free, a new write for it commits in the group commit, not behind qa's wait; and qb's own write, once qa's
+    wait has used up the time they were set apart with, is still tried and commits, not answered 503 untried."""
+    monkeypatch.setattr(batcher_module, "WRITER_LOCK_TIMEOUT_MS", 5_000)
+    store = Store(postgres_url)
+    host_a, frozen_a = _frozen_holding(store, ["customer:qa"])
+    host_b, frozen_b = _frozen_holding(store, ["customer:qb"])
+    try:
+        write_a, write_b = Future[Any](), Future[Any]()
+        _queued_together(store._batcher, [_Job(_put("q-a"), ["customer:qa"], future=write_a),
+                                          _Job(_put("q-b"), ["customer:qb"], future=write_b)])
+        _until(lambda: store._batcher._busy.keys() == {lock_id("customer:qa"), lock_id("customer:qb")})
+        frozen_b.rollback()
+        assert store.write(_put("q-new"), ["customer:qb"]) == "q-new"
+        assert not write_a.done()  # the patient lane still waits for qa, within its 5 s
+        with pytest.raises(StoreUnavailable, match="lock timeout"):
+            write_a.result(timeout=60)
+        assert write_b.result(timeout=60) == "q-b"
+        assert _stored(store, ["q-a", "q-b", "q-new"]) == ["q-b", "q-new"]
+    finally:
+        frozen_a.rollback()
+        host_a.close()
+        host_b.close()
         store.close()

@@ -102,3 +102,29 @@ def test_the_handlers_before_are_back_afterwards() -> None:
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     _serving([FakeServer(1, [0]), FakeServer(None, [], interrupt_signal=True)])
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_signal_while_the_next_server_is_made_stops_it_before_it_serves() -> None:
+    """A signal that comes while the server object is being made (before it can be passed on to it) is seen once it
+    is made: that server never serves, so its wait could never end."""
+    crashed, never = FakeServer(1, [0]), FakeServer(None, [])
+    made: list[FakeServer] = []
+
+    def make() -> FakeServer:
+        if made:
+            os.kill(os.getpid(), signal.SIGTERM)  # while `never` is being made
+        made.append([crashed, never][len(made)])
+        return made[-1]
+
+    assert serve_until_stopped(make, sleep=lambda seconds: None) == 0
+    assert made == [crashed, never] and never.served == 0
+
+
+class ExitsWithNone(FakeServer):
+    def serve(self) -> None:
+        self.served += 1
+        raise SystemExit(None)  # sys.exit() with no code: success
+
+
+def test_a_server_that_exits_with_none_ends_nba_serve_with_0() -> None:
+    assert _serving([ExitsWithNone(None, [])])[0] == 0
