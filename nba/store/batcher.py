@@ -731,8 +731,9 @@ class WriteBatcher:
                         failed = exc
                 if failed is not None:
                     self._after_failed_commit(lane, driver, xid, failed)
-        except SQLAlchemyError:
-            lane.drop()  # it may be broken: the next attempt starts on a fresh one
+        except SQLAlchemyError as exc:
+            if not _lock_timed_out(exc):  # a lock wait that timed out leaves its connection as good as it was
+                lane.drop()  # it may be broken: the next attempt starts on a fresh one
             raise
         return outcomes
 

@@ -268,9 +268,14 @@ def test_a_batch_whose_lock_wait_timed_out_is_not_run_again(postgres_url: str, m
             runs += 1
             conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "row").values(value="1"))
 
+        kept = store._batcher._lane.conn
         with pytest.raises(StoreUnavailable):
             store.write(update_row)
         assert runs == 1
+        assert store._batcher._lane.conn is kept and kept is not None  # no reconnect for a lock timeout
+        holder.rollback()
+        store.write(update_row)  # on the kept connection
+        assert runs == 2 and store._batcher._lane.conn is kept
     finally:
         holder.rollback()
         holder.close()
