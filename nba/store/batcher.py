@@ -53,7 +53,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from nba.errors import Conflict, InvalidInput, LocksHeld, NBAError, StoreUnavailable
-from nba.store.engine import LOCK_NOT_AVAILABLE, SHARED, WRITER_LOCK_TIMEOUT_MS, KeysBusy, lock_id, lock_keys
+from nba.store.engine import WRITER_LOCK_TIMEOUT_MS, KeysBusy, key_modes, lock_keys, lock_timed_out
 from nba.store.prepared import TRANSACTION_CACHE, Prepared
 from nba.store.write_lock import ProcessWriteLock
 
@@ -99,30 +99,17 @@ class _Job:
 _Wait = tuple[int, bool]  # a lock key id, and whether it was asked for exclusively
 
 
-def _needs(keys: Sequence[str]) -> dict[int, bool]:
-    """A write's lock keys: id -> whether it needs the key exclusively (not only `shared:`)."""
-    needs: dict[int, bool] = {}
-    for key in keys:
-        key_id = lock_id(key.removeprefix(SHARED))
-        needs[key_id] = needs.get(key_id, False) or not key.startswith(SHARED)
-    return needs
-
-
 def _blocked_in(batch: list[_Job], busy: frozenset[int]) -> Callable[[dict[int, bool]], frozenset[_Wait]]:
     """Which of a write's keys the batch's busy keys block: a key the batch asked for exclusively (a write in it
     needs it so) is held elsewhere for that write, not surely for one needing it only shared (decisions hold the
     catalog's lock shared, a catalog change exclusively): those run again, alone in their mode."""
-    exclusive = {key_id for job in batch for key_id, excl in _needs(job.keys).items() if excl and key_id in busy}
+    exclusive = {key_id for job in batch for key_id, excl in key_modes(job.keys).items() if excl and key_id in busy}
 
     def blocked(needs: dict[int, bool]) -> frozenset[_Wait]:
         return frozenset((key_id, key_id in exclusive) for key_id, excl in needs.items()
                          if key_id in busy and (excl or key_id not in exclusive))
 
     return blocked
-
-
-def _lock_timed_out(exc: SQLAlchemyError) -> bool:
-    return getattr(getattr(exc, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
 def _rollback(conn: Connection, savepoint: Any) -> None:
@@ -618,7 +605,7 @@ class WriteBatcher:
         deadline = time.monotonic() + WRITER_LOCK_TIMEOUT_MS / 1000
         moved = 0
         for job in list(batch):
-            waits = blocked(_needs(job.keys))
+            waits = blocked(key_modes(job.keys))
             if not waits:
                 continue
             batch.remove(job)
@@ -646,7 +633,7 @@ class WriteBatcher:
         with self._busy_lock:
             if self._busy:
                 for job in batch:
-                    for key_id in _needs(job.keys):
+                    for key_id in key_modes(job.keys):
                         self._busy.pop(key_id, None)
 
     def _attempt(self, batch: list[_Job], lane: _Lane) -> list[tuple[bool, Any]]:
@@ -664,7 +651,7 @@ class WriteBatcher:
         except SQLAlchemyError as exc:
             # A lock timeout is no dead connection: run again, the batch waited as long again (a write 503'd after
             # 20 s, not 10, in a two-host review).
-            if not reused or isinstance(exc, IntegrityError) or _lock_timed_out(exc):
+            if not reused or isinstance(exc, IntegrityError) or lock_timed_out(exc):
                 raise
             log.warning("writer connection failed (%s); retrying the batch on a new connection", exc)
             return self._transaction(batch, lane, savepoints=False)
@@ -732,7 +719,7 @@ class WriteBatcher:
                 if failed is not None:
                     self._after_failed_commit(lane, driver, xid, failed)
         except SQLAlchemyError as exc:
-            if not _lock_timed_out(exc):  # a lock wait that timed out leaves its connection as good as it was
+            if not lock_timed_out(exc):  # a lock wait that timed out leaves its connection as good as it was
                 lane.drop()  # it may be broken: the next attempt starts on a fresh one
             raise
         return outcomes

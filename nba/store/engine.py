@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
@@ -102,6 +103,20 @@ class KeysBusy(Exception):
         self.key_ids = key_ids
 
 
+def key_modes(keys: Sequence[str]) -> dict[int, bool]:
+    """Write keys as advisory lock ids -> whether the key is needed exclusively (any of its keys not `shared:`)."""
+    modes: dict[int, bool] = {}
+    for key in keys:
+        key_id = lock_id(key.removeprefix(SHARED))
+        modes[key_id] = modes.get(key_id, False) or not key.startswith(SHARED)
+    return modes
+
+
+def lock_timed_out(exc: Exception) -> bool:
+    """Whether a database error is PostgreSQL's lock wait running out of time (`lock_timeout`)."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE
+
+
 def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True,
               no_wait: frozenset[int] = frozenset()) -> None:
     """Take transaction-scoped advisory locks (PostgreSQL) in a fixed order, so batches never deadlock.
@@ -121,9 +136,9 @@ def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None,
     """
     if conn.dialect.name != "postgresql":
         return
-    exclusive = {lock_id(k) for k in keys if not k.startswith(SHARED)}
-    shared = {lock_id(k[len(SHARED):]) for k in keys if k.startswith(SHARED)} - exclusive
-    ordered = sorted(exclusive | shared)
+    modes = key_modes(keys)
+    shared = {key_id for key_id, exclusive in modes.items() if not exclusive}
+    ordered = sorted(modes)
     if patience_ms is None:
         for key_id in ordered:
             conn.execute(select(_lock(key_id, key_id in shared, wait=True)))
@@ -156,7 +171,7 @@ def _wait_briefly(conn: Connection, busy: list[int], shared: set[int], patience_
         try:
             conn.execute(select(_lock(key_id, key_id in shared, wait=True)))
         except OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            if lock_timed_out(exc):
                 raise KeysBusy(frozenset(busy[index:])) from exc
             raise
     conn.execute(select(func.set_config("lock_timeout", usual, True)))
