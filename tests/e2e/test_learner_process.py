@@ -22,20 +22,25 @@ from training.simulator import SegmentSimulator
 pytestmark = pytest.mark.e2e
 
 
-def _learners(server_pid: int) -> list[int]:
-    """The `nba learn` processes the server started (children of its main process)."""
+def children(server_pid: int, command: bytes) -> list[int]:
+    """Live children of the server's main process whose command line holds `command` (zombies left out)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            line = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if ppid == server_pid and b"training.cli\0learn" in command:
+        if int(fields[1]) == server_pid and fields[0] != "Z" and command in line:
             found.append(int(entry.name))
     return found
+
+
+def _learners(server_pid: int) -> list[int]:
+    """The `nba learn` processes the server started."""
+    return children(server_pid, b"training.cli\0learn")
 
 
 def _until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:

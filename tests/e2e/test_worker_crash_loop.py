@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import CHANNEL
-from tests.e2e.test_learner_process import _learners, _until
+from tests.e2e.test_learner_process import _learners, _until, children
 
 pytestmark = pytest.mark.e2e
 CATALOG = {
@@ -23,18 +23,7 @@ CATALOG = {
 
 def _workers(server_pid: int) -> list[int]:
     """The granian workers (forked children of the server's main process running `training.cli serve`)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == server_pid and fields[0] != "Z" and b"training.cli\0serve" in command:
-            found.append(int(entry.name))
-    return found
+    return children(server_pid, b"training.cli\0serve")
 
 
 def _answers(url: str) -> bool:

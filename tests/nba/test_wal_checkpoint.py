@@ -37,6 +37,16 @@ def _count(store: Store, prefix: str) -> int:
                           .scalar_one()))
 
 
+def _bounded_by_the_writer(store: Store, prefix: str, wal: Path) -> None:
+    """Eight log limits' worth of rows: the log never passes the hard bound, the writer checkpoints at least
+    twice, and every row is there."""
+    assert store._checkpointer is not None
+    sizes = _write_rows(store, prefix, 8 * LIMIT // ROW, wal)
+    assert max(sizes) <= HARD_FACTOR * LIMIT + 2 * ROW, sizes
+    assert store._checkpointer.writer_checkpoints >= 2
+    assert _count(store, prefix) == 8 * LIMIT // ROW
+
+
 def test_commits_do_not_checkpoint_and_the_checkpointer_does(sqlite_url: str) -> None:
     store = Store(sqlite_url, checkpoint_seconds=3600)  # only the explicit checkpoint below runs
     try:
@@ -83,10 +93,7 @@ def test_the_writer_bounds_the_log_by_itself_when_the_checkpointer_thread_is_gon
     assert checkpointer is not None
     try:
         checkpointer.close()  # the thread stops; the writer still calls between_batches
-        sizes = _write_rows(store, "solo", 8 * LIMIT // ROW, wal)
-        assert max(sizes) <= HARD_FACTOR * LIMIT + 2 * ROW, sizes
-        assert checkpointer.writer_checkpoints >= 2
-        assert _count(store, "solo") == 8 * LIMIT // ROW
+        _bounded_by_the_writer(store, "solo", wal)
     finally:
         store.close()
 
@@ -108,10 +115,7 @@ def test_the_writer_waits_out_a_slow_pass_of_the_thread_at_the_hard_limit(sqlite
 
     checkpointer.checkpoint = slow_pass  # type: ignore[method-assign]
     try:
-        sizes = _write_rows(store, "slow", 8 * LIMIT // ROW, wal)
-        assert max(sizes) <= HARD_FACTOR * LIMIT + 2 * ROW, sizes
-        assert checkpointer.writer_checkpoints >= 2
-        assert _count(store, "slow") == 8 * LIMIT // ROW
+        _bounded_by_the_writer(store, "slow", wal)
     finally:
         store.close()
 
