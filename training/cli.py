@@ -94,9 +94,9 @@ def serve_until_stopped(make_server: Callable[[], Any], backoff: Sequence[float]
 def _serve_again(make_server: Callable[[], Any], backoff: Sequence[float], sleep: Callable[[float], None],
                  stop: dict[str, bool], starting: list[Any], on_signal: Callable[[int, object], None]) -> int:
     failures = 0
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     while True:
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
         if stop["asked"]:
             return 0
         server = make_server()
@@ -109,7 +109,7 @@ def _serve_again(make_server: Callable[[], Any], backoff: Sequence[float], sleep
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        finally:
+        finally:  # granian's handlers, installed by serve(), give way to this function's again
             starting.clear()
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
