@@ -5,8 +5,8 @@ write lock to close them, and in steady state (windows closing as fast as decisi
 sweep's share of the lock every decision's commit needs. A lease in the store now names the one process that
 sweeps; another takes over once it has missed its renewals. Under `nba serve` the learner's own process sweeps:
 it competes for the lease at once, and the workers defer to it, competing only while no process holds the
-learner lease (no learner process is up: it has not started yet, or it has been gone for longer than its lease)
-and giving the sweep lease up as soon as one does.
+learner lease (no learner process is up: it has not started yet, or it is gone: ended on this machine, or
+silent for longer than its lease elsewhere) and giving the sweep lease up as soon as one does.
 """
 
 from __future__ import annotations
