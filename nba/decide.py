@@ -14,7 +14,14 @@ from nba.catalog import Action, Policy
 from nba.catalog_view import CatalogView
 from nba.clock import Clock, epoch_ms
 from nba.constraints import CounterState, cel_variables, counter_exclusion, longest_counter_window, static_exclusion
-from nba.errors import ActionNotFound, CatalogChanged, IdempotencyConflict, NoPolicyForChannel
+from nba.errors import (
+    ActionNotFound,
+    CatalogChanged,
+    IdempotencyConflict,
+    LocksHeld,
+    NoPolicyForChannel,
+    StoreUnavailable,
+)
 from nba.ids import new_id
 from nba.rules import RuleInputs
 from nba.sampling import InvalidDistribution, check_distribution, sample_slots, uniform
@@ -24,6 +31,9 @@ from nba.types import Context, CustomerState, Decision, Exclusion, PolicyMode, P
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The exclusion of a budgeted action whose budget another session's unfinished write holds (PostgreSQL).
+BUDGET_HELD = "in use by another session's unfinished write: left out, as its use cannot be checked"
+LOCKS_BUSY = "locks this decision needs are held by another session; try again"
 
 
 class Scorer(Protocol):
@@ -215,6 +225,17 @@ class DecisionEngine:
                 # A concurrent decision took the last unit: exclude the action and decide again.
                 eligible.pop(failed.exclusion.action_id)
                 excluded.append(failed.exclusion)
+                continue
+            except LocksHeld as held:
+                # Another session's unfinished write (a host frozen mid-decision) holds these budgets: their use
+                # cannot be checked, so they are left out rather than waited for.
+                busy = self._store.budgets_held(held, [choice.action_id for choice in decision.actions])
+                if not busy:
+                    raise StoreUnavailable(LOCKS_BUSY) from held
+                for action_id in busy:
+                    budget = eligible.pop(action_id).budget
+                    assert budget is not None
+                    excluded.append(Exclusion(action_id, budget.rule, BUDGET_HELD))
                 continue
             replayed = stored.decision_id != decision.decision_id
             if not replayed and self._on_decision is not None:

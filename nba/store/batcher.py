@@ -94,6 +94,13 @@ class _Job:
     loop: asyncio.AbstractEventLoop | None = None  # ... or a coroutine on `awaited`, in this loop
     awaited: asyncio.Future[Any] | None = None
     wait_apart: bool = True  # False: answered LocksHeld rather than set apart for a busy key
+    # Lock ids it would rather do without than wait for: held elsewhere, and no other key of it, it is answered
+    # LocksHeld (a decision then leaves out the budgeted action whose key it is) rather than set apart.
+    optional: frozenset[int] = frozenset()
+
+    def gives_up(self, held: frozenset[int]) -> bool:
+        """Whether, finding `held` held by another session, this write is answered `LocksHeld` instead of waiting."""
+        return not self.wait_apart or (bool(held) and held <= self.optional)
 
 
 _Wait = tuple[int, bool]  # a lock key id, and whether it was asked for exclusively
@@ -289,16 +296,18 @@ class WriteBatcher:
             threading.Thread(target=self._wait_for_lock, args=(self._inline_lock,), name="nba-inline-lock",
                              daemon=True).start()
 
-    def submit(self, fn: Callable[[Connection], T], keys: Sequence[str] = (), wait_apart: bool = True) -> T:
+    def submit(self, fn: Callable[[Connection], T], keys: Sequence[str] = (), wait_apart: bool = True,
+               optional_keys: Sequence[str] = ()) -> T:
         """Run `fn(conn)` in the next group transaction and return its result once committed. With
         `wait_apart=False`, a write that needs a key another session holds (PostgreSQL) is not set apart to wait
-        for it: it raises `LocksHeld` naming the keys held, and the caller may go on without them."""
+        for it: it raises `LocksHeld` naming the keys held, and the caller may go on without them. With
+        `optional_keys` (some of `keys`), so does a write of which only those are held elsewhere."""
         future: Future[T] = Future()
-        self._put(_Job(fn, keys, future=future, wait_apart=wait_apart))
+        self._put(_Job(fn, keys, future=future, wait_apart=wait_apart, optional=self._lock_ids(optional_keys)))
         return future.result()
 
     def submit_async(self, fn: Callable[[Connection], T], keys: Sequence[str] = (),
-                     inline: bool = True) -> asyncio.Future[T]:
+                     inline: bool = True, optional_keys: Sequence[str] = ()) -> asyncio.Future[T]:
         """Like `submit`, for a coroutine: await the result. Call from the running event loop.
 
         With `inline=False` the write goes to the writer thread even where the loop could commit it.
@@ -307,7 +316,7 @@ class WriteBatcher:
         """
         loop = asyncio.get_running_loop()
         awaited: asyncio.Future[T] = loop.create_future()
-        job = _Job(fn, keys, loop=loop, awaited=awaited)
+        job = _Job(fn, keys, loop=loop, awaited=awaited, optional=self._lock_ids(optional_keys))
         if self._inline is None or not inline:
             self._put(job)
             return awaited
@@ -324,6 +333,10 @@ class WriteBatcher:
         else:
             pending.append(job)
         return awaited
+
+    def _lock_ids(self, keys: Sequence[str]) -> frozenset[int]:
+        """Advisory lock ids of `keys` where a key can be held by another session (PostgreSQL), else none."""
+        return frozenset(key_modes(keys)) if keys and self._patient is not None else frozenset()
 
     def _flush_inline(self, loop: asyncio.AbstractEventLoop) -> None:
         """Commit the writes a pass of this event loop submitted, on the loop's thread, if the lock is free."""
@@ -512,20 +525,25 @@ class WriteBatcher:
                 patient.patience_ms, patient.try_first = 0, True
                 try:
                     self._commit([job], patient)
-                except KeysBusy:
+                except KeysBusy as busy:
                     remaining_ms = int((deadline - time.monotonic()) * 1000)
-                    if remaining_ms < 1:
-                        self._deliver([job], [(False, StoreUnavailable(LOCK_HELD))])
+                    if job.gives_up(busy.key_ids) or remaining_ms < 1:
+                        self._deliver([job], [(False, self._held(job, busy))])
                         continue
                     patient.patience_ms, patient.try_first = remaining_ms, False
                     try:
                         self._commit([job], patient)
-                    except KeysBusy:
-                        self._deliver([job], [(False, StoreUnavailable(LOCK_HELD))])
+                    except KeysBusy as still:
+                        self._deliver([job], [(False, self._held(job, still))])
             except Exception as exc:  # a bug or a driver error outside SQLAlchemy: fail the write, keep going
                 log.exception("patient commit failed unexpectedly")
                 patient.drop()
                 self._fail([job], exc)
+
+    @staticmethod
+    def _held(job: _Job, busy: KeysBusy) -> NBAError:
+        """The answer of a patient write whose keys stayed held: `LocksHeld` if it would do without them, else 503."""
+        return LocksHeld(busy.key_ids) if job.gives_up(busy.key_ids) else StoreUnavailable(LOCK_HELD)
 
     def _loop(self) -> None:
         stopping = False  # the stop was read: what was queued before it is committed, then the thread ends
@@ -600,7 +618,7 @@ class WriteBatcher:
 
     def _set_apart(self, batch: list[_Job], blocked: Callable[[dict[int, bool]], frozenset[_Wait]]) -> None:
         """Move the writes of `batch` that `blocked` says wait for a lock to the patient lane, or answer them
-        `LocksHeld` (`wait_apart=False`); each leaves `batch` as it goes (a caller failing the batch after an
+        `LocksHeld` (`_Job.gives_up`); each leaves `batch` as it goes (a caller failing the batch after an
         unexpected error then fails only the writes still in it). The keys they wait for are remembered."""
         deadline = time.monotonic() + WRITER_LOCK_TIMEOUT_MS / 1000
         moved = 0
@@ -612,8 +630,9 @@ class WriteBatcher:
             with self._busy_lock:
                 for key_id, _ in waits:
                     self._busy[key_id] = deadline
-            if not job.wait_apart:
-                self._deliver([job], [(False, LocksHeld(frozenset(key_id for key_id, _ in waits)))])
+            held = frozenset(key_id for key_id, _ in waits)
+            if job.gives_up(held):
+                self._deliver([job], [(False, LocksHeld(held))])
                 continue
             self._patient_queue.put((job, deadline))
             moved += 1

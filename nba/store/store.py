@@ -49,6 +49,9 @@ class WriteJob(Generic[T]):
     fn: Callable[[Connection], T]
     keys: Sequence[str]
     inline: bool = True
+    # Keys (of `keys`) the write would rather do without than wait for while another session holds them: then it
+    # raises `LocksHeld` instead (PostgreSQL; see `WriteBatcher.submit`).
+    optional_keys: Sequence[str] = ()
 
 
 class Store:
@@ -170,11 +173,11 @@ class Store:
 
     def run(self, job: WriteJob[T]) -> T:
         """Run a prepared write and return its result once committed."""
-        return self.write(job.fn, job.keys)
+        return self._batcher.submit(job.fn, job.keys, optional_keys=job.optional_keys)
 
     def run_async(self, job: WriteJob[T]) -> asyncio.Future[T]:
         """`run` for a coroutine: await the committed result."""
-        return self._batcher.submit_async(job.fn, job.keys, inline=job.inline)
+        return self._batcher.submit_async(job.fn, job.keys, inline=job.inline, optional_keys=job.optional_keys)
 
     @property
     def local(self) -> bool:
@@ -338,7 +341,8 @@ class Store:
     ) -> WriteJob[Decision]:
         """The write that reserves a decision's units and logs it (run it with `run` or `run_async`)."""
         keys = [f"customer:{decision.customer_id}", f"{SHARED}catalog"]  # the catalog stays as checked
-        keys += [f"budget:{c.action_id}" for c in decision.actions if actions[c.action_id].budget is not None]
+        budgets = [f"budget:{c.action_id}" for c in decision.actions if actions[c.action_id].budget is not None]
+        keys += budgets
         if decision.request_id is not None:
             keys.append(f"idem:{decision.channel}:{decision.request_id}")
 
@@ -351,7 +355,13 @@ class Store:
                     self._budgets.forget(failed.exclusion.action_id)
                 raise
 
-        return WriteJob(job, keys)
+        return WriteJob(job, keys, optional_keys=budgets)
+
+    @staticmethod
+    def budgets_held(held: LocksHeld, action_ids: Sequence[str]) -> list[str]:
+        """Which of these actions' budgets another session's unfinished write holds (a decision write's `LocksHeld`):
+        the decision leaves them out rather than wait, since their use cannot be checked meanwhile."""
+        return [aid for aid in action_ids if lock_id(f"budget:{aid}") in held.key_ids]
 
     def get_decision(self, decision_id: str, with_rewards: bool = True) -> Decision | None:
         return self.read(lambda c: decision_repo.get_decision(c, decision_id, with_rewards))

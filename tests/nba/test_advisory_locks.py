@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 from collections.abc import Callable
@@ -10,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, func, select, text
 
 from features.state import apply_event
-from nba.catalog import Action, Policy, RewardSpec
+from nba.catalog import Action, Budget, Policy, RewardSpec
 from nba.clock import ManualClock
-from nba.decide import DecideRequest, DecisionEngine
+from nba.decide import BUDGET_HELD, DecideRequest, DecisionEngine
 from nba.errors import LocksHeld, StoreUnavailable
 from nba.store import Store
 from nba.store import batcher as batcher_module
@@ -195,6 +196,7 @@ class _CountingLocks:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.brief_waits = 0
         self.patient_waits = 0
+        self.briefly_waited_for: list[int] = []  # the keys of those brief waits
         real_lock_keys, real_wait = batcher_module.lock_keys, engine_module._wait_briefly
 
         def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True,
@@ -203,7 +205,9 @@ class _CountingLocks:
             real_lock_keys(conn, keys, patience_ms, try_first, no_wait)
 
         def wait_briefly(conn: Connection, busy: list[int], shared: set[int], patience_ms: int) -> None:
-            self.brief_waits += patience_ms == batcher_module.LOCK_PATIENCE_MS
+            if patience_ms == batcher_module.LOCK_PATIENCE_MS:
+                self.brief_waits += 1
+                self.briefly_waited_for += busy
             real_wait(conn, busy, shared, patience_ms)
 
         monkeypatch.setattr(batcher_module, "lock_keys", lock_keys)
@@ -426,4 +430,70 @@ def test_a_key_free_again_is_had_at_once_in_either_lane(postgres_url: str, monke
         frozen_a.rollback()
         host_a.close()
         host_b.close()
+        store.close()
+
+
+def _budget_used(store: Store, action_id: str) -> int:
+    return int(store.read(lambda c: c.execute(select(func.coalesce(func.sum(t.budget_counters.c.used), 0)).where(
+        t.budget_counters.c.action_id == action_id)).scalar_one()))
+
+
+def test_a_decision_leaves_out_a_budget_a_frozen_host_holds(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host frozen mid-decision holds a budgeted action's lock, so that budget's use cannot be checked. A decision
+    drawing the action leaves it out, as an exhausted budget would, after the group commit's 200 ms, rather than
+    wait up to the lock timeout (10 s) and answer 503; the next one does not wait again. Once the host's session
+    ends the action is drawn, and counted, again."""
+    counting = _CountingLocks(monkeypatch)
+    store = Store(postgres_url)
+    frozen_host = None
+    b = f"b-{postgres_url[-12:]}"  # lock keys are per database: tests running beside this one use other schemas
+    try:
+        store.put_action(b, Action(channels=["web"], budget=Budget(limit=100, window="1d")), NOW)
+        store.put_action("free", Action(channels=["web"]), NOW)
+        store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
+        engine = DecisionEngine(store, store.load_catalog, NoModel(), ManualClock(NOW), rng=random.Random(0))
+        both = DecideRequest(f"c-{b}", "web", {}, candidates=[b, "free"], slots=2)
+        frozen_host, frozen = _frozen_holding(store, [f"budget:{b}"])
+
+        for decided in (engine.decide(both).decision, asyncio.run(engine.decide_async(both)).decision):
+            assert [choice.action_id for choice in decided.actions] == ["free"]
+            assert [(e.action_id, e.rule, e.detail) for e in decided.excluded] == [(b, "budget:1d", BUDGET_HELD)]
+            assert [(aid, p) for aid, p in decided.ranking] == [("free", 1.0)]
+            assert decided.actions[0].probability == 1.0
+        assert counting.briefly_waited_for.count(lock_id(f"budget:{b}")) == 1  # then remembered
+        assert counting.patient_waits == 0 and store._batcher._patient_queue.empty()  # never set apart
+        assert _budget_used(store, b) == 0
+
+        frozen.rollback()
+        decided = engine.decide(both).decision
+        assert sorted(choice.action_id for choice in decided.actions) == sorted([b, "free"]) and not decided.excluded
+        assert _budget_used(store, b) == 1 and lock_id(f"budget:{b}") not in store._batcher._busy
+    finally:
+        if frozen_host is not None:
+            frozen_host.close()
+        store.close()
+
+
+def test_a_decision_still_waits_for_its_customer_a_frozen_host_holds(postgres_url: str) -> None:
+    """Only budgets are left out: a customer's lock (its caps and cooldowns) is waited for apart, as before, and
+    the decision commits once the frozen host's session ends."""
+    store = Store(postgres_url)
+    frozen_host = None
+    try:
+        b = f"b-{postgres_url[-12:]}"  # lock keys are per database: tests running beside this one use other schemas
+        store.put_action(b, Action(channels=["web"], budget=Budget(limit=100, window="1d")), NOW)
+        store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
+        engine = DecisionEngine(store, store.load_catalog, NoModel(), ManualClock(NOW), rng=random.Random(0))
+        frozen_host, frozen = _frozen_holding(store, [f"customer:c-{b}", f"budget:{b}"])
+        answer: Future[Any] = Future()
+        threading.Thread(target=lambda: answer.set_result(engine.decide(DecideRequest(f"c-{b}", "web", {})))).start()
+        _until(lambda: store._batcher._patient_queue.empty() and _waiting_for_locks(store) >= 1)  # waits apart
+        assert not answer.done()
+        frozen.rollback()
+        decided = answer.result(timeout=60).decision
+        assert [choice.action_id for choice in decided.actions] == [b] and not decided.excluded
+        assert _budget_used(store, b) == 1
+    finally:
+        if frozen_host is not None:
+            frozen_host.close()
         store.close()
