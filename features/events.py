@@ -41,14 +41,28 @@ def _type_ok(kind: str, value: Any) -> bool:
     return False
 
 
-def _flat_value(value: Any) -> bool:
-    if isinstance(value, bool | str):
-        return len(value) <= 1024 if isinstance(value, str) else True
+MAX_STRING = 1024  # characters of a string property, or of each string of a list
+MAX_LIST = 100  # strings in a list property
+
+
+def _flat_value_problem(value: Any) -> str | None:
+    """Why a property value is not one the state can hold (None if it is): the message names the limit broken."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return None if len(value) <= MAX_STRING else f"is a string of {len(value)} characters, over {MAX_STRING}"
     if isinstance(value, int | float):
-        return is_finite_number(value)
+        return None if is_finite_number(value) else "must be a finite number within a float's range"
     if isinstance(value, list):
-        return len(value) <= 100 and all(isinstance(v, str) and len(v) <= 1024 for v in value)
-    return False
+        if len(value) > MAX_LIST:
+            return f"is a list of {len(value)} strings, over {MAX_LIST}"
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                return f"must be a list of strings only (item {index} is not a string)"
+            if len(item) > MAX_STRING:
+                return f"has a string of {len(item)} characters (item {index}), over {MAX_STRING}"
+        return None
+    return "must be a string, number, bool or list of strings"
 
 
 def effective_schema(event_type: str, registry: Mapping[str, EventType]) -> EventType | None:
@@ -88,11 +102,9 @@ def validate_event(
         if name not in properties:
             raise InvalidInput(f"required property {name!r} is missing", field=f"{field_prefix}properties.{name}")
     for name, value in properties.items():
-        if not _flat_value(value):
-            raise InvalidInput(
-                f"property {name!r} must be a string, number, bool or list of strings",
-                field=f"{field_prefix}properties.{name}",
-            )
+        problem = _flat_value_problem(value)
+        if problem is not None:
+            raise InvalidInput(f"property {name!r} {problem}", field=f"{field_prefix}properties.{name}")
         kind = schema.properties.get(name)
         if kind is not None and not _type_ok(kind, value):
             raise InvalidInput(f"property {name!r} must be a {kind}", field=f"{field_prefix}properties.{name}")

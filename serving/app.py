@@ -10,6 +10,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from serving.auth import authorize
 from serving.body import check_body
+from serving.head import HeadAsGet
 from serving.openapi import StrictBodies
 from serving.problems import HANDLERS
 from serving.routes import catalog, customers, decide, decisions, events, health
@@ -46,7 +47,7 @@ async def _before_request(request: Request[Any, Any, Any]) -> None:
 def create_app(runtime: Runtime) -> Litestar:
     """Build the app around a runtime; the runtime's background work starts and stops with the app."""
     runtime.settings.configure_logging()
-    app = Litestar(
+    app = HeadAsGet(
         route_handlers=ROUTES,
         exception_handlers=HANDLERS,
         before_request=_before_request,

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 from litestar import Request
-from litestar.exceptions import ClientException, ValidationException
+from litestar.exceptions import ClientException, InternalServerException, ValidationException
 from pydantic import BaseModel, ValidationError
 
 from nba.catalog import CLIENT_INPUT
@@ -24,6 +24,8 @@ from nba.numbers import is_unusable_number
 _PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _KEY_AT = re.compile(r" - at `key` in `\$([^`]*)`$")
 _NAMED = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
+BODY_CUT_SHORT = "client disconnected prematurely"  # Litestar's detail when the server ends a body early
+UNREADABLE = "the body could not be read: its chunked encoding is malformed, or the connection ended before it did"
 
 
 def error_field(message: str) -> tuple[str, str]:
@@ -46,11 +48,22 @@ def error_field(message: str) -> tuple[str, str]:
     return (path or "body"), text
 
 
+async def _read(request: Request[Any, Any, Any]) -> bytes:
+    """The whole body. A body that ends before its framing says it does (malformed chunked encoding, a connection
+    closed mid-body) is the client's fault: a 400, where Litestar raises a 500 ("client disconnected")."""
+    try:
+        return await request.body()
+    except InternalServerException as exc:
+        if exc.detail != BODY_CUT_SHORT:
+            raise
+        raise ClientException(UNREADABLE) from exc
+
+
 async def check_body(request: Request[Any, Any, Any]) -> None:
     body_type = request.route_handler.opt.get("body")
     if body_type is None:
         return
-    raw = await request.body()
+    raw = await _read(request)
     model_errors: list[tuple[str, str]] = []
     try:
         if isinstance(body_type, type) and issubclass(body_type, BaseModel):

@@ -31,6 +31,7 @@ from nba.errors import (
     PolicyNotFound,
     StoreUnavailable,
 )
+from serving.body import UNREADABLE
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -117,14 +118,17 @@ def http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         return problem(422, "a number is out of range", "validation",
                        [{"field": path or "body", "message": "number out of range"}])
     if status == 400:
-        return problem(400, f"the body is not valid JSON: {detail}", "malformed")
+        return problem(400, detail if detail == UNREADABLE else f"the body is not valid JSON: {detail}", "malformed")
+    if status >= 500:  # Litestar's own (a client's input should never come to this): logged like any other
+        log.error("%d from the web framework: %s", status, detail, exc_info=exc)
     kinds = {401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
              413: "too-large", 415: "unsupported-media-type"}
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthorizedException) else None
     if isinstance(exc, NotFoundException | PermissionDeniedException):
         headers = None
     if isinstance(exc, MethodNotAllowedException) and exc.headers:  # RFC 9110: a 405 lists the allowed methods
-        headers = {"Allow": exc.headers.get("allow", "")}
+        allowed = [method.strip() for method in exc.headers.get("allow", "").split(",") if method.strip()]
+        headers = {"Allow": ", ".join(allowed + (["HEAD"] if "GET" in allowed and "HEAD" not in allowed else []))}
     return problem(status, detail, kinds.get(status), headers=headers)
 
 

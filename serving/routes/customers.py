@@ -31,7 +31,7 @@ def get_customer(
     return {
         "customer_id": canonical,
         "aliases": runtime.store.customer_aliases(canonical),
-        "state": _state_out(state) if state else {},
+        "state": _state_out(state if state is not None else CustomerState(canonical)),  # one shape, events or not
         "recent_decisions": [
             {
                 "decision_id": d.decision_id,

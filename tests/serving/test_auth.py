@@ -146,3 +146,23 @@ def test_a_method_a_route_does_not_take_is_405_listing_those_it_does(client: Cli
     response = client.delete("/v1/decide", headers=ADMIN)
     assert_problem(response, 405)
     assert set(response.headers["allow"].split(", ")) == {"POST", "OPTIONS"}, response.headers
+
+
+def test_head_answers_every_get_route_as_get_without_the_body(client: Client) -> None:
+    """RFC 9110 §9.3.2: HEAD wherever GET is served (load balancers probe `/health` so), with GET's status and
+    headers and no body; auth and errors as for GET."""
+    decision = decide(client)
+    for path, headers in [("/health", {}), ("/metrics", {}), (f"/v1/decisions/{decision['decision_id']}", ANALYST),
+                          ("/v1/actions", ADMIN), ("/schema/openapi.json", {})]:
+        got, head = client.get(path, headers=headers), client.head(path, headers=headers)
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers["content-length"] == str(len(got.content)), path
+    assert client.head("/v1/decisions/d-unknown", headers=ANALYST).status_code == 404
+    assert client.head(f"/v1/decisions/{decision['decision_id']}").status_code == 401
+    refused = client.head("/v1/decide", headers=CHANNEL)  # a POST route
+    assert (refused.status_code, refused.content) == (405, b"")
+    assert set(refused.headers["allow"].split(", ")) == {"POST", "OPTIONS"}
+    get_only = client.delete("/health")
+    assert_problem(get_only, 405)
+    assert set(get_only.headers["allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}

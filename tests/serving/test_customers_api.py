@@ -49,3 +49,12 @@ def test_recent_decisions_are_the_newest_50_newest_first(client: Client, clock: 
         assert entry["channel"] == decision["channel"]
         assert entry["actions"] == decision["actions"]
         assert datetime.fromisoformat(entry["created_at"]) == datetime.fromisoformat(decision["created_at"])
+
+
+def test_a_customer_known_only_from_decisions_has_an_empty_state_of_the_same_shape(client: Client) -> None:
+    decide(client, "c-decided")
+    send_events(client, [{"customer_id": "c-evented", "type": "page_view", "properties": {}}])
+    decided = client.get("/v1/customers/c-decided", headers=ANALYST).json()["state"]
+    evented = client.get("/v1/customers/c-evented", headers=ANALYST).json()["state"]
+    assert decided.keys() == evented.keys() and decided["attributes"] == {}
+    assert decided["event_counts"] == {} and evented["event_counts"] == {"page_view": 1}

@@ -95,6 +95,24 @@ def test_invalid_events_are_422_and_change_nothing(client: Client, body: Any, fi
 
 
 @pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        pytest.param("x" * 1025, "is a string of 1025 characters, over 1024", id="long-string"),
+        pytest.param(["x"] * 101, "is a list of 101 strings, over 100", id="long-list"),
+        pytest.param(["ok", "x" * 1025], "has a string of 1025 characters (item 1), over 1024", id="long-item"),
+        pytest.param(["ok", 3], "must be a list of strings only (item 1 is not a string)", id="list-of-mixed"),
+        pytest.param(int("9" * 400), "must be a finite number within a float's range", id="400-digit-int"),
+        pytest.param({"nested": 1}, "must be a string, number, bool or list of strings", id="object"),
+    ],
+)
+def test_a_property_value_refused_says_which_limit_it_breaks(client: Client, value: Any, says: str) -> None:
+    body = {"customer_id": "c-1", "type": "profile_updated", "properties": {"k": value}}
+    problem = assert_problem(client.post("/v1/events", json=body, headers=CHANNEL), 422, "properties.k")
+    assert problem["errors"] == [{"field": "properties.k", "message": f"property 'k' {says}"}]
+    assert customer(client, "c-1") is None
+
+
+@pytest.mark.parametrize(
     ("body", "status", "field"),
     [
         pytest.param(b'{"customer_id": "c-1", "type": "purchase", "properties": {"amount": NaN}}', 400, None,
