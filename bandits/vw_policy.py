@@ -240,5 +240,5 @@ def check_learner(policy: Policy, field: str = "learner") -> None:
         raise InvalidInput(exc.message, field=field + (exc.field or "learner")[len("learner"):]) from exc
     try:
         VWPolicy(args)
-    except ModelLoadError as exc:
-        raise InvalidInput(str(exc), field=field) from exc
+    except ModelLoadError as exc:  # the client's own arguments, if any, are what VW refused (the rest are ours)
+        raise InvalidInput(str(exc), field=f"{field}.vw_args" if policy.learner.vw_args else field) from exc

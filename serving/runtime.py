@@ -122,7 +122,7 @@ class Runtime:
         catalog = load_catalog_file(path, client_input=True)
         for name, policy in catalog.policies.items():
             check_learner(policy, field=f"policies.{name}.learner")
-        if self.store.seed_catalog(catalog, self.clock.now(), digest=digest):
+        if self.store.seed_catalog(catalog, self.clock.now(), digest=digest, clock=self.clock.now):
             log.info("catalog file %s: applied (%s)", path, digest)
 
     def stop(self) -> None:

@@ -54,6 +54,17 @@ class WriteJob(Generic[T]):
     optional_keys: Sequence[str] = ()
 
 
+def _change_ms(now: datetime, clock: Callable[[], datetime] | None) -> int:
+    """The time of a catalog change, read inside its write transaction when a clock is given (never before `now`).
+
+    An action saved with a new budget window carries the budget's use into the window current at this time
+    (`catalog_repo.carry_budget_use`). Decisions under the old budget commit before the change does (they hold
+    the catalog as they checked it), so this time is after every one of them: read before the change queued for
+    the write lock instead, a window boundary passed while it waited left the decisions made since uncounted, and
+    the new window was filled again (an adversarial run: 13 offers against a limit of 5)."""
+    return max(epoch_ms(now), epoch_ms(clock())) if clock is not None else epoch_ms(now)
+
+
 class Store:
     """Everything the service keeps: catalog, customers, events, decisions, outcomes, models."""
 
@@ -209,9 +220,12 @@ class Store:
     def load_catalog(self) -> CatalogView:
         return self.read(catalog_repo.load_view)
 
-    def put_action(self, action_id: str, action: Action, now: datetime) -> bool:
-        return self._catalog_write(lambda c: catalog_repo.put_action(c, action_id, action, epoch_ms(now)),
-                                   ["catalog"])
+    def put_action(self, action_id: str, action: Action, now: datetime,
+                   clock: Callable[[], datetime] | None = None) -> bool:
+        """Create or replace an action; returns whether it was created. With `clock`, the change's time is read
+        again inside its write transaction (`_change_ms`)."""
+        return self._catalog_write(
+            lambda c: catalog_repo.put_action(c, action_id, action, _change_ms(now, clock)), ["catalog"])
 
     def delete_action(self, action_id: str) -> bool:
         return self._catalog_write(lambda c: catalog_repo.delete_action(c, action_id), ["catalog"])
@@ -236,16 +250,18 @@ class Store:
             raise StoreUnavailable("the catalog is in use by a write of another session that has not ended (a "
                                    "host frozen mid-transaction?); try again") from exc
 
-    def seed_catalog(self, catalog: CatalogFile, now: datetime, digest: str | None = None) -> bool:
+    def seed_catalog(self, catalog: CatalogFile, now: datetime, digest: str | None = None,
+                     clock: Callable[[], datetime] | None = None) -> bool:
         """Apply a catalog file: every entry it names is created or updated; nothing else is touched.
 
         With `digest` (`nba.catalog.catalog_digest`), only if the store has not applied that very content yet:
         returns whether it applied it. A restart with the same file then leaves the admin API's changes alone
-        (a deactivated action stays deactivated); a changed file is applied, all or nothing.
+        (a deactivated action stays deactivated); a changed file is applied, all or nothing. `clock` as in
+        `put_action`.
         """
-        ms = epoch_ms(now)
 
         def job(conn: Connection) -> bool:
+            ms = _change_ms(now, clock)
             if digest is not None and catalog_repo.applied_file_digest(conn) == digest:
                 return False
             for name, spec in catalog.event_types.items():

@@ -34,7 +34,8 @@ def _dump(model: Any, **extra: Any) -> dict[str, Any]:
      responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
 async def put_action(request: Request[Any, Any, Any], action_id: ActionId, data: Action) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
-    created = await to_thread.run_sync(runtime.store.put_action, action_id, data, runtime.clock.now())
+    created = await to_thread.run_sync(runtime.store.put_action, action_id, data, runtime.clock.now(),
+                                       runtime.clock.now)
     await to_thread.run_sync(runtime.refresh_catalog)
     return Response(_dump(data, action_id=action_id), status_code=201 if created else 200)
 

@@ -337,6 +337,29 @@ def test_budget_use_of_windows_that_have_ended_is_not_carried_to_a_new_window_le
     assert [a.action_id for a in _decide(engine, "c2").actions] == ["x"]
 
 
+def test_a_shorter_budget_window_saved_across_a_window_boundary_counts_what_was_offered_since(
+    store: Store, clock: ManualClock
+) -> None:
+    """The change was timed before it queued for the write lock and committed after a boundary of the new window
+    length: the offers made meanwhile under the old budget were carried into the window before the boundary, and
+    the new window was filled again (an adversarial run: 13 offers against a limit of 5)."""
+    _seed(store, clock, {"x": Action(channels=["web"], budget=Budget(limit=1000, window="2s"))})
+    engine = _engine(store, clock)
+    start = clock.now().replace(microsecond=0)
+    start -= timedelta(seconds=int(start.timestamp()) % 2)  # a 2-s window starts here; a 1-s one at start + 1 s
+    clock.set(start + timedelta(milliseconds=998))
+    timed = clock.now()  # the admin route reads the time, then the change waits for the write lock
+    clock.set(start + timedelta(milliseconds=1004))
+    for n in range(8):  # decisions that commit first, under the old budget, in the next 1-s window
+        assert [a.action_id for a in _decide(engine, f"c{n}").actions] == ["x"]
+    clock.set(start + timedelta(milliseconds=1100))
+    store.put_action("x", Action(channels=["web"], budget=Budget(limit=5, window="1s")), timed, clock.now)
+    clock.set(start + timedelta(milliseconds=1200))
+    for n in range(8, 16):
+        decision = _decide(engine, f"c{n}")
+        assert decision.actions == [] and [e.rule for e in decision.excluded] == ["budget:1s"]
+
+
 def test_caps_and_cooldowns_run_from_when_a_deferred_action_was_shown(store: Store, clock: ManualClock) -> None:
     """Activation says the action reached the customer: it counts from then, not from the decision (review)."""
     _seed(store, clock, {"x": Action(channels=["web"], caps=[Cap(per="customer", limit=1, window="1d")])},

@@ -185,6 +185,8 @@ def test_a_channel_served_by_another_policy_is_409(client: Client) -> None:
         pytest.param({"vw_args": "-q"}, "vw_args", id="option-without-value"),
         pytest.param({"vw_args": "-b 29"}, "vw_args", id="hash-table-of-gigabytes"),
         pytest.param({"vw_args": "--bit_precision=x"}, "vw_args", id="bits-not-a-number"),
+        pytest.param({"vw_args": "--cb_type nope"}, "learner.vw_args", id="value-vw-refuses"),
+        pytest.param({"vw_args": "--random_seed abc"}, "learner.vw_args", id="number-vw-cannot-read"),
         pytest.param({"exploration": "ucb"}, "exploration", id="unknown-exploration"),
         pytest.param({"exploration": "greedy", "epsilon": 0.1}, "learner", id="parameter-of-another-exploration"),
         pytest.param({"exploration": "epsilon", "epsilon": 1.5}, "epsilon", id="epsilon-above-1"),
