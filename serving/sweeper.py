@@ -12,6 +12,7 @@ silent for longer than its lease elsewhere) and giving the sweep lease up as soo
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
 
 from nba.clock import Clock
@@ -24,8 +25,10 @@ LEASE = "sweep"
 class Sweeper:
     """Closes what is due when its process holds the sweep lease."""
 
-    def __init__(self, store: Store, clock: Clock, every: float, defer_to: str | None = None) -> None:
+    def __init__(self, store: Store, clock: Clock, every: float, defer_to: str | None = None,
+                 round_turn: AbstractContextManager[object] | None = None) -> None:
         self._store = store
+        self._round_turn = round_turn  # held around each round (`Store.close_due`)
         self._clock = clock
         self._holder = lease_holder(self)
         # Outlasts two missed sweeps; renewed after every round of a long one.
@@ -48,7 +51,7 @@ class Sweeper:
         def rest_and_renew(seconds: float) -> bool:
             return (rest is not None and rest(seconds)) or not self._renew()
 
-        return self._store.close_due(self._clock.now(), rest=rest_and_renew)
+        return self._store.close_due(self._clock.now(), rest=rest_and_renew, round_turn=self._round_turn)
 
     def _renew(self) -> bool:
         self._held = self._store.try_lease(LEASE, self._holder, self._clock.now(), self._ttl)

@@ -48,10 +48,15 @@ class LearnerProcess:
         clock = clock or SystemClock()
         featurizer = NamespaceFeaturizer()
         self._catalog = LiveCatalog(self.store)
+        # The learner's CPU work and the sweep's rounds take turns: a round holds the store's write lock, which
+        # every worker's commits wait for, and while the learner thread had the GIL a round took 30-190 ms instead
+        # of 8 (steady state, 1,300 decisions/s: the workers' p99 followed).
+        turn = threading.Lock()
         self.learner = OnlineLearner(self.store, PolicyModels(self.store, featurizer), featurizer,
                                      self._catalog.current, clock, snapshot_every=settings.snapshot_seconds,
-                                     publishes=False)
-        self.sweeper = Sweeper(self.store, clock, settings.sweep_seconds) if settings.sweep else None
+                                     publishes=False, turn=turn)
+        self.sweeper = (Sweeper(self.store, clock, settings.sweep_seconds, round_turn=turn)
+                        if settings.sweep else None)
         self._sweep_every = settings.sweep_seconds
 
     def run(self, stopped: Callable[[float], bool], parent: int | None = None) -> None:
