@@ -26,13 +26,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from nba.durations import parse_duration
-from nba.ids import ID_PATTERN
+from nba.ids import ID_PATTERN, NAME_PATTERN
 from nba.numbers import is_unusable_number
 from nba.rules import CompiledRule
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,63}$")]
-Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,6}[smhd]$")]
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+DURATION_PATTERN = r"^[1-9][0-9]{0,6}[smhd]$"
+DURATION_MEANS = "a whole number from 1 to 9999999 followed by s, m, h or d, such as 30m or 7d"
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
 _Text = Annotated[str, StringConstraints(max_length=1024)]
 
 

@@ -11,6 +11,9 @@ import time
 ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 ID_REGEX = r"^[A-Za-z0-9._:\-]{1,128}\Z"
 NAME_REGEX = r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,63}\Z"
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_\-.]{0,63}$"
+ID_MEANS = "1 to 128 characters, each a letter, a digit, '.', '_', ':' or '-'"
+NAME_MEANS = "1 to 64 characters, each a letter, a digit, '_', '-' or '.', the first a letter, a digit or '_'"
 _ID_RE = re.compile(ID_REGEX)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 

@@ -113,7 +113,9 @@ def _model_errors(model: type[BaseModel], raw: bytes) -> list[tuple[str, str]]:
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "body"
+    """A pydantic error location as a field path; a map key at fault is named by itself (pydantic appends
+    `[key]` to its location, which names no field of the body)."""
+    return ".".join(str(part) for part in loc if part != "[key]") or "body"
 
 
 def _name_keys(raw: bytes, body_type: Any, field: str, bad_key: bool = False) -> str:

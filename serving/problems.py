@@ -20,6 +20,7 @@ from litestar.exceptions import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from nba.catalog import DURATION_MEANS, DURATION_PATTERN
 from nba.errors import (
     ActionNotFound,
     CatalogChanged,
@@ -31,6 +32,7 @@ from nba.errors import (
     PolicyNotFound,
     StoreUnavailable,
 )
+from nba.ids import ID_MEANS, ID_PATTERN, ID_REGEX, NAME_MEANS, NAME_PATTERN, NAME_REGEX
 from serving.body import UNREADABLE
 
 log = logging.getLogger(__name__)
@@ -49,13 +51,33 @@ _STATUS: list[tuple[type[NBAError], int, str]] = [
 ]
 
 
+# What the id, name and duration patterns allow, in words: validators quote the regex itself, which a client saw
+# escaped twice over (by msgspec's repr, then by JSON).
+_MEANINGS = {ID_REGEX: ID_MEANS, ID_PATTERN: ID_MEANS, NAME_REGEX: NAME_MEANS, NAME_PATTERN: NAME_MEANS,
+             DURATION_PATTERN: DURATION_MEANS}
+_QUOTED_PATTERN = re.compile(r"(?:Expected `str` matching regex|String should match pattern) '(?P<pattern>[^']*)'")
+
+
+def _in_words(match: re.Match[str]) -> str:
+    pattern = match.group("pattern")
+    meaning = _MEANINGS.get(pattern) or _MEANINGS.get(pattern.replace("\\\\", "\\"))  # msgspec gives its repr
+    return f"must be {meaning}" if meaning is not None else match.group(0)
+
+
+def readable(message: str) -> str:
+    """A validation message with each known pattern said in words: "must be 1 to 128 characters, each ..."."""
+    return _QUOTED_PATTERN.sub(_in_words, message)
+
+
 def problem(status: int, detail: str, kind: str | None = None, errors: list[dict[str, str]] | None = None,
             headers: dict[str, str] | None = None) -> Response[Any]:
+    if errors is not None:
+        errors = [{**error, "message": readable(error["message"])} for error in errors]
     body: dict[str, Any] = {
         "type": f"urn:nba:problem:{kind}" if kind else "about:blank",
         "title": HTTPStatus(status).phrase,
         "status": status,
-        "detail": detail,
+        "detail": readable(detail),
     }
     if errors is not None:
         body["errors"] = errors

@@ -306,3 +306,25 @@ def test_an_attribute_out_of_a_floats_range_is_named(client: Client) -> None:
     response = client.put("/v1/actions/x", headers={**ADMIN, "content-type": "application/json"}, content=body)
     problem = assert_problem(response, 422)
     assert sorted(error["field"] for error in problem["errors"]) == ["attributes.n", "attributes.v"], problem
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "field", "says"),
+    [
+        pytest.param("POST", "/v1/decide", CHANNEL, {"customer_id": "c 1", "channel": "web"}, "customer_id",
+                     "must be 1 to 128 characters, each a letter, a digit, '.', '_', ':' or '-'", id="id-in-body"),
+        pytest.param("POST", "/v1/decide", CHANNEL, {"customer_id": "c-1", "channel": "-web"}, "channel",
+                     "must be 1 to 64 characters", id="name-in-body"),
+        pytest.param("PUT", "/v1/actions/a%20b", ADMIN, {"channels": ["web"]}, "action_id",
+                     "must be 1 to 128 characters", id="id-in-path"),
+        pytest.param("PUT", "/v1/actions/a", ADMIN, {"channels": ["web"], "cooldown": "2w"}, "cooldown",
+                     "must be a whole number from 1 to 9999999 followed by s, m, h or d", id="duration"),
+    ],
+)
+def test_a_pattern_refused_is_said_in_words_not_as_a_regex(
+    client: Client, method: str, path: str, headers: dict[str, str], body: dict[str, Any], field: str, says: str
+) -> None:
+    problem = assert_problem(client.request(method, path, json=body, headers=headers), 422, field)
+    [error] = problem["errors"]
+    assert says in error["message"] and says in problem["detail"]
+    assert "regex" not in problem["detail"] and "pattern" not in problem["detail"]

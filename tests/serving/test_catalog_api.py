@@ -118,6 +118,12 @@ def test_invalid_action_is_422_and_not_saved(client: Client, body: dict[str, Any
     assert "bundle-deal" not in actions(client)
 
 
+def test_an_attribute_name_refused_is_named_as_the_field(client: Client) -> None:
+    body = {**ACTION, "attributes": {"a b": 1}}
+    problem = assert_problem(client.put("/v1/actions/bundle-deal", json=body, headers=ADMIN), 422)
+    assert [error["field"] for error in problem["errors"]] == ["attributes.a b"]
+
+
 @pytest.mark.parametrize("rule", [
     "has(action.tier) && action.tier == 'gold'",  # an attribute this action lacks, but guarded
     "customer.age >= action.min_age && now.getHours() >= 9",  # customer data a decision may have
