@@ -106,11 +106,12 @@ class _Job:
 _Wait = tuple[int, bool]  # a lock key id, and whether it was asked for exclusively
 
 
-def _blocked_in(batch: list[_Job], busy: frozenset[int]) -> Callable[[dict[int, bool]], frozenset[_Wait]]:
+def _blocked_in(batch: list[_Job], busy: frozenset[int],
+                modes: Callable[[Sequence[str]], dict[int, bool]]) -> Callable[[dict[int, bool]], frozenset[_Wait]]:
     """Which of a write's keys the batch's busy keys block: a key the batch asked for exclusively (a write in it
     needs it so) is held elsewhere for that write, not surely for one needing it only shared (decisions hold the
     catalog's lock shared, a catalog change exclusively): those run again, alone in their mode."""
-    exclusive = {key_id for job in batch for key_id, excl in key_modes(job.keys).items() if excl and key_id in busy}
+    exclusive = {key_id for job in batch for key_id, excl in modes(job.keys).items() if excl and key_id in busy}
 
     def blocked(needs: dict[int, bool]) -> frozenset[_Wait]:
         return frozenset((key_id, key_id in exclusive) for key_id, excl in needs.items()
@@ -246,15 +247,17 @@ class WriteBatcher:
                  between_batches: Callable[[Connection], None] | None = None,
                  process_lock: ProcessWriteLock | None = None,
                  inline_engine: Engine | None = None,
-                 between_due: Callable[[], bool] | None = None) -> None:
+                 between_due: Callable[[], bool] | None = None, lock_namespace: str = "") -> None:
         """`between_batches(conn)` runs on the writer's connection after a batch's answers are out; after an
         inline batch, the writer thread is woken for it when `between_due()` says it has something to do.
+        `lock_namespace` prefixes every lock key (PostgreSQL: `engine.lock_namespace`).
 
         `process_lock`, when given, is held around each transaction, so the writers of several processes on one
         database take turns (see write_lock.py). With it and an `inline_engine` (SQLite; its busy timeout
         should be short), event loops commit their writes inline on a connection of that engine.
         """
         postgres = engine.dialect.name == "postgresql"
+        self._namespace = lock_namespace
         self._lane = _Lane(engine, inline=False, patience_ms=LOCK_PATIENCE_MS if postgres else None)
         # PostgreSQL: writes whose lock key another session held past the lane's patience, run one at a time, each
         # by the deadline it was set apart with (the lock timeout from then).
@@ -336,7 +339,10 @@ class WriteBatcher:
 
     def _lock_ids(self, keys: Sequence[str]) -> frozenset[int]:
         """Advisory lock ids of `keys` where a key can be held by another session (PostgreSQL), else none."""
-        return frozenset(key_modes(keys)) if keys and self._patient is not None else frozenset()
+        return frozenset(self._modes(keys)) if keys and self._patient is not None else frozenset()
+
+    def _modes(self, keys: Sequence[str]) -> dict[int, bool]:
+        return key_modes(keys, self._namespace)
 
     def _flush_inline(self, loop: asyncio.AbstractEventLoop) -> None:
         """Commit the writes a pass of this event loop submitted, on the loop's thread, if the lock is free."""
@@ -596,7 +602,7 @@ class WriteBatcher:
                 if not setting_apart:  # the patient lane: its thread decides (_run_patient)
                     raise
                 # The writes needing those keys wait apart, the rest run again.
-                self._set_apart(batch, _blocked_in(batch, busy.key_ids))
+                self._set_apart(batch, _blocked_in(batch, busy.key_ids, self._modes))
                 continue
             except (SQLAlchemyError, StoreUnavailable) as exc:  # the database failed, or its write lock timed out
                 self._fail(batch, exc)
@@ -623,7 +629,7 @@ class WriteBatcher:
         deadline = time.monotonic() + WRITER_LOCK_TIMEOUT_MS / 1000
         moved = 0
         for job in list(batch):
-            waits = blocked(key_modes(job.keys))
+            waits = blocked(self._modes(job.keys))
             if not waits:
                 continue
             batch.remove(job)
@@ -652,7 +658,7 @@ class WriteBatcher:
         with self._busy_lock:
             if self._busy:
                 for job in batch:
-                    for key_id in key_modes(job.keys):
+                    for key_id in self._modes(job.keys):
                         self._busy.pop(key_id, None)
 
     def _attempt(self, batch: list[_Job], lane: _Lane) -> list[tuple[bool, Any]]:
@@ -725,7 +731,8 @@ class WriteBatcher:
                     try:
                         lock_keys(conn, [k for job in batch for k in job.keys], lane.patience_ms,
                                   try_first=lane.try_first,
-                                  no_wait=self._remembered() if lane is self._lane else frozenset())
+                                  no_wait=self._remembered() if lane is self._lane else frozenset(),
+                                  namespace=self._namespace)
                         self._run_jobs(conn, batch, savepoints, outcomes)
                     finally:
                         conn.info.pop(TRANSACTION_CACHE, None)

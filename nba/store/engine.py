@@ -103,11 +103,14 @@ class KeysBusy(Exception):
         self.key_ids = key_ids
 
 
-def key_modes(keys: Sequence[str]) -> dict[int, bool]:
-    """Write keys as advisory lock ids -> whether the key is needed exclusively (any of its keys not `shared:`)."""
+def key_modes(keys: Sequence[str], namespace: str = "") -> dict[int, bool]:
+    """Write keys as advisory lock ids -> whether the key is needed exclusively (any of its keys not `shared:`).
+
+    PostgreSQL's advisory locks belong to a database, not a schema: `namespace` (`lock_namespace`) keeps the
+    keys of deployments in other schemas of the same database apart."""
     modes: dict[int, bool] = {}
     for key in keys:
-        key_id = lock_id(key.removeprefix(SHARED))
+        key_id = lock_id(namespace + key.removeprefix(SHARED))
         modes[key_id] = modes.get(key_id, False) or not key.startswith(SHARED)
     return modes
 
@@ -117,8 +120,17 @@ def lock_timed_out(exc: Exception) -> bool:
     return getattr(getattr(exc, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
+def lock_namespace(conn: Connection) -> str:
+    """The prefix of this connection's lock keys: none in the `public` schema (or on SQLite), else the schema's
+    name, so that two deployments in two schemas of one PostgreSQL database do not hold each other's locks."""
+    if conn.dialect.name != "postgresql":
+        return ""
+    schema = conn.execute(select(func.current_schema())).scalar()
+    return "" if schema in (None, "public") else f"{schema}/"
+
+
 def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True,
-              no_wait: frozenset[int] = frozenset()) -> None:
+              no_wait: frozenset[int] = frozenset(), namespace: str = "") -> None:
     """Take transaction-scoped advisory locks (PostgreSQL) in a fixed order, so batches never deadlock.
 
     A key written `shared:<key>` takes the lock in shared mode (readers of something that `<key>` writers
@@ -132,11 +144,11 @@ def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None,
     the fixed order, but only for `patience_ms`, less than PostgreSQL's deadlock timeout: a cycle ends in
     `KeysBusy` here, not in a deadlock error.) With `try_first=False` the keys are waited for in order, for
     `patience_ms` in all, none tried first: a wait that may be long keeps the order. Keys in `no_wait` (found held
-    elsewhere lately) are not waited for: held still, they raise `KeysBusy` at once.
+    elsewhere lately) are not waited for: held still, they raise `KeysBusy` at once. `namespace` as in `key_modes`.
     """
     if conn.dialect.name != "postgresql":
         return
-    modes = key_modes(keys)
+    modes = key_modes(keys, namespace)
     shared = {key_id for key_id, exclusive in modes.items() if not exclusive}
     ordered = sorted(modes)
     if patience_ms is None:

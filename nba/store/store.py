@@ -27,7 +27,7 @@ from nba.store.budget_reads import BudgetReads
 from nba.store.checkpointer import CHECKPOINT_SECONDS, WAL_LIMIT_BYTES, WalCheckpointer
 from nba.store.customer_repo import Reducer
 from nba.store.decide_reads import customer_inputs
-from nba.store.engine import SHARED, WRITER_LOCK_TIMEOUT_MS, lock_id, lock_keys, make_engine
+from nba.store.engine import SHARED, WRITER_LOCK_TIMEOUT_MS, lock_id, lock_keys, lock_namespace, make_engine
 from nba.store.prepared import AUTOCOMMIT_READS
 from nba.store.schema import migrate
 from nba.store.write_lock import ProcessWriteLock
@@ -80,7 +80,7 @@ class Store:
         self._thread_reader = threading.local()
         self._local_reader = make_engine(url, writer=False, synchronous=synchronous) if self.local else self._reader
         self._budgets = BudgetReads()
-        self._migrate()
+        self.lock_namespace = self._migrate()
         database = self._writer_engine.url.database
         self._write_lock = ProcessWriteLock(database) if self.local and database not in (None, "", ":memory:") else None
         self._checkpointer = (
@@ -99,6 +99,7 @@ class Store:
             process_lock=self._write_lock,
             inline_engine=self._inline_engine,
             between_due=self._checkpointer.writer_due if self._checkpointer is not None else None,
+            lock_namespace=self.lock_namespace,
         )
 
     @property
@@ -106,13 +107,16 @@ class Store:
         """The engines group commits write through: the writer thread's, and event loops' inline one."""
         return (self._writer_engine,) + ((self._inline_engine,) if self._inline_engine is not None else ())
 
-    def _migrate(self) -> None:
+    def _migrate(self) -> str:
+        """Bring the schema up to date; returns the store's lock namespace (`engine.lock_namespace`)."""
         try:
             with self._writer_engine.connect() as conn, conn.begin():
+                namespace = lock_namespace(conn)
                 if conn.dialect.name == "postgresql":
                     conn.exec_driver_sql("SET LOCAL lock_timeout = 0")  # another process may be migrating: wait
-                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7262010)")
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7262010)")  # every schema: the same lock
                 migrate(conn)
+                return namespace
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"cannot open the store: {exc.__class__.__name__}: {exc}") from exc
 
@@ -178,7 +182,7 @@ class Store:
             return self.write(fn, keys)
         try:
             with self._writer_engine.begin() as conn:
-                lock_keys(conn, list(keys))
+                lock_keys(conn, list(keys), namespace=self.lock_namespace)
                 return fn(conn)
         except (SQLAlchemyError, self._writer_engine.dialect.loaded_dbapi.Error) as exc:
             raise StoreUnavailable(f"the store could not commit: {exc!r}") from exc
@@ -374,11 +378,14 @@ class Store:
 
         return WriteJob(job, keys, optional_keys=budgets)
 
-    @staticmethod
-    def budgets_held(held: LocksHeld, action_ids: Sequence[str]) -> list[str]:
+    def lock_id(self, key: str) -> int:
+        """The advisory lock id of a write key (not `shared:`) in this store's namespace."""
+        return lock_id(self.lock_namespace + key)
+
+    def budgets_held(self, held: LocksHeld, action_ids: Sequence[str]) -> list[str]:
         """Which of these actions' budgets another session's unfinished write holds (a decision write's `LocksHeld`):
         the decision leaves them out rather than wait, since their use cannot be checked meanwhile."""
-        return [aid for aid in action_ids if lock_id(f"budget:{aid}") in held.key_ids]
+        return [aid for aid in action_ids if self.lock_id(f"budget:{aid}") in held.key_ids]
 
     def get_decision(self, decision_id: str, with_rewards: bool = True) -> Decision | None:
         return self.read(lambda c: decision_repo.get_decision(c, decision_id, with_rewards))
@@ -491,7 +498,7 @@ class Store:
             until = time.monotonic() + WRITER_LOCK_TIMEOUT_MS / 1000
             recorded = 0
             for decision_id in due:
-                if lock_id(f"decision:{decision_id}") in locked.key_ids and len(held) < MAX_UNCLOSABLE:
+                if self.lock_id(f"decision:{decision_id}") in locked.key_ids and len(held) < MAX_UNCLOSABLE:
                     held[decision_id] = until
                     recorded += 1
             log.warning("sweep: %d due decisions locked by another session; closing the others first",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, create_engine, func, select, text
 
 from features.state import apply_event
 from nba.catalog import Action, Budget, Policy, RewardSpec
@@ -23,8 +24,8 @@ from nba.store import batcher as batcher_module
 from nba.store import engine as engine_module
 from nba.store import schema as t
 from nba.store.batcher import MAX_BATCH_KEYS, WriteBatcher, _Job
-from nba.store.engine import lock_id
 from nba.types import Event, EventOutcome
+from tests.conftest import _pg_url
 from tests.nba.test_failed_commit import NoModel
 
 pytestmark = pytest.mark.postgres
@@ -98,7 +99,7 @@ def test_a_lease_is_renewed_while_a_batch_waits_for_another_hosts_lock(postgres_
     frozen_host = store._writer_engine.connect()
     try:
         frozen = frozen_host.begin()
-        frozen_host.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id("customer:c1")})
+        frozen_host.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": store.lock_id("customer:c1")})
         blocked: Future[None] = Future()
         batch = threading.Thread(target=lambda: blocked.set_result(store.write(lambda c: None, ["customer:c1"])))
         batch.start()
@@ -147,7 +148,7 @@ def test_a_write_waiting_for_a_frozen_hosts_lock_holds_up_no_other_write(postgre
     frozen_host = store._writer_engine.connect()
     try:
         frozen = frozen_host.begin()
-        frozen_host.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id("customer:c1")})
+        frozen_host.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": store.lock_id("customer:c1")})
         blocked: Future[str] = Future()
         waiter = threading.Thread(target=lambda: blocked.set_result(store.write(_put("w-c1"), ["customer:c1"])))
         waiter.start()
@@ -171,7 +172,7 @@ def test_a_batch_sets_apart_only_the_writes_that_need_a_busy_key(postgres_url: s
     frozen_host = store._writer_engine.connect()
     try:
         frozen = frozen_host.begin()
-        frozen_host.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id("customer:c1")})
+        frozen_host.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": store.lock_id("customer:c1")})
         answers = {key: Future[Any]() for key in ("b-c1", "b-c2", "b-c1-c4", "b-c3")}
         keys = {"b-c1": ["customer:c1"], "b-c2": ["customer:c2"], "b-c1-c4": ["customer:c4", "customer:c1"],
                 "b-c3": ["customer:c3"]}
@@ -200,9 +201,9 @@ class _CountingLocks:
         real_lock_keys, real_wait = batcher_module.lock_keys, engine_module._wait_briefly
 
         def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True,
-                      no_wait: frozenset[int] = frozenset()) -> None:
+                      no_wait: frozenset[int] = frozenset(), **options: Any) -> None:
             self.patient_waits += not try_first
-            real_lock_keys(conn, keys, patience_ms, try_first, no_wait)
+            real_lock_keys(conn, keys, patience_ms, try_first, no_wait, **options)
 
         def wait_briefly(conn: Connection, busy: list[int], shared: set[int], patience_ms: int) -> None:
             if patience_ms == batcher_module.LOCK_PATIENCE_MS:
@@ -219,7 +220,7 @@ def _frozen_holding(store: Store, keys: list[str]) -> tuple[Connection, Any]:
     conn = store._writer_engine.connect()
     transaction = conn.begin()
     for key in keys:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id(key)})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": store.lock_id(key)})
     return conn, transaction
 
 
@@ -238,7 +239,7 @@ def test_every_busy_key_of_a_batch_is_set_apart_at_once_and_remembered(
         _queued_together(store._batcher, jobs)
         assert answers["m-free"].result(timeout=60) == "m-free"
         assert counting.brief_waits == 1
-        assert store._batcher._busy.keys() == {lock_id(f"customer:h{i}") for i in range(10)}
+        assert store._batcher._busy.keys() == {store.lock_id(f"customer:h{i}") for i in range(10)}
         later: Future[str] = Future()
         threading.Thread(target=lambda: later.set_result(store.write(_put("m-h3-later"), ["customer:h3"]))).start()
         _until(lambda: store._batcher._patient_queue.qsize() == 10)  # the nine not yet tried there, and it
@@ -363,7 +364,7 @@ def test_a_catalog_change_does_not_wait_for_a_frozen_decision(
         store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
         frozen_host = store._writer_engine.connect()
         frozen = frozen_host.begin()
-        frozen_host.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": lock_id("catalog")})
+        frozen_host.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": store.lock_id("catalog")})
         with pytest.raises(StoreUnavailable, match="catalog is in use"):
             store.put_action("b", Action(channels=["web"]), NOW)
         assert counting.patient_waits == 0 and store._batcher._patient_queue.empty()  # not set apart to wait
@@ -389,7 +390,7 @@ def test_writes_needing_a_key_only_shared_are_not_set_apart_for_an_exclusive_wai
     frozen_host = store._writer_engine.connect()
     try:
         frozen = frozen_host.begin()
-        frozen_host.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": lock_id("catalog")})
+        frozen_host.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": store.lock_id("catalog")})
         change, decision = Future[Any](), Future[Any]()
         _queued_together(store._batcher, [
             _Job(_put("s-change"), ["catalog"], future=change, wait_apart=False),
@@ -418,7 +419,7 @@ def test_a_key_free_again_is_had_at_once_in_either_lane(postgres_url: str, monke
         write_a, write_b = Future[Any](), Future[Any]()
         _queued_together(store._batcher, [_Job(_put("q-a"), ["customer:qa"], future=write_a),
                                           _Job(_put("q-b"), ["customer:qb"], future=write_b)])
-        _until(lambda: store._batcher._busy.keys() == {lock_id("customer:qa"), lock_id("customer:qb")})
+        _until(lambda: store._batcher._busy.keys() == {store.lock_id("customer:qa"), store.lock_id("customer:qb")})
         frozen_b.rollback()
         assert store.write(_put("q-new"), ["customer:qb"]) == "q-new"
         assert not write_a.done()  # the patient lane still waits for qa, within its 5 s
@@ -446,7 +447,7 @@ def test_a_decision_leaves_out_a_budget_a_frozen_host_holds(postgres_url: str, m
     counting = _CountingLocks(monkeypatch)
     store = Store(postgres_url)
     frozen_host = None
-    b = f"b-{postgres_url[-12:]}"  # lock keys are per database: tests running beside this one use other schemas
+    b = "b"
     try:
         store.put_action(b, Action(channels=["web"], budget=Budget(limit=100, window="1d")), NOW)
         store.put_action("free", Action(channels=["web"]), NOW)
@@ -460,14 +461,14 @@ def test_a_decision_leaves_out_a_budget_a_frozen_host_holds(postgres_url: str, m
             assert [(e.action_id, e.rule, e.detail) for e in decided.excluded] == [(b, "budget:1d", BUDGET_HELD)]
             assert [(aid, p) for aid, p in decided.ranking] == [("free", 1.0)]
             assert decided.actions[0].probability == 1.0
-        assert counting.briefly_waited_for.count(lock_id(f"budget:{b}")) == 1  # then remembered
+        assert counting.briefly_waited_for.count(store.lock_id(f"budget:{b}")) == 1  # then remembered
         assert counting.patient_waits == 0 and store._batcher._patient_queue.empty()  # never set apart
         assert _budget_used(store, b) == 0
 
         frozen.rollback()
         decided = engine.decide(both).decision
         assert sorted(choice.action_id for choice in decided.actions) == sorted([b, "free"]) and not decided.excluded
-        assert _budget_used(store, b) == 1 and lock_id(f"budget:{b}") not in store._batcher._busy
+        assert _budget_used(store, b) == 1 and store.lock_id(f"budget:{b}") not in store._batcher._busy
     finally:
         if frozen_host is not None:
             frozen_host.close()
@@ -480,7 +481,7 @@ def test_a_decision_still_waits_for_its_customer_a_frozen_host_holds(postgres_ur
     store = Store(postgres_url)
     frozen_host = None
     try:
-        b = f"b-{postgres_url[-12:]}"  # lock keys are per database: tests running beside this one use other schemas
+        b = "b"
         store.put_action(b, Action(channels=["web"], budget=Budget(limit=100, window="1d")), NOW)
         store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
         engine = DecisionEngine(store, store.load_catalog, NoModel(), ManualClock(NOW), rng=random.Random(0))
@@ -497,3 +498,32 @@ def test_a_decision_still_waits_for_its_customer_a_frozen_host_holds(postgres_ur
         if frozen_host is not None:
             frozen_host.close()
         store.close()
+
+
+def test_deployments_in_two_schemas_of_one_database_do_not_hold_each_others_locks(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's advisory locks belong to the database: keys are prefixed with the schema, so a session
+    frozen in one deployment's schema holds up no write of a deployment in another (nor a test beside this one)."""
+    counting = _CountingLocks(monkeypatch)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(_pg_url())
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    store, other = Store(postgres_url), Store(_pg_url(schema))
+    frozen_host = None
+    try:
+        assert store.lock_namespace and other.lock_namespace == f"{schema}/"
+        assert store.lock_id("customer:c1") != other.lock_id("customer:c1")
+        frozen_host, frozen = _frozen_holding(store, ["customer:c1"])
+        assert other.write(_put("o-c1"), ["customer:c1"]) == "o-c1"  # at once: not the same lock
+        assert counting.brief_waits == 0 and not other._batcher._busy
+        frozen.rollback()
+    finally:
+        if frozen_host is not None:
+            frozen_host.close()
+        store.close()
+        other.close()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

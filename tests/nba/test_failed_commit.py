@@ -30,7 +30,6 @@ from nba.errors import StoreUnavailable
 from nba.store import Store, batcher
 from nba.store import engine as engine_module
 from nba.store import schema as t
-from nba.store.engine import lock_id
 from nba.store.store import WriteJob
 from nba.types import Decision
 
@@ -235,7 +234,7 @@ def test_locks_left_by_a_transaction_whose_client_vanished_fail_one_batch_not_th
         store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
         decision = _decide(store, "c-1")
         # What the vanished transaction holds: the key of the decision its reward was for.
-        holder.exec_driver_sql("SELECT pg_advisory_lock(%s)", (lock_id(f"decision:{decision.decision_id}"),))
+        holder.exec_driver_sql("SELECT pg_advisory_lock(%s)", (store.lock_id(f"decision:{decision.decision_id}"),))
         retry = pool.submit(store.add_reward, decision.decision_id, 0, 1.0, NOW)
         with pytest.raises(StoreUnavailable):
             retry.result(timeout=60)
