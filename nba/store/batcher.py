@@ -732,7 +732,8 @@ class WriteBatcher:
                         lock_keys(conn, [k for job in batch for k in job.keys], lane.patience_ms,
                                   try_first=lane.try_first,
                                   no_wait=self._remembered() if lane is self._lane else frozenset(),
-                                  namespace=self._namespace)
+                                  namespace=self._namespace,
+                                  last=batch[0].optional if lane is self._patient else frozenset())
                         self._run_jobs(conn, batch, savepoints, outcomes)
                     finally:
                         conn.info.pop(TRANSACTION_CACHE, None)

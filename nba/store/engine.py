@@ -130,7 +130,7 @@ def lock_namespace(conn: Connection) -> str:
 
 
 def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True,
-              no_wait: frozenset[int] = frozenset(), namespace: str = "") -> None:
+              no_wait: frozenset[int] = frozenset(), namespace: str = "", last: frozenset[int] = frozenset()) -> None:
     """Take transaction-scoped advisory locks (PostgreSQL) in a fixed order, so batches never deadlock.
 
     A key written `shared:<key>` takes the lock in shared mode (readers of something that `<key>` writers
@@ -145,6 +145,11 @@ def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None,
     `KeysBusy` here, not in a deadlock error.) With `try_first=False` the keys are waited for in order, for
     `patience_ms` in all, none tried first: a wait that may be long keeps the order. Keys in `no_wait` (found held
     elsewhere lately) are not waited for: held still, they raise `KeysBusy` at once. `namespace` as in `key_modes`.
+
+    With `try_first=False`, keys in `last` are neither waited for nor held while the others are: each is tried once
+    the others are had, and one held elsewhere raises `KeysBusy`. A patient write waiting for a frozen host's
+    customer key held its budget keys meanwhile, and every other decision of its own host left those budgets out
+    for as long (a two-host run).
     """
     if conn.dialect.name != "postgresql":
         return
@@ -155,13 +160,21 @@ def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None,
         for key_id in ordered:
             conn.execute(select(_lock(key_id, key_id in shared, wait=True)))
         return
-    busy = ordered if not try_first else [
-        key_id for key_id in ordered if not conn.execute(select(_lock(key_id, key_id in shared, wait=False))).scalar()]
+    later = [key_id for key_id in ordered if key_id in last] if not try_first else []
+    busy = [key_id for key_id in ordered if key_id not in last] if not try_first else [
+        key_id for key_id in ordered if not _try(conn, key_id, key_id in shared)]
     still_held = no_wait.intersection(busy)
     if still_held:
         raise KeysBusy(frozenset(still_held))
     if busy:
         _wait_briefly(conn, busy, shared, patience_ms)
+    held = [key_id for key_id in later if not _try(conn, key_id, key_id in shared)]
+    if held:
+        raise KeysBusy(frozenset(held))
+
+
+def _try(conn: Connection, key_id: int, shared: bool) -> bool:
+    return bool(conn.execute(select(_lock(key_id, shared, wait=False))).scalar())
 
 
 def _lock(key_id: int, shared: bool, wait: bool) -> Any:

@@ -527,3 +527,34 @@ def test_deployments_in_two_schemas_of_one_database_do_not_hold_each_others_lock
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def test_a_decision_waiting_apart_for_its_customer_holds_no_budget_meanwhile(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frozen host holds one customer's key. The decision for that customer waits for it apart; it took its
+    budget keys first when they sorted first and held them all the while, so every other decision of its own
+    host left those budgets out for up to the lock timeout (a two-host run). It now takes budgets last, by trying."""
+    counting = _CountingLocks(monkeypatch)
+    store = Store(postgres_url)
+    frozen_host = None
+    try:
+        store.put_action("b", Action(channels=["web"], budget=Budget(limit=100, window="1d")), NOW)
+        store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
+        engine = DecisionEngine(store, store.load_catalog, NoModel(), ManualClock(NOW), rng=random.Random(0))
+        customer = next(f"c-{n}" for n in range(1000)  # one whose key is waited for after the budget's, in order
+                        if store.lock_id(f"customer:c-{n}") > store.lock_id("budget:b"))
+        frozen_host, frozen = _frozen_holding(store, [f"customer:{customer}"])
+        waiting: Future[Any] = Future()
+        threading.Thread(target=lambda: waiting.set_result(engine.decide(DecideRequest(customer, "web", {})))).start()
+        _until(lambda: counting.patient_waits == 1 and _waiting_for_locks(store) == 1)  # waiting apart
+        other = engine.decide(DecideRequest("c-other", "web", {})).decision
+        assert [choice.action_id for choice in other.actions] == ["b"] and not other.excluded
+        frozen.rollback()
+        decided = waiting.result(timeout=60).decision
+        assert [choice.action_id for choice in decided.actions] == ["b"] and not decided.excluded
+        assert _budget_used(store, "b") == 2
+    finally:
+        if frozen_host is not None:
+            frozen_host.close()
+        store.close()
