@@ -10,7 +10,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from serving.auth import authorize
 from serving.body import check_body
-from serving.head import HeadAsGet
+from serving.head import HeadAsGet, refuse_head_with_effects
 from serving.openapi import StrictBodies
 from serving.problems import HANDLERS
 from serving.routes import catalog, customers, decide, decisions, events, health
@@ -41,6 +41,7 @@ ROUTES = [
 async def _before_request(request: Request[Any, Any, Any]) -> None:
     """Who may call (401/403 first, as a guard would), then whether the body is what the route takes."""
     await authorize(request)
+    refuse_head_with_effects(request)
     await check_body(request)
 
 

@@ -34,6 +34,7 @@ from nba.errors import (
 )
 from nba.ids import ID_MEANS, ID_PATTERN, ID_REGEX, NAME_MEANS, NAME_PATTERN, NAME_REGEX
 from serving.body import UNREADABLE
+from serving.head import HeadNotAllowed
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -92,7 +93,10 @@ def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
                 status, slug = 404, "not-found"
             errors = [{"field": exc.field, "message": exc.message}] if exc.field and status == 422 else None
             headers = {"Retry-After": "1"} if status == 503 else None
-            return problem(status, exc.message, slug, errors, headers)
+            detail = exc.message
+            if errors and not detail.startswith(("property ", "context value ")):  # those name what they are about
+                detail = f"{exc.field}: {detail}"  # the detail alone says which field, as Litestar's 422s do
+            return problem(status, detail, slug, errors, headers)
     return problem(400, exc.message, "bad-request")
 
 
@@ -150,7 +154,8 @@ def http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         headers = None
     if isinstance(exc, MethodNotAllowedException) and exc.headers:  # RFC 9110: a 405 lists the allowed methods
         allowed = [method.strip() for method in exc.headers.get("allow", "").split(",") if method.strip()]
-        headers = {"Allow": ", ".join(allowed + (["HEAD"] if "GET" in allowed and "HEAD" not in allowed else []))}
+        head = "GET" in allowed and "HEAD" not in allowed and not isinstance(exc, HeadNotAllowed)
+        headers = {"Allow": ", ".join(allowed + (["HEAD"] if head else []))}
     return problem(status, detail, kinds.get(status), headers=headers)
 
 

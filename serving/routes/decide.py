@@ -121,7 +121,7 @@ async def decide(request: Request[Any, Any, Any], data: DecideBody) -> DecisionO
     return await _decide(request.app.state.runtime, data)
 
 
-@get("/v1/customers/{customer_id:str}/next", opt={"role": "channel"}, tags=["decide"],
+@get("/v1/customers/{customer_id:str}/next", opt={"role": "channel", "head": False}, tags=["decide"],
      summary="The current next best action for a channel that polls (logged like any decision)",
      operation_class=ProblemOperation,
      responses=answers(401, 403, NO_ROUTE, 422, 503))

@@ -160,6 +160,10 @@ def test_head_answers_every_get_route_as_get_without_the_body(client: Client) ->
         assert head.headers["content-length"] == str(len(got.content)), path
     assert client.head("/v1/decisions/d-unknown", headers=ANALYST).status_code == 404
     assert client.head(f"/v1/decisions/{decision['decision_id']}").status_code == 401
+    deciding = client.head("/v1/customers/c-head/next?channel=web", headers=CHANNEL)  # a GET that decides
+    assert (deciding.status_code, deciding.content) == (405, b"") and deciding.headers["allow"] == "GET, OPTIONS"
+    assert client.head("/v1/customers/c-head/next?channel=web").status_code == 401  # auth first, as for GET
+    assert client.get("/v1/customers/c-head", headers=ANALYST).status_code == 404  # no decision was made
     refused = client.head("/v1/decide", headers=CHANNEL)  # a POST route
     assert (refused.status_code, refused.content) == (405, b"")
     assert set(refused.headers["allow"].split(", ")) == {"POST", "OPTIONS"}
