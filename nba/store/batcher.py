@@ -733,7 +733,8 @@ class WriteBatcher:
                                   try_first=lane.try_first,
                                   no_wait=self._remembered() if lane is self._lane else frozenset(),
                                   namespace=self._namespace,
-                                  last=batch[0].optional if lane is self._patient else frozenset())
+                                  last=batch[0].optional if lane is self._patient else frozenset(),
+                                  last_patience_ms=LOCK_PATIENCE_MS)
                         self._run_jobs(conn, batch, savepoints, outcomes)
                     finally:
                         conn.info.pop(TRANSACTION_CACHE, None)

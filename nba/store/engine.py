@@ -130,7 +130,8 @@ def lock_namespace(conn: Connection) -> str:
 
 
 def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True,
-              no_wait: frozenset[int] = frozenset(), namespace: str = "", last: frozenset[int] = frozenset()) -> None:
+              no_wait: frozenset[int] = frozenset(), namespace: str = "", last: frozenset[int] = frozenset(),
+              last_patience_ms: int = 0) -> None:
     """Take transaction-scoped advisory locks (PostgreSQL) in a fixed order, so batches never deadlock.
 
     A key written `shared:<key>` takes the lock in shared mode (readers of something that `<key>` writers
@@ -146,10 +147,11 @@ def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None,
     `patience_ms` in all, none tried first: a wait that may be long keeps the order. Keys in `no_wait` (found held
     elsewhere lately) are not waited for: held still, they raise `KeysBusy` at once. `namespace` as in `key_modes`.
 
-    With `try_first=False`, keys in `last` are neither waited for nor held while the others are: each is tried once
-    the others are had, and one held elsewhere raises `KeysBusy`. A patient write waiting for a frozen host's
-    customer key held its budget keys meanwhile, and every other decision of its own host left those budgets out
-    for as long (a two-host run).
+    With `try_first=False`, keys in `last` are neither waited for nor held while the others are: they are taken
+    once the others are had, waiting `last_patience_ms` in all for those held elsewhere (as briefly as the group
+    commit does: an ordinary write may hold one for a few milliseconds), then `KeysBusy`. A patient write waiting
+    for a frozen host's customer key held its budget keys meanwhile, and every other decision of its own host
+    left those budgets out for as long (a two-host run).
     """
     if conn.dialect.name != "postgresql":
         return
@@ -170,7 +172,7 @@ def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None,
         _wait_briefly(conn, busy, shared, patience_ms)
     held = [key_id for key_id in later if not _try(conn, key_id, key_id in shared)]
     if held:
-        raise KeysBusy(frozenset(held))
+        _wait_briefly(conn, held, shared, last_patience_ms)
 
 
 def _try(conn: Connection, key_id: int, shared: bool) -> bool:

@@ -558,3 +558,46 @@ def test_a_decision_waiting_apart_for_its_customer_holds_no_budget_meanwhile(
         if frozen_host is not None:
             frozen_host.close()
         store.close()
+
+
+def _waiting_for(store: Store, key: str) -> int:
+    """Sessions waiting for this key's advisory lock (a 64-bit key shows as two 32-bit halves in pg_locks)."""
+    unsigned = store.lock_id(key) & 0xFFFFFFFFFFFFFFFF
+    with store._reader.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 "
+            "AND classid = CAST(:hi AS oid) AND objid = CAST(:lo AS oid)"),
+            {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).scalar_one())
+
+
+def test_a_decision_that_waited_for_its_customer_waits_briefly_for_a_budget_in_use(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its customer's key is had, a decision that waited apart takes its budget keys as the group commit does:
+    waiting briefly for one another write holds for a moment, rather than leaving the action out at once (a
+    two-host run: a decision that had waited seconds lost its budgeted action to a write of a few milliseconds)."""
+    counting = _CountingLocks(monkeypatch)
+    store = Store(postgres_url)
+    # The brief wait for the budget, long enough to watch; the group commit keeps its 200 ms (set at its start).
+    monkeypatch.setattr(batcher_module, "LOCK_PATIENCE_MS", 30_000)
+    frozen_host = brief_host = None
+    try:
+        store.put_action("b", Action(channels=["web"], budget=Budget(limit=100, window="1d")), NOW)
+        store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
+        engine = DecisionEngine(store, store.load_catalog, NoModel(), ManualClock(NOW), rng=random.Random(0))
+        frozen_host, frozen = _frozen_holding(store, ["customer:c-1"])
+        waiting: Future[Any] = Future()
+        threading.Thread(target=lambda: waiting.set_result(engine.decide(DecideRequest("c-1", "web", {})))).start()
+        _until(lambda: counting.patient_waits == 1 and _waiting_for(store, "customer:c-1") == 1)
+        brief_host, brief = _frozen_holding(store, ["budget:b"])  # another write, holding the budget a moment
+        frozen.rollback()
+        _until(lambda: _waiting_for(store, "budget:b") == 1)
+        brief.rollback()
+        decided = waiting.result(timeout=60).decision
+        assert [choice.action_id for choice in decided.actions] == ["b"] and not decided.excluded
+        assert _budget_used(store, "b") == 1
+    finally:
+        for host in (frozen_host, brief_host):
+            if host is not None:
+                host.close()
+        store.close()
