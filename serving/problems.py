@@ -85,6 +85,11 @@ def problem(status: int, detail: str, kind: str | None = None, errors: list[dict
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _names_itself(message: str, field: str) -> bool:
+    """Whether a message already says what it is about ("property 'k' ...", "... field `channel`")."""
+    return message.startswith(("property ", "context value ")) or f"`{field.rsplit('.', 1)[-1]}`" in message
+
+
 def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     assert isinstance(exc, NBAError)
     for kind, status, slug in _STATUS:
@@ -94,7 +99,7 @@ def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
             errors = [{"field": exc.field, "message": exc.message}] if exc.field and status == 422 else None
             headers = {"Retry-After": "1"} if status == 503 else None
             detail = exc.message
-            if errors and not detail.startswith(("property ", "context value ")):  # those name what they are about
+            if errors and exc.field and not _names_itself(detail, exc.field):
                 detail = f"{exc.field}: {detail}"  # the detail alone says which field, as Litestar's 422s do
             return problem(status, detail, slug, errors, headers)
     return problem(400, exc.message, "bad-request")

@@ -157,7 +157,9 @@ def test_head_answers_every_get_route_as_get_without_the_body(client: Client) ->
         got, head = client.get(path, headers=headers), client.head(path, headers=headers)
         assert (head.status_code, head.content) == (got.status_code, b""), path
         assert head.headers["content-type"] == got.headers["content-type"], path
-        assert head.headers["content-length"] == str(len(got.content)), path
+        if path != "/metrics":  # its figures (GC counts, CPU seconds) may change between the two requests
+            assert head.headers["content-length"] == str(len(got.content)), path
+        assert int(head.headers["content-length"]) > 0, path
     assert client.head("/v1/decisions/d-unknown", headers=ANALYST).status_code == 404
     assert client.head(f"/v1/decisions/{decision['decision_id']}").status_code == 401
     deciding = client.head("/v1/customers/c-head/next?channel=web", headers=CHANNEL)  # a GET that decides
