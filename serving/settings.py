@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    # Seconds a stopping worker has to finish gracefully before granian kills it. Now and then (about 1 stop in
+    # 25 with Ctrl-C, which signals every process of the group) a granian worker never finished stopping, and
+    # `nba serve` waited for it for ever. A killed worker loses nothing answered (each answer follows its commit).
+    worker_stop_seconds: int = Field(default=20, ge=1, le=3600)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     learner: bool = True

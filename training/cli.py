@@ -45,6 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
             workers=workers,
             log_access=False,
             respawn_failed_workers=True,
+            workers_kill_timeout=settings.worker_stop_seconds,
         ), restore_handlers=False)
     finally:
         if supervisor is not None:

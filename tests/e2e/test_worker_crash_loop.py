@@ -47,3 +47,19 @@ def test_the_server_starts_again_when_a_worker_keeps_dying(start_server: Any, tm
     _until(lambda: _answers(server.url), "the service to answer again")
     assert server.proc.poll() is None
     assert _learners(server.proc.pid) == [learner]  # the learner went on throughout
+
+
+def test_a_worker_that_never_finishes_stopping_is_killed_and_the_server_stops(start_server: Any) -> None:
+    """Now and then (about 1 stop in 25 with Ctrl-C) a granian worker never finished stopping, and `nba serve`
+    waited for it for ever. A worker stopped with SIGSTOP cannot finish either: it is killed after
+    NBA_WORKER_STOP_SECONDS and the server exits."""
+    server = start_server(CATALOG, NBA_WORKER_STOP_SECONDS="2")
+    assert server.proc is not None
+    [worker] = _until(lambda: _workers(server.proc.pid), "the worker")
+    [learner] = _until(lambda: _learners(server.proc.pid), "the learner process")
+    os.kill(worker, signal.SIGSTOP)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0
+    assert "Killing worker-1 after it refused to gracefully stop" in server.log_path.read_text()
+    _until(lambda: not os.path.exists(f"/proc/{worker}") and not os.path.exists(f"/proc/{learner}"),
+           "the worker and the learner to be gone")
