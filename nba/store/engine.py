@@ -83,9 +83,9 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL",
     return engine
 
 
-def lock_id(key: str) -> int:
-    """A signed 64-bit id for a PostgreSQL advisory lock on `key`."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+def lock_id(key: str, namespace: str = "") -> int:
+    """A signed 64-bit id for a PostgreSQL advisory lock on `key` in `namespace` (`lock_namespace`)."""
+    return int.from_bytes(hashlib.blake2b((namespace + key).encode(), digest_size=8).digest(), "big", signed=True)
 
 
 SHARED = "shared:"
@@ -110,7 +110,7 @@ def key_modes(keys: Sequence[str], namespace: str = "") -> dict[int, bool]:
     keys of deployments in other schemas of the same database apart."""
     modes: dict[int, bool] = {}
     for key in keys:
-        key_id = lock_id(namespace + key.removeprefix(SHARED))
+        key_id = lock_id(key.removeprefix(SHARED), namespace)
         modes[key_id] = modes.get(key_id, False) or not key.startswith(SHARED)
     return modes
 
@@ -162,9 +162,11 @@ def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None,
         for key_id in ordered:
             conn.execute(select(_lock(key_id, key_id in shared, wait=True)))
         return
-    later = [key_id for key_id in ordered if key_id in last] if not try_first else []
-    busy = [key_id for key_id in ordered if key_id not in last] if not try_first else [
-        key_id for key_id in ordered if not _try(conn, key_id, key_id in shared)]
+    if try_first:
+        busy, later = [key_id for key_id in ordered if not _try(conn, key_id, key_id in shared)], []
+    else:
+        busy = [key_id for key_id in ordered if key_id not in last]
+        later = [key_id for key_id in ordered if key_id in last]
     still_held = no_wait.intersection(busy)
     if still_held:
         raise KeysBusy(frozenset(still_held))

@@ -380,7 +380,7 @@ class Store:
 
     def lock_id(self, key: str) -> int:
         """The advisory lock id of a write key (not `shared:`) in this store's namespace."""
-        return lock_id(self.lock_namespace + key)
+        return lock_id(key, self.lock_namespace)
 
     def budgets_held(self, held: LocksHeld, action_ids: Sequence[str]) -> list[str]:
         """Which of these actions' budgets another session's unfinished write holds (a decision write's `LocksHeld`):

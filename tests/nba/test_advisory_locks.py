@@ -447,28 +447,27 @@ def test_a_decision_leaves_out_a_budget_a_frozen_host_holds(postgres_url: str, m
     counting = _CountingLocks(monkeypatch)
     store = Store(postgres_url)
     frozen_host = None
-    b = "b"
     try:
-        store.put_action(b, Action(channels=["web"], budget=Budget(limit=100, window="1d")), NOW)
+        store.put_action("b", Action(channels=["web"], budget=Budget(limit=100, window="1d")), NOW)
         store.put_action("free", Action(channels=["web"]), NOW)
         store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
         engine = DecisionEngine(store, store.load_catalog, NoModel(), ManualClock(NOW), rng=random.Random(0))
-        both = DecideRequest(f"c-{b}", "web", {}, candidates=[b, "free"], slots=2)
-        frozen_host, frozen = _frozen_holding(store, [f"budget:{b}"])
+        both = DecideRequest("c-1", "web", {}, candidates=["b", "free"], slots=2)
+        frozen_host, frozen = _frozen_holding(store, ["budget:b"])
 
         for decided in (engine.decide(both).decision, asyncio.run(engine.decide_async(both)).decision):
             assert [choice.action_id for choice in decided.actions] == ["free"]
-            assert [(e.action_id, e.rule, e.detail) for e in decided.excluded] == [(b, "budget:1d", BUDGET_HELD)]
+            assert [(e.action_id, e.rule, e.detail) for e in decided.excluded] == [("b", "budget:1d", BUDGET_HELD)]
             assert [(aid, p) for aid, p in decided.ranking] == [("free", 1.0)]
             assert decided.actions[0].probability == 1.0
-        assert counting.briefly_waited_for.count(store.lock_id(f"budget:{b}")) == 1  # then remembered
+        assert counting.briefly_waited_for.count(store.lock_id("budget:b")) == 1  # then remembered
         assert counting.patient_waits == 0 and store._batcher._patient_queue.empty()  # never set apart
-        assert _budget_used(store, b) == 0
+        assert _budget_used(store, "b") == 0
 
         frozen.rollback()
         decided = engine.decide(both).decision
-        assert sorted(choice.action_id for choice in decided.actions) == sorted([b, "free"]) and not decided.excluded
-        assert _budget_used(store, b) == 1 and store.lock_id(f"budget:{b}") not in store._batcher._busy
+        assert sorted(choice.action_id for choice in decided.actions) == ["b", "free"] and not decided.excluded
+        assert _budget_used(store, "b") == 1 and store.lock_id("budget:b") not in store._batcher._busy
     finally:
         if frozen_host is not None:
             frozen_host.close()
@@ -481,19 +480,18 @@ def test_a_decision_still_waits_for_its_customer_a_frozen_host_holds(postgres_ur
     store = Store(postgres_url)
     frozen_host = None
     try:
-        b = "b"
-        store.put_action(b, Action(channels=["web"], budget=Budget(limit=100, window="1d")), NOW)
+        store.put_action("b", Action(channels=["web"], budget=Budget(limit=100, window="1d")), NOW)
         store.put_policy("web", Policy(channels=["web"], reward=RewardSpec(window="1h", aggregation="sum")), NOW)
         engine = DecisionEngine(store, store.load_catalog, NoModel(), ManualClock(NOW), rng=random.Random(0))
-        frozen_host, frozen = _frozen_holding(store, [f"customer:c-{b}", f"budget:{b}"])
+        frozen_host, frozen = _frozen_holding(store, ["customer:c-1", "budget:b"])
         answer: Future[Any] = Future()
-        threading.Thread(target=lambda: answer.set_result(engine.decide(DecideRequest(f"c-{b}", "web", {})))).start()
+        threading.Thread(target=lambda: answer.set_result(engine.decide(DecideRequest("c-1", "web", {})))).start()
         _until(lambda: store._batcher._patient_queue.empty() and _waiting_for_locks(store) >= 1)  # waits apart
         assert not answer.done()
         frozen.rollback()
         decided = answer.result(timeout=60).decision
-        assert [choice.action_id for choice in decided.actions] == [b] and not decided.excluded
-        assert _budget_used(store, b) == 1
+        assert [choice.action_id for choice in decided.actions] == ["b"] and not decided.excluded
+        assert _budget_used(store, "b") == 1
     finally:
         if frozen_host is not None:
             frozen_host.close()
