@@ -15,6 +15,8 @@ DECIDE_LATENCY = Histogram(
 REWARDS = Counter("nba_rewards_total", "Rewards received", ["status"])
 EVENTS = Counter("nba_events_total", "Events received", ["duplicate"])
 RETAINED_DELETED = Counter("nba_retention_deleted_total", "Records deleted past the retention period", ["kind"])
+RELEASED_BYTES = Counter("nba_retention_released_bytes_total",
+                         "Free space of the database file given back to the file system by retention (SQLite)")
 
 
 @lru_cache(maxsize=4096)

@@ -17,8 +17,8 @@ from nba.clock import Clock
 from nba.constraints import longest_counter_window
 from nba.errors import StoreUnavailable
 from nba.store import Store, lease_holder
-from nba.store.retention import Cursors, Horizons, PruneResult, prune
-from serving.metrics import RETAINED_DELETED, child
+from nba.store.retention import Cursors, Horizons, PruneResult, Release, prune
+from serving.metrics import RELEASED_BYTES, RETAINED_DELETED, child
 
 log = logging.getLogger("nba.retention")
 
@@ -37,6 +37,7 @@ class RetentionService:
         keep: timedelta | None,
         idle_every: float = 60.0,
         busy_every: float = 1.0,
+        release: Release | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -44,10 +45,12 @@ class RetentionService:
         self._keep = keep
         self._idle_every = idle_every
         self._busy_every = busy_every
+        self._release = release
         self._holder = lease_holder(self)
         # Held across the wait between passes: another process takes over only once this one has missed two.
         self._lease_ttl = max(LEASE_TTL, timedelta(seconds=2 * idle_every + 60))
         self._cursors = Cursors()
+        self._told_unreleasable = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -71,12 +74,21 @@ class RetentionService:
             self._cursors = Cursors()  # another process prunes: where this one was is no longer known
             return None
         window = longest_counter_window(list(self._catalog().actions.values()))
-        result = prune(self._store, Horizons.at(now, self._keep, window), self._cursors, rest=self._stop.wait)
+        result = prune(self._store, Horizons.at(now, self._keep, window), self._cursors, rest=self._stop.wait,
+                       release=self._release)
         for kind, count in result.deleted.items():
             if count:
                 child(RETAINED_DELETED, kind).inc(count)
         if any(result.deleted.values()):
             log.info("retention deleted %s", ", ".join(f"{n} {kind}" for kind, n in result.deleted.items() if n))
+        if result.released_bytes:
+            RELEASED_BYTES.inc(result.released_bytes)
+            log.info("retention gave %.1f MiB of free space back to the file system", result.released_bytes / 2**20)
+        if result.unreleasable_bytes and not self._told_unreleasable:
+            self._told_unreleasable = True
+            log.warning("the database file holds %.1f MiB of free space it cannot give back: it was created before "
+                        "incremental auto-vacuum; `nba compact`, while the service is stopped, converts it",
+                        result.unreleasable_bytes / 2**20)
         return result
 
     def _run(self) -> None:

@@ -155,6 +155,23 @@ def _learn(args: argparse.Namespace) -> int:
     return learn_main(args.parent)
 
 
+def _compact(_args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from nba.errors import StoreUnavailable
+    from nba.store.free_space import compact
+
+    url = Settings().database_url
+    try:
+        before, after = compact(url)
+    except (ValueError, OSError, sqlite3.Error, StoreUnavailable) as exc:
+        print(f"nba compact: {url}: {exc}", file=sys.stderr)
+        return 2
+    print(f"nba compact: {url}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB; retention now gives free "
+          "space back as it goes")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nba", description="Real-time next-best-action service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "NBA_LEARNER_PROCESS=false)")
     learn.add_argument("--parent", type=int, default=None, help="stop when this process is gone")
     learn.set_defaults(func=_learn)
+    compact = sub.add_parser("compact", help="rewrite the SQLite file (NBA_DATABASE_URL) without its free space, "
+                                             "so that retention can shrink it from then on; stop the service first")
+    compact.set_defaults(func=_compact)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

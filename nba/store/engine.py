@@ -68,6 +68,10 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL",
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # A new file is created with incremental auto-vacuum, so retention can give its free pages back to the file
+        # system (`retention_repo.release_pages`). It must come before the switch to WAL, which writes the file's
+        # header; on a file that already has tables it changes nothing (`nba compact` converts one).
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")

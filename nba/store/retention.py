@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 from nba.clock import epoch_ms
 from nba.store import retention_repo
 from nba.store.decision_repo import IDEMPOTENCY_TTL
+from nba.store.free_space import free_space, release_pages
 from nba.store.store import Store
 
 # What a count or a replay may still look back to, beyond its window: a decide reads contacts a moment after it
@@ -53,6 +54,24 @@ class Cursors:
 
     decision: str | None = None
     contact: int | None = None
+    releasing: bool = False  # free pages are being given back, down to `Release.stop` (see `Release`)
+
+
+@dataclass(frozen=True)
+class Release:
+    """When a pass gives a SQLite file's free pages back to the file system (`nba.store.free_space`).
+
+    It starts once more than `start` of the file is free, and at least `min_bytes`, and goes on, `chunk_pages` a
+    transaction, until no more than `stop` is. Free pages below that are kept: the rows to come reuse them, and
+    releasing them would only make the file grow again. The steady state of retention (a day deleted, a day
+    written) frees about one retention period's share of the file, far below `start`; a shortened retention
+    period or a fall in traffic goes above it.
+    """
+
+    start: float = 0.25
+    stop: float = 0.10
+    min_bytes: int = 64 * 2**20
+    chunk_pages: int = 256  # 1 MiB of 4 KiB pages: about 4 ms of the write lock
 
 
 @dataclass
@@ -61,10 +80,15 @@ class PruneResult:
 
     deleted: dict[str, int]
     more: bool
+    released_bytes: int = 0  # free space given back to the file system
+    # Free space past `Release.start` that cannot be given back: a SQLite file created before incremental
+    # auto-vacuum (`nba compact` converts it).
+    unreleasable_bytes: int = 0
 
 
 def prune(store: Store, horizons: Horizons, cursors: Cursors | None = None, chunk: int = 100,
-          max_chunks: int = 50, rest: Callable[[float], object] | None = None) -> PruneResult:
+          max_chunks: int = 50, rest: Callable[[float], object] | None = None,
+          release: Release | None = None) -> PruneResult:
     """Delete what is past `horizons`, `chunk` rows a transaction, in at most `max_chunks` transactions of each
     kind, going on from `cursors` (which it moves on) where a pass before stopped.
 
@@ -72,7 +96,8 @@ def prune(store: Store, horizons: Horizons, cursors: Cursors | None = None, chun
     the write lock, hardly notice; with `rest`, it is called after each with the seconds the transaction took, and
     should wait as long (a backlog, such as the first pass over a large log, then takes the write lock half the
     time at most, not back to back). A pass that stops at its limit with work left says so (`more`), and the
-    caller runs another soon.
+    caller runs another soon. On SQLite the pass then gives free pages back to the file system as `release`
+    (default `Release()`) says, in at most `max_chunks` transactions too.
     """
     cursors = cursors if cursors is not None else Cursors()
     write = store.write if rest is None else _resting(store, rest)
@@ -111,7 +136,28 @@ def prune(store: Store, horizons: Horizons, cursors: Cursors | None = None, chun
                 break
         else:
             more = more or before_ms > 0
-    return PruneResult(deleted, more)
+    released, unreleasable, releasing = _release(store, write, release or Release(), cursors, max_chunks)
+    return PruneResult(deleted, more or releasing, released, unreleasable)
+
+
+def _release(store: Store, write: Callable[..., Any], release: Release, cursors: Cursors,
+             max_chunks: int) -> tuple[int, int, bool]:
+    """Give free pages back as `release` says: the bytes released, the free bytes past `release.start` that
+    cannot be (0 if none), and whether to go on in the next pass."""
+    released = 0
+    for _ in range(max_chunks):
+        space = store.read(free_space)
+        if space is None:
+            return released, 0, False
+        floor = release.stop if cursors.releasing else release.start
+        cursors.releasing = space.free_share > floor and space.free_bytes >= release.min_bytes
+        if not cursors.releasing:
+            return released, 0, False
+        if not space.releasable:
+            cursors.releasing = False
+            return released, space.free_bytes, False
+        released += write(partial(release_pages, pages=release.chunk_pages)) * space.page_size
+    return released, 0, True
 
 
 def _resting(store: Store, rest: Callable[[float], object]) -> Callable[..., Any]:

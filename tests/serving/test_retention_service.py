@@ -3,17 +3,24 @@ a time pruning, and what clients see of a decision past the retention period."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
-from nba.clock import ManualClock
+from nba.clock import ManualClock, SystemClock
+from nba.store import Store
+from nba.store.retention import Release
 from serving.retention import RetentionService
 from serving.settings import Settings
 from tests.conftest import ANALYST, CHANNEL
+from tests.nba.test_free_space import fill_decisions
 from tests.serving.helpers import AppFactory, Client, assert_problem, decide
 
 
@@ -61,3 +68,29 @@ def test_the_retention_setting() -> None:
     for bad in (0.5, -1):
         with pytest.raises(ValidationError, match="retention_days"):
             Settings(retention_days=bad)
+
+
+def test_free_space_given_back_is_counted_and_a_file_that_cannot_give_it_back_is_named_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = Release(min_bytes=64 * 1024, chunk_pages=64)
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as conn:  # as the store created files before incremental auto-vacuum
+        conn.execute("PRAGMA journal_mode=WAL")
+    for path, releasable in ((tmp_path / "new.db", True), (old, False)):
+        store = Store(f"sqlite:///{path}")
+        clock = ManualClock(SystemClock().now())
+        try:
+            fill_decisions(store, clock, old=400, young=20)
+            service = RetentionService(store, store.load_catalog, clock, timedelta(days=90), release=release)
+            before = REGISTRY.get_sample_value("nba_retention_released_bytes_total") or 0.0
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="nba.retention"):
+                results = [service.run_once() for _ in range(3)]
+            released = sum(r.released_bytes for r in results if r is not None)
+            assert (released > 0) is releasable
+            assert REGISTRY.get_sample_value("nba_retention_released_bytes_total") == before + released
+            told = [r.message for r in caplog.records if "nba compact" in r.message]
+            assert len(told) == (0 if releasable else 1)  # said once, not at every pass
+        finally:
+            store.close()

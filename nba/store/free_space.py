@@ -1,0 +1,96 @@
+"""Giving a SQLite file's free pages back to the file system.
+
+Deleted rows leave free pages that SQLite reuses for new rows, but the file never shrinks by itself: after
+retention is shortened, or traffic falls, it keeps its high-water mark for good. A file created by this service
+has incremental auto-vacuum (`engine.make_engine`), so free pages can be released a few at a time, each batch a
+short write transaction, instead of by a `VACUUM` that rewrites the whole file under the write lock. A file
+created before that keeps its size until `nba compact` converts it (`compact`). PostgreSQL reuses its own free
+space (autovacuum); shrinking its files is the operator's `VACUUM FULL`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, make_url
+
+from nba.store.engine import is_sqlite
+from nba.store.write_lock import DEFAULT_TIMEOUT, ProcessWriteLock
+
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
+
+
+@dataclass(frozen=True)
+class FreeSpace:
+    """A SQLite file's pages: all of them, the free ones, and whether those can be released (`release_pages`)."""
+
+    pages: int
+    free_pages: int
+    page_size: int
+    releasable: bool
+
+    @property
+    def free_bytes(self) -> int:
+        return self.free_pages * self.page_size
+
+    @property
+    def free_share(self) -> float:
+        return self.free_pages / self.pages if self.pages else 0.0
+
+
+def free_space(conn: Connection) -> FreeSpace | None:
+    """The file's free space; None on PostgreSQL."""
+    if conn.dialect.name != "sqlite":
+        return None
+
+    def pragma(name: str) -> int:
+        return int(conn.exec_driver_sql(f"PRAGMA {name}").scalar_one())
+
+    return FreeSpace(pragma("page_count"), pragma("freelist_count"), pragma("page_size"),
+                     pragma("auto_vacuum") == INCREMENTAL)
+
+
+def release_pages(conn: Connection, pages: int) -> int:
+    """Release up to `pages` free pages from the end of the file, in the caller's write transaction; returns by how
+    many pages the file shrank (a pointer-map page may go with them). The file shrinks once the transaction is
+    checkpointed."""
+    def pragma(name: str) -> int:
+        return int(conn.exec_driver_sql(f"PRAGMA {name}").scalar_one())
+
+    before = pragma("page_count")
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        # Python's sqlite3 steps a statement without result columns once: `incremental_vacuum(n)` would release
+        # one page whatever n is. One page per call, then (about 15 us each).
+        for _ in range(min(pages, pragma("freelist_count"))):
+            cursor.execute("PRAGMA incremental_vacuum(1)")
+    finally:
+        cursor.close()
+    return before - pragma("page_count")
+
+
+def compact(url: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
+    """Rewrite a SQLite file with incremental auto-vacuum and without free pages (`nba compact`); returns its size
+    in bytes before and after. Meant for a stopped service: the running writers of this machine wait for it (it
+    takes their write lock), and give up with a 503 after their timeout."""
+    path = make_url(url).database
+    if not is_sqlite(url) or path in (None, "", ":memory:"):
+        raise ValueError("only a SQLite file can be compacted (PostgreSQL: VACUUM FULL)")
+    assert path is not None
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    with ProcessWriteLock(path, timeout=timeout), closing(sqlite3.connect(
+            path, isolation_level=None, timeout=timeout)) as conn:
+        before = _file_bytes(conn)
+        conn.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return before, _file_bytes(conn)
+
+
+def _file_bytes(conn: sqlite3.Connection) -> int:
+    pages, size = (int(conn.execute(f"PRAGMA {name}").fetchone()[0]) for name in ("page_count", "page_size"))
+    return pages * size
