@@ -27,9 +27,9 @@ from nba.store.learning_repo import LEARNER_LEASE, JoinedExample
 log = logging.getLogger(__name__)
 LEASE = LEARNER_LEASE
 LEASE_TTL = timedelta(seconds=10)
-# Examples learned per turn (`OnlineLearner(turn=...)`): about 3 ms of CPU at 20 actions. The turn is not handed
-# over fairly, so a sweep round may wait up to a learner pass to start (76 ms in a review); what matters is that
-# once it has started, nothing in its process competes with it for the GIL while it holds the write lock.
+# Examples learned per turn (`OnlineLearner(turn=...)`): about 3 ms of CPU at 20 actions, the longest a sweep round
+# waits to start in the learner's process (`training.fair_turn`); once it has started, nothing in its process
+# competes with it for the GIL while it holds the write lock.
 TURN_EXAMPLES = 32
 
 

@@ -23,6 +23,7 @@ from nba.decide import DecideRequest, DecisionEngine
 from nba.store import Store
 from serving.settings import Settings
 from serving.sweeper import Sweeper
+from training.fair_turn import FairTurn
 from training.learner_process import STOP_SIGNALS, LearnerProcess, LearnerSupervisor
 from training.online import LEASE, LEASE_TTL
 from training.simulator import SegmentSimulator
@@ -100,6 +101,7 @@ def test_the_learners_work_and_the_sweeps_rounds_take_turns(
     has the GIL meanwhile (with it, rounds took 30-190 ms instead of 8 at 1,300 decisions/s)."""
     process = LearnerProcess(Settings(database_url=store_url), store=store, clock=clock)
     assert process.sweeper is not None and process.learner._turn is process.sweeper._round_turn
+    assert isinstance(process.learner._turn, FairTurn)  # handed over in the order asked (test_fair_turn.py)
     turn = _CountedTurn()
     process.learner._turn = process.sweeper._round_turn = turn
     sim = SegmentSimulator(seed=6)
