@@ -69,9 +69,11 @@ def make_engine(url: str, *, writer: bool, synchronous: str = "NORMAL",
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         # A new file is created with incremental auto-vacuum, so retention can give its free pages back to the file
-        # system (`retention_repo.release_pages`). It must come before the switch to WAL, which writes the file's
-        # header; on a file that already has tables it changes nothing (`nba compact` converts one).
-        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        # system (`free_space.release_pages`). It must come before the switch to WAL, which writes the file's
+        # header. Only on a new file: setting it runs a write transaction, which on every connect would queue
+        # behind the group commits (and fail at once with the inline engine's busy timeout of 0, a 503).
+        if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")

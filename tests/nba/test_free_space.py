@@ -17,6 +17,7 @@ from nba.clock import ManualClock, SystemClock
 from nba.decide import DecideRequest, DecisionEngine
 from nba.store import Store
 from nba.store import schema as t
+from nba.store.engine import make_engine
 from nba.store.free_space import FreeSpace, free_space
 from nba.store.retention import CLOCK_MARGIN, Cursors, Horizons, PruneResult, Release, prune
 from training.cli import main as nba
@@ -80,6 +81,25 @@ def test_a_new_file_is_created_able_to_give_pages_back(sqlite_url: str) -> None:
         assert _space(store).releasable
     finally:
         store.close()
+
+
+def test_opening_a_connection_takes_no_write_lock(tmp_path: Path) -> None:
+    """Setting auto-vacuum runs a write transaction: done at every connect, a new connection queued behind the
+    group commit holding the lock, and the inline engine's (busy timeout 0) failed at once, a 503."""
+    path = tmp_path / "nba.db"
+    Store(f"sqlite:///{path}").close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer's group commit, in progress
+    try:
+        for writer in (True, False):
+            engine = make_engine(f"sqlite:///{path}", writer=writer, busy_timeout_ms=0)
+            try:
+                engine.raw_connection().close()
+            finally:
+                engine.dispose()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 def test_retention_gives_free_pages_back_down_to_the_stop_share(tmp_path: Path) -> None:
