@@ -71,6 +71,9 @@ async def check_body(request: Request[Any, Any, Any]) -> None:
         else:
             msgspec.json.decode(raw, type=body_type, strict=True)
     except msgspec.ValidationError as exc:
+        malformed = _syntax_error(raw)
+        if malformed is not None:  # msgspec validates as it parses: a field's type can fail before the syntax
+            raise _not_json(raw, malformed) from exc
         message = str(exc)
         field, text = error_field(message)
         bad_key = _KEY_AT.search(message)
@@ -86,16 +89,32 @@ async def check_body(request: Request[Any, Any, Any]) -> None:
             text = "a time must be RFC 3339 with its UTC offset, such as 2026-11-24T10:14:58Z or +01:00 at the end"
         raise InvalidInput(text, field=field) from exc
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError) as exc:
-        detail = str(exc) or exc.__class__.__name__
-        if not raw.strip():
-            detail = "the body is empty"
-        if not detail.startswith("JSON is malformed"):
-            detail = f"JSON is malformed: {detail}"
-        raise ClientException(detail) from exc
+        raise _not_json(raw, exc) from exc
     if model_errors:
         raise ValidationException("; ".join(f"{field}: {message}" for field, message in model_errors),
                                   extra=[{"key": field, "message": message, "final": True}
                                          for field, message in model_errors])
+
+
+def _syntax_error(raw: bytes) -> Exception | None:
+    """Why `raw` is not JSON at all, or None if it is (a body of the wrong shape is a 422, one that is not JSON a
+    400, whichever error comes first in it)."""
+    try:
+        msgspec.json.decode(raw)
+    except msgspec.ValidationError:  # JSON, with a number out of a float's range
+        return None
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError) as exc:
+        return exc
+    return None
+
+
+def _not_json(raw: bytes, exc: Exception) -> ClientException:
+    detail = str(exc) or exc.__class__.__name__
+    if not raw.strip():
+        detail = "the body is empty"
+    if not detail.startswith("JSON is malformed"):
+        detail = f"JSON is malformed: {detail}"
+    return ClientException(detail)
 
 
 def _model_errors(model: type[BaseModel], raw: bytes) -> list[tuple[str, str]]:

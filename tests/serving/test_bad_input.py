@@ -37,6 +37,10 @@ NOT_JSON = [
     pytest.param(b"NaN", id="bare-nan"),
     pytest.param(b'{"customer_id": "c-1", "channel": "web", "context": {"x": Infinity}}', id="infinity"),
     pytest.param(b'{"customer_id": "c-\xff\xfe", "channel": "web"}', id="invalid-utf8"),
+    # Not JSON, though a field's type or name fails first (msgspec validates as it parses): still a 400.
+    pytest.param(b'{"nope": NaN}', id="unknown-field-then-nan"),
+    pytest.param(b'{"customer_id": 5,', id="wrong-type-then-truncated"),
+    pytest.param(b"[1,", id="array-then-truncated"),
 ]
 DEEP = [  # the body, and the fields a 422 may name: the map holding the bad value, or its key
     pytest.param(_nested(100_000).encode(), {"body"}, id="top-level"),
@@ -141,6 +145,7 @@ BAD_REWARDS = [
     pytest.param(b'{"value": NaN}', 400, None, id="nan"),
     pytest.param(b'{"value": -Infinity}', 400, None, id="infinity"),
     pytest.param(b'{"value": 1.0', 400, None, id="truncated"),
+    pytest.param(b'{"value": "1", ', 400, None, id="wrong-type-then-truncated"),
     pytest.param(b'{"value": "1.0"}', 422, "value", id="numeric-string"),
     pytest.param(b'{"value": "high"}', 422, "value", id="word"),
     pytest.param(b'{"value": true}', 422, "value", id="bool"),

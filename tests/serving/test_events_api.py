@@ -119,6 +119,9 @@ def test_a_property_value_refused_says_which_limit_it_breaks(client: Client, val
                      id="nan"),
         pytest.param(b'[{"customer_id": "c-1", "type": "purchase", "properties": {"amount": 1}', 400, None,
                      id="truncated"),
+        # A value of the wrong type before the syntax error: still not JSON, a 400 (msgspec meets the type first).
+        pytest.param(b"[1,2", 400, None, id="truncated-list-of-non-events"),
+        pytest.param(b'{"customer_id": "c-1", "type": 7,', 400, None, id="truncated-after-a-wrong-type"),
         pytest.param(b'{"customer_id": "c-1", "type": "purchase", "properties": {"amount": 1e999}}', 422,
                      "properties", id="number-1e999"),
     ],
