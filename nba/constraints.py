@@ -94,7 +94,8 @@ def static_exclusion(
     if not action.active:
         return Exclusion(action_id, "inactive", "the action is not active")
     if channel not in action.channels:
-        return Exclusion(action_id, "channel", f"the action is not offered on channel {channel!r}")
+        # API.md's rule names have none for this: the action is not eligible here, and the detail says why.
+        return Exclusion(action_id, "eligibility", f"the action is not offered on channel {channel!r}")
     if "*" in customer.opt_outs or channel in customer.opt_outs:
         scope = "all channels" if "*" in customer.opt_outs else f"channel {channel!r}"
         return Exclusion(action_id, "opt_out", f"the customer opted out of {scope}")

@@ -76,7 +76,7 @@ def test_inactive_action_is_excluded_before_anything_else() -> None:
 def test_action_not_offered_on_the_channel_is_excluded() -> None:
     exclusion = _static(Action(channels=["email"]), channel="web")
     assert exclusion is not None
-    assert (exclusion.action_id, exclusion.rule) == ("a1", "channel")
+    assert (exclusion.action_id, exclusion.rule) == ("a1", "eligibility")  # a rule name API.md lists
     assert "'web'" in exclusion.detail
 
 

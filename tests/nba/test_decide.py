@@ -189,7 +189,7 @@ def test_each_excluded_candidate_names_its_rule(store: Store, clock: ManualClock
     assert [c.action_id for c in decision.actions] == ["ok"]
     assert decision.ranking == [("ok", 1.0)]
     rules = {e.action_id: e.rule for e in decision.excluded}
-    assert rules == {"off": "inactive", "email-only": "channel", "adults": "eligibility",
+    assert rules == {"off": "inactive", "email-only": "eligibility", "adults": "eligibility",
                      "calm": "suppressed_by:complaint_filed"}
     detail = {e.action_id: e.detail for e in decision.excluded}
     assert detail["adults"] == "customer.age >= action.min_age is false"

@@ -129,6 +129,15 @@ def test_candidates_limit_the_choice_to_those_given(client: Client) -> None:
         check_propensities(decision, 2, {"offer-10pct", "free-shipping"})
 
 
+def test_a_candidate_not_offered_on_the_channel_is_excluded_under_a_rule_name_api_md_lists(client: Client) -> None:
+    """API.md's `excluded[].rule` names: eligibility, cap:..., budget:..., cooldown, suppressed_by:..., opt_out,
+    inactive. A client switching on them met `channel`, which it was never told about."""
+    decision = decide(client, "c-1", "email", candidates=["free-shipping", "offer-10pct"])  # free-shipping: web, app
+    assert [(e["action_id"], e["rule"]) for e in decision["excluded"]] == [("free-shipping", "eligibility")]
+    assert "channel 'email'" in decision["excluded"][0]["detail"]
+    assert [a["action_id"] for a in decision["actions"]] == ["offer-10pct"]
+
+
 @settings(max_examples=40, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
