@@ -36,6 +36,19 @@ DURATION_PATTERN = r"^[1-9][0-9]{0,6}[smhd]$"
 DURATION_MEANS = "a whole number from 1 to 9999999 followed by s, m, h or d, such as 30m or 7d"
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
 _Text = Annotated[str, StringConstraints(max_length=1024)]
+MAX_ENTRIES = 256  # attributes of an action, properties of an event type
+
+
+def _at_most_entries(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) > MAX_ENTRIES:
+        raise PydanticCustomError("too_long", "at most {limit} entries, not {count}",
+                                  {"limit": MAX_ENTRIES, "count": len(value)})
+    return value
+
+
+# Checked by a validator, not `Field(max_length=...)`: Litestar documents a dict with a length limit as an array
+# (clients generated from the OpenAPI document would send a list); `maxProperties` says it instead.
+_BOUNDED: dict[str, Any] = {"maxProperties": MAX_ENTRIES}
 
 
 MAX_LIST_ITEMS = 100  # in an attribute's list, as in a request's context or an event's properties
@@ -150,7 +163,8 @@ class Action(_Model):
     """One thing the service can offer, with the hard constraints that govern it."""
 
     channels: Channels
-    attributes: dict[Name, AttributeValue] = Field(default_factory=dict, max_length=256)
+    attributes: Annotated[dict[Name, AttributeValue], AfterValidator(_at_most_entries)] = Field(
+        default_factory=dict, json_schema_extra=_BOUNDED)
     eligibility: Annotated[str, StringConstraints(max_length=4096)] | None = None
     caps: list[Cap] = Field(default_factory=list, max_length=16)
     budget: Budget | None = None
@@ -244,7 +258,8 @@ PropertyType = Literal["string", "number", "integer", "bool", "list", "timestamp
 class EventType(_Model):
     """The schema of one event type: property types and which are required."""
 
-    properties: dict[Name, PropertyType] = Field(default_factory=dict, max_length=256)
+    properties: Annotated[dict[Name, PropertyType], AfterValidator(_at_most_entries)] = Field(
+        default_factory=dict, json_schema_extra=_BOUNDED)
     required: list[Name] = Field(default_factory=list)
 
     @field_validator("required")

@@ -7,11 +7,12 @@ from typing import Any
 from litestar import Litestar, Request
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.pydantic import PydanticPlugin
 
 from serving.auth import authorize
 from serving.body import check_body
 from serving.head import HeadAsGet, refuse_head_with_effects
-from serving.openapi import StrictBodies
+from serving.openapi import OPENAPI_PATH, StrictBodies, completed
 from serving.problems import HANDLERS
 from serving.routes import catalog, customers, decide, decisions, events, health
 from serving.runtime import Runtime
@@ -55,16 +56,17 @@ def create_app(runtime: Runtime) -> Litestar:
         on_startup=[lambda: runtime.start()],
         on_shutdown=[lambda: runtime.stop()],
         request_max_body_size=runtime.settings.max_body_bytes,
-        plugins=[StrictBodies()],
-        openapi_config=OpenAPIConfig(
+        # Pydantic models are documented by their fields' aliases (`for`, `lambda`), the names clients send.
+        plugins=[StrictBodies(), PydanticPlugin(prefer_alias=True)],
+        openapi_config=completed(OpenAPIConfig(
             title="Next-best-action service",
             version="1",
-            path="/schema",
+            path=OPENAPI_PATH,
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="API key")}
             ),
             security=[{"bearer": []}],
-        ),
+        )),
         debug=False,
     )
     app.state.runtime = runtime

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Operation
 from litestar.params import KwargDefinition
 from litestar.plugins import OpenAPISchemaPlugin
@@ -21,7 +22,9 @@ from pydantic import BaseModel
 from serving.problems import PROBLEM_JSON
 
 if TYPE_CHECKING:
+    from litestar import Request
     from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.openapi import OpenAPIConfig
     from litestar.openapi.spec import Schema
     from litestar.typing import FieldDefinition
 
@@ -136,3 +139,63 @@ class StrictBodies(OpenAPISchemaPlugin):
         schema = plugin.to_openapi_schema(field_definition, schema_creator)
         schema.additional_properties = False
         return schema
+
+
+OPENAPI_PATH = "/schema"
+RETRY_AFTER = {"description": "Seconds to wait before trying again", "schema": {"type": "integer", "minimum": 1}}
+SELF = {"get": {
+    "tags": ["ops"], "summary": "This document (OpenAPI 3.1)", "operationId": "GetOpenAPIDocument", "security": [{}],
+    "responses": {"200": {"description": "The OpenAPI document",
+                          "content": {"application/vnd.oai.openapi+json": {"schema": {"type": "object"}}}}},
+}}
+
+
+def complete(document: dict[str, Any]) -> dict[str, Any]:
+    """Add to a rendered OpenAPI document what Litestar leaves out: the `Retry-After` header that comes with every
+    problem 503 (`serving.problems`), and the document's own route (API.md: it "lists every route"); and say each
+    union as `anyOf`, not `oneOf`, which a value of two of its types fails (JSON Schema counts 20.0 as an integer
+    and as a number: every float attribute broke `bool | int | float | str`). Idempotent: each render of the
+    (cached) document passes through it."""
+    _any_of(document)
+    paths: dict[str, Any] = document.setdefault("paths", {})
+    for item in paths.values():
+        for operation in item.values():
+            answer = operation.get("responses", {}).get("503") if isinstance(operation, dict) else None
+            if answer is not None and PROBLEM_JSON in answer.get("content", {}):
+                answer.setdefault("headers", {})["Retry-After"] = RETRY_AFTER
+    paths.setdefault(f"{OPENAPI_PATH}/openapi.json", SELF)
+    return document
+
+
+def _any_of(node: Any) -> None:
+    if isinstance(node, dict):
+        if "oneOf" in node and "discriminator" not in node:
+            node["anyOf"] = node.pop("oneOf")
+        for value in node.values():
+            _any_of(value)
+    elif isinstance(node, list):
+        for value in node:
+            _any_of(value)
+
+
+class _Completed(OpenAPIRenderPlugin):
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        return super().render(request, complete(openapi_schema))
+
+
+class CompletedJson(_Completed, JsonRenderPlugin):
+    """`/schema/openapi.json`, completed (`complete`)."""
+
+
+class CompletedYaml(_Completed, YamlRenderPlugin):
+    """`/schema/openapi.yaml`, completed (`complete`)."""
+
+
+def completed(config: OpenAPIConfig) -> OpenAPIConfig:
+    """`config`, serving the JSON and YAML documents completed (`complete`) beside Litestar's other renderings."""
+    config.render_plugins = [CompletedJson() if type(plugin) is JsonRenderPlugin
+                             else CompletedYaml() if type(plugin) is YamlRenderPlugin else plugin
+                             for plugin in config.render_plugins]
+    config.default_plugin = next((p for p in config.render_plugins if type(p) is type(config.default_plugin)),
+                                 config.default_plugin)
+    return config

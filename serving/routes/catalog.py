@@ -13,6 +13,7 @@ from features.events import BUILTIN_TYPES, changed_builtin_properties
 from nba.catalog import Action, EventType, Policy
 from nba.errors import ActionNotFound, InvalidInput, PolicyNotFound
 from nba.ids import ID_REGEX, NAME_REGEX
+from serving.answer_types import ActionList, EventTypeList, PolicyList, StoredAction, StoredEventType, StoredPolicy
 from serving.openapi import NO_ROUTE, ProblemOperation, answers
 from serving.runtime import Runtime
 
@@ -31,7 +32,7 @@ def _dump(model: Any, **extra: Any) -> dict[str, Any]:
 
 @put("/v1/actions/{action_id:str}", opt={"role": "admin", "body": Action}, tags=["catalog"],
      summary="Create or replace an action",
-     responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
+     responses=answers(200, 201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=StoredAction))
 async def put_action(request: Request[Any, Any, Any], action_id: ActionId, data: Action) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
     created = await to_thread.run_sync(runtime.store.put_action, action_id, data, runtime.clock.now(),
@@ -41,7 +42,7 @@ async def put_action(request: Request[Any, Any, Any], action_id: ActionId, data:
 
 
 @get("/v1/actions", opt={"role": "analyst"}, sync_to_thread=True, tags=["catalog"], summary="The catalog",
-     responses=answers(401, 403))
+     responses=answers(200, 401, 403, body=ActionList))
 def list_actions(request: Request[Any, Any, Any]) -> dict[str, Any]:
     view = _runtime(request).current_catalog()
     return {"items": [_dump(a, action_id=aid) for aid, a in sorted(view.actions.items())]}
@@ -49,7 +50,7 @@ def list_actions(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 @get("/v1/actions/{action_id:str}", opt={"role": "analyst"}, sync_to_thread=True, tags=["catalog"],
      summary="One action", operation_class=ProblemOperation,
-     responses=answers(401, 403, (404, "No action with this id"), 422))
+     responses=answers(200, 401, 403, (404, "No action with this id"), 422, body=StoredAction))
 def get_action(request: Request[Any, Any, Any], action_id: ActionId) -> dict[str, Any]:
     action = _runtime(request).current_catalog().actions.get(action_id)
     if action is None:
@@ -69,8 +70,8 @@ async def delete_action(request: Request[Any, Any, Any], action_id: ActionId) ->
 
 @put("/v1/policies/{name:str}", opt={"role": "admin", "body": Policy}, tags=["policies"],
      summary="Create or replace a policy; a changed policy gets a new version",
-     responses=answers(201, 400, 401, 403, NO_ROUTE, (409, "A channel it names is served by another policy"), 413,
-                       422, 503, body=dict[str, Any]))
+     responses=answers(200, 201, 400, 401, 403, NO_ROUTE, (409, "A channel it names is served by another policy"),
+                       413, 422, 503, body=StoredPolicy))
 async def put_policy(request: Request[Any, Any, Any], name: PolicyName, data: Policy) -> Response[dict[str, Any]]:
     runtime = _runtime(request)
     check_learner(data)
@@ -80,7 +81,7 @@ async def put_policy(request: Request[Any, Any, Any], name: PolicyName, data: Po
 
 
 @get("/v1/policies", opt={"role": "analyst"}, sync_to_thread=True, tags=["policies"], summary="All policies",
-     responses=answers(401, 403))
+     responses=answers(200, 401, 403, body=PolicyList))
 def list_policies(request: Request[Any, Any, Any]) -> dict[str, Any]:
     view = _runtime(request).current_catalog()
     return {"items": [_dump(p, name=n, version=str(v)) for n, (v, p) in sorted(view.policies.items())]}
@@ -88,7 +89,7 @@ def list_policies(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 @get("/v1/policies/{name:str}", opt={"role": "analyst"}, sync_to_thread=True, tags=["policies"],
      summary="One policy", operation_class=ProblemOperation,
-     responses=answers(401, 403, (404, "No policy with this name"), 422))
+     responses=answers(200, 401, 403, (404, "No policy with this name"), 422, body=StoredPolicy))
 def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, Any]:
     entry = _runtime(request).current_catalog().policies.get(name)
     if entry is None:
@@ -98,7 +99,7 @@ def get_policy(request: Request[Any, Any, Any], name: PolicyName) -> dict[str, A
 
 @put("/v1/event-types/{type:str}", opt={"role": "admin", "body": EventType}, tags=["events"],
      summary="Register or replace an event type's schema",
-     responses=answers(201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=dict[str, Any]))
+     responses=answers(200, 201, 400, 401, 403, NO_ROUTE, 413, 422, 503, body=StoredEventType))
 async def put_event_type(
     request: Request[Any, Any, Any], type: PolicyName, data: EventType  # noqa: A002 - the API names it `type`
 ) -> Response[dict[str, Any]]:
@@ -113,7 +114,7 @@ async def put_event_type(
 
 
 @get("/v1/event-types", opt={"role": "analyst"}, sync_to_thread=True, tags=["events"],
-     summary="The event-type registry", responses=answers(401, 403))
+     summary="The event-type registry", responses=answers(200, 401, 403, body=EventTypeList))
 def list_event_types(request: Request[Any, Any, Any]) -> dict[str, Any]:
     view = _runtime(request).current_catalog()
     return {"items": [_dump(e, type=n) for n, e in sorted(view.event_types.items())]}

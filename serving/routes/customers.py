@@ -12,6 +12,7 @@ from nba.clock import to_rfc3339
 from nba.errors import CustomerNotFound
 from nba.ids import ID_REGEX
 from nba.types import CustomerState
+from serving.answer_types import CustomerOut, CustomerStateOut
 from serving.openapi import ProblemOperation, answers
 from serving.runtime import Runtime
 
@@ -21,7 +22,7 @@ from serving.runtime import Runtime
      responses=answers(401, 403, (404, "No customer with this id or alias"), 422, 503))
 def get_customer(
     request: Request[Any, Any, Any], customer_id: Annotated[str, Parameter(pattern=ID_REGEX)]
-) -> dict[str, Any]:
+) -> CustomerOut:
     runtime: Runtime = request.app.state.runtime
     canonical = runtime.store.resolve_customer(customer_id)
     state = runtime.store.load_customer(canonical)
@@ -45,9 +46,9 @@ def get_customer(
     }
 
 
-def _state_out(state: CustomerState) -> dict[str, Any]:
+def _state_out(state: CustomerState) -> CustomerStateOut:
     """The stored state, with its times in the API's form (RFC 3339 in UTC, milliseconds and a `Z`)."""
     out = state.to_json()
     out["last_event_at"] = {name: to_rfc3339(datetime.fromisoformat(when))
                             for name, when in state.last_event_at.items()}
-    return out
+    return CustomerStateOut(**out)

@@ -9,14 +9,15 @@ from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nba.errors import StoreUnavailable
+from serving.answer_types import Health, ModelHealth
 from serving.runtime import Runtime
 
 
 @get("/health", sync_to_thread=True, tags=["ops"], security=[{}],
      summary="200 when the store and the models are usable",
-     responses={503: ResponseSpec(dict[str, Any], generate_examples=False,
+     responses={503: ResponseSpec(Health, generate_examples=False,
                                   description="The store is unusable; the body says so, as for 200")})
-def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+def health(request: Request[Any, Any, Any]) -> Response[Health]:
     runtime: Runtime = request.app.state.runtime
     store_ok, store_msg = True, "ok"
     try:
@@ -26,8 +27,8 @@ def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         store_ok, store_msg = False, exc.message
     current = {(name, version) for name, (version, _) in runtime.catalog().policies.items()}
     models = [  # of the policies' current versions: a version an edit replaced no longer serves
-        {"policy": s.policy, "version": str(s.version), "healthy": s.healthy, "snapshot_id": s.snapshot_id,
-         "examples_learned": s.examples, "message": s.message}
+        ModelHealth(policy=s.policy, version=str(s.version), healthy=s.healthy, snapshot_id=s.snapshot_id,
+                    examples_learned=s.examples, message=s.message)
         for s in runtime.models.statuses() if (s.policy, s.version) in current
     ]
     # Decisions whose reward window this process could not close (their stored record unreadable): the rest close
@@ -35,8 +36,8 @@ def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     unclosable = len(runtime.store.unclosable)
     healthy = store_ok and unclosable == 0 and all(m["healthy"] for m in models)
     status = "ok" if healthy else ("degraded" if store_ok else "down")
-    body = {"status": status, "store": store_msg, "catalog_version": runtime.catalog().version, "models": models,
-            "unclosable_decisions": unclosable}
+    body = Health(status=status, store=store_msg, catalog_version=runtime.catalog().version, models=models,
+                  unclosable_decisions=unclosable)
     return Response(body, status_code=200 if store_ok else 503)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
+import jsonschema_rs
 import pytest
 
-from tests.serving.helpers import Client
+from tests.conftest import ADMIN, ANALYST
+from tests.serving.helpers import Client, decide, send_events
 
 # (method, path as API.md spells it, the status API.md gives for success where it names one)
 CONTRACT = [
@@ -27,6 +30,7 @@ CONTRACT = [
     ("put", "/v1/event-types/{type}", None),
     ("get", "/health", "200"),
     ("get", "/metrics", "200"),
+    ("get", "/schema/openapi.json", "200"),
 ]
 IDS = [f"{method.upper()} {path}" for method, path, _ in CONTRACT]
 
@@ -100,3 +104,65 @@ def test_public_paths_are_documented_as_needing_no_key(document: dict[str, Any],
     assert operation is not None
     security = operation.get("security", document.get("security", []))
     assert security == [] or {} in security, security
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_maps_are_described_as_objects(document: dict[str, Any]) -> None:
+    """Litestar described a dict with a size limit as an array: clients generated from the document sent lists."""
+    schemas = document["components"]["schemas"]
+    for model, field in (("Action", "attributes"), ("EventType", "properties")):
+        described = schemas[model]["properties"][field]
+        assert described["type"] == "object" and described["maxProperties"] == 256, described
+    assert [s for s in _walk(document) if s.get("type") == "array" and "maxLength" in s] == []
+
+
+def test_every_problem_503_declares_retry_after_and_the_document_lists_itself(document: dict[str, Any]) -> None:
+    unavailable = [(path, method, operation["responses"]["503"]) for path, item in document["paths"].items()
+                   for method, operation in item.items() if "503" in operation.get("responses", {})]
+    problems = [(path, method, answer) for path, method, answer in unavailable
+                if "application/problem+json" in answer["content"]]
+    assert len(problems) >= 10
+    assert [(path, method) for path, method, answer in problems
+            if "Retry-After" not in answer.get("headers", {})] == []
+    assert "get" in document["paths"]["/schema/openapi.json"]
+
+
+def test_every_answer_fits_the_shape_the_document_gives_it(client: Client, document: dict[str, Any]) -> None:
+    """The answers routes build as dicts (customers, the catalog, health) have their shapes documented: each real
+    answer is validated against its operation's schema."""
+    decision = decide(client, "c-1", context={"cart_value": 30.0})
+    send_events(client, {"customer_id": "c-1", "type": "page_view", "properties": {"page": "home"}})
+    attrs = {"category": "discount", "value": 5.0, "tags": ["a"], "new": True, "count": 2}
+    calls = [
+        ("get", "/v1/customers/c-1", None, ANALYST, "200"),
+        ("get", "/v1/actions", None, ANALYST, "200"),
+        ("get", "/v1/actions/offer-10pct", None, ANALYST, "200"),
+        ("put", "/v1/actions/new-one", {"channels": ["web"], "attributes": attrs}, ADMIN, "201"),
+        ("put", "/v1/actions/new-one", {"channels": ["web", "app"], "attributes": attrs}, ADMIN, "200"),
+        ("get", "/v1/policies", None, ANALYST, "200"),
+        ("get", "/v1/policies/web-offers", None, ANALYST, "200"),
+        ("put", "/v1/policies/new-policy", {"channels": ["sms"]}, ADMIN, "201"),
+        ("get", "/v1/event-types", None, ANALYST, "200"),
+        ("put", "/v1/event-types/signup", {"properties": {"plan": "string"}, "required": ["plan"]}, ADMIN, "201"),
+        ("get", "/health", None, {}, "200"),
+        ("get", f"/v1/decisions/{decision['decision_id']}", None, ANALYST, "200"),
+    ]
+    for method, path, body, headers, status in calls:
+        response = client.request(method.upper(), path, json=body, headers=headers)
+        assert str(response.status_code) == status, (path, response.text)
+        operation = next(item[method] for documented, item in document["paths"].items()
+                         if re.fullmatch(re.sub(r"\{[^}]*\}", "[^/]+", documented), path))
+        schema = operation["responses"][status]["content"]["application/json"]["schema"]
+        assert schema != {"type": "object", "additionalProperties": {}}, f"{method} {path}: a shape is not described"
+        validator = jsonschema_rs.Draft202012Validator({**schema, "components": document["components"]})
+        errors = [error.message for error in validator.iter_errors(response.json())]
+        assert errors == [], (method, path, sorted(set(errors)))
