@@ -210,7 +210,8 @@ class Learner(_Model):
     """How the policy's Vowpal Wabbit model explores and which extra arguments it takes."""
 
     exploration: Exploration = "squarecb"
-    epsilon: float | None = Field(default=None, ge=0.0, le=1.0)
+    # `minimum` again for the OpenAPI document, from which Litestar drops a bound of 0
+    epsilon: float | None = Field(default=None, ge=0.0, le=1.0, json_schema_extra={"minimum": 0.0})
     gamma_scale: float | None = Field(default=None, gt=0.0, le=1e6)
     lambda_: float | None = Field(default=None, alias="lambda", gt=0.0, le=1e6)
     vw_args: Annotated[str, StringConstraints(max_length=512)] = ""

@@ -22,7 +22,9 @@ from serving.routes.types import Id, Key, Name
 from serving.runtime import Runtime
 
 # Values are checked by `validate_event`, which names the property at fault.
-Properties = Annotated[dict[Key, Any], msgspec.Meta(max_length=256)]
+Properties = Annotated[dict[Key, Any], msgspec.Meta(max_length=256, description=(
+    "Values are strings, numbers, booleans or lists of those (no objects), as the event type registers them "
+    "(`PUT /v1/event-types/{type}`): a timestamp is an RFC 3339 string"))]
 
 
 # RFC 3339 times carry their offset: a time without one could be any zone's, and windows run from it.

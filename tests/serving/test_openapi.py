@@ -166,3 +166,8 @@ def test_every_answer_fits_the_shape_the_document_gives_it(client: Client, docum
         validator = jsonschema_rs.Draft202012Validator({**schema, "components": document["components"]})
         errors = [error.message for error in validator.iter_errors(response.json())]
         assert errors == [], (method, path, sorted(set(errors)))
+
+
+def test_bounds_of_zero_are_kept(document: dict[str, Any]) -> None:
+    """Litestar drops `ge=0` (a falsy bound) from the document: `epsilon` would have looked unbounded below."""
+    assert document["components"]["schemas"]["Learner"]["properties"]["epsilon"]["minimum"] == 0.0
