@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         # A partial rerun: keep the last full run's record and note what was measured again.
         reruns = previous.get("reruns", [])
         reruns.append({"steps": steps, "started_at": summary["started_at"], "commit": summary["commit"],
-                       "seconds": summary["total_seconds"]})
+                       "seconds": summary["total_seconds"], "cpu_model": summary["machine"]["cpu_model"]})
         previous["steps"].update(summary["steps"])
         previous["reruns"] = reruns
         summary = previous
@@ -241,8 +241,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"SQLite synchronous={m['sqlite_synchronous']}, commit {summary['commit']}; whole run "
              f"{summary['total_seconds']:.0f} s{' (quick mode: short runs)' if summary['quick'] else ''}. {note}"]
     for rerun in summary.get("reruns", []):
+        on = f", on {rerun['cpu_model']}" if rerun.get("cpu_model", m["cpu_model"]) != m["cpu_model"] else ""
         lines.append(f"Measured again later: {', '.join(rerun['steps'])} ({rerun['started_at']}, "
-                     f"commit {rerun['commit']}).")
+                     f"commit {rerun['commit']}{on}).")
     lines.append("")
     if "decide" in f:
         lines += ["| workers | candidates | decide req/s | p50 ms | p99 ms | ceiling req/s | share of ceiling | "

@@ -96,7 +96,8 @@ WRAPPERS = {
     "nba/decide.py:DecisionEngine._decide", "nba/store/store.py:Store.read", "nba/store/store.py:Store.write",
     "nba/store/batcher.py:WriteBatcher._run", "nba/store/batcher.py:WriteBatcher.submit",
     "serving/app.py:create_app", "training/cli.py:main", "training/cli.py:_serve", "training/cli.py:<module>",
-    "training/online.py:OnlineLearner._run",
+    "training/online.py:OnlineLearner._run", "training/cli.py:serve_until_stopped", "training/cli.py:_serve_again",
+    "serving/head.py:HeadAsGet.__call__",  # granian forks its workers inside these; every request runs inside this
 }
 
 
