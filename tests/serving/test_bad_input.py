@@ -41,6 +41,7 @@ NOT_JSON = [
     pytest.param(b'{"nope": NaN}', id="unknown-field-then-nan"),
     pytest.param(b'{"customer_id": 5,', id="wrong-type-then-truncated"),
     pytest.param(b"[1,", id="array-then-truncated"),
+    pytest.param(b'{"customer_id": 5, "context": {"x": 1e999}, ', id="out-of-range-then-truncated"),
 ]
 DEEP = [  # the body, and the fields a 422 may name: the map holding the bad value, or its key
     pytest.param(_nested(100_000).encode(), {"body"}, id="top-level"),

@@ -122,6 +122,7 @@ def test_a_property_value_refused_says_which_limit_it_breaks(client: Client, val
         # A value of the wrong type before the syntax error: still not JSON, a 400 (msgspec meets the type first).
         pytest.param(b"[1,2", 400, None, id="truncated-list-of-non-events"),
         pytest.param(b'{"customer_id": "c-1", "type": 7,', 400, None, id="truncated-after-a-wrong-type"),
+        pytest.param(b'[{"customer_id": 5, "x": 1e999', 400, None, id="truncated-after-a-number-out-of-range"),
         pytest.param(b'{"customer_id": "c-1", "type": "purchase", "properties": {"amount": 1e999}}', 422,
                      "properties", id="number-1e999"),
     ],
