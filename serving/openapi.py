@@ -7,13 +7,14 @@ document only a 400 of its own shape, which this server never sends.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, YamlRenderPlugin
+from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.openapi.spec import Operation
 from litestar.params import KwargDefinition
 from litestar.plugins import OpenAPISchemaPlugin
@@ -183,19 +184,14 @@ class _Completed(OpenAPIRenderPlugin):
         return super().render(request, complete(openapi_schema))
 
 
-class CompletedJson(_Completed, JsonRenderPlugin):
-    """`/schema/openapi.json`, completed (`complete`)."""
-
-
-class CompletedYaml(_Completed, YamlRenderPlugin):
-    """`/schema/openapi.yaml`, completed (`complete`)."""
+@functools.cache
+def _completing(plugin_type: type[OpenAPIRenderPlugin]) -> type[OpenAPIRenderPlugin]:
+    return type(f"Completed{plugin_type.__name__}", (_Completed, plugin_type), {})
 
 
 def completed(config: OpenAPIConfig) -> OpenAPIConfig:
-    """`config`, serving the JSON and YAML documents completed (`complete`) beside Litestar's other renderings."""
-    config.render_plugins = [CompletedJson() if type(plugin) is JsonRenderPlugin
-                             else CompletedYaml() if type(plugin) is YamlRenderPlugin else plugin
-                             for plugin in config.render_plugins]
-    config.default_plugin = next((p for p in config.render_plugins if type(p) is type(config.default_plugin)),
-                                 config.default_plugin)
+    """`config`, each of whose renderings (JSON, YAML and the HTML pages, which embed the document) shows the
+    document completed (`complete`), whichever of them a worker serves first."""
+    for plugin in config.render_plugins:
+        plugin.__class__ = _completing(type(plugin))
     return config

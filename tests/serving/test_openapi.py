@@ -171,3 +171,11 @@ def test_every_answer_fits_the_shape_the_document_gives_it(client: Client, docum
 def test_bounds_of_zero_are_kept(document: dict[str, Any]) -> None:
     """Litestar drops `ge=0` (a falsy bound) from the document: `epsilon` would have looked unbounded below."""
     assert document["components"]["schemas"]["Learner"]["properties"]["epsilon"]["minimum"] == 0.0
+
+
+@pytest.mark.parametrize("page", ["/schema/swagger", "/schema/redoc", "/schema/openapi.yaml"])
+def test_every_rendering_shows_the_completed_document_even_first(client: Client, page: str) -> None:
+    """The HTML pages embed the document: served first by a worker, they showed it before it was completed."""
+    response = client.get(page)
+    assert response.status_code == 200
+    assert "Retry-After" in response.text and "oneOf" not in response.text
