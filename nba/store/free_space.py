@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from contextlib import closing
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, make_url
 
+from nba.errors import StoreUnavailable
 from nba.store.engine import is_sqlite
 from nba.store.write_lock import DEFAULT_TIMEOUT, ProcessWriteLock
 
 INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
+RELEASE_SECONDS = 0.005  # the longest a release holds the write lock, as a retention chunk of deletes does
 
 
 @dataclass(frozen=True)
@@ -53,44 +56,49 @@ def free_space(conn: Connection) -> FreeSpace | None:
                      pragma("auto_vacuum") == INCREMENTAL)
 
 
-def release_pages(conn: Connection, pages: int) -> int:
-    """Release up to `pages` free pages from the end of the file, in the caller's write transaction; returns by how
-    many pages the file shrank (a pointer-map page may go with them). The file shrinks once the transaction is
-    checkpointed."""
+def release_pages(conn: Connection, pages: int, seconds: float = RELEASE_SECONDS) -> int:
+    """Release up to `pages` free pages from the end of the file, in the caller's write transaction, stopping once
+    `seconds` have passed (moving a page costs from 10 to over 150 us, by what points to it: the write lock is held
+    meanwhile); returns by how many pages the file shrank (a pointer-map page may go with them). The file shrinks
+    once the transaction is checkpointed."""
     def pragma(name: str) -> int:
         return int(conn.exec_driver_sql(f"PRAGMA {name}").scalar_one())
 
     before = pragma("page_count")
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        # Python's sqlite3 steps a statement without result columns once: `incremental_vacuum(n)` would release
-        # one page whatever n is. One page per call, then (about 15 us each).
-        for _ in range(min(pages, pragma("freelist_count"))):
-            cursor.execute("PRAGMA incremental_vacuum(1)")
-    finally:
-        cursor.close()
+    until = time.monotonic() + seconds
+    # Python's sqlite3 steps a statement without result columns once: `incremental_vacuum(n)` would release one
+    # page whatever n is. One page per call, then.
+    for _ in range(min(pages, pragma("freelist_count"))):
+        conn.exec_driver_sql("PRAGMA incremental_vacuum(1)").close()
+        if time.monotonic() >= until:
+            break
     return before - pragma("page_count")
 
 
 def compact(url: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
     """Rewrite a SQLite file with incremental auto-vacuum and without free pages (`nba compact`); returns its size
-    in bytes before and after. Meant for a stopped service: the running writers of this machine wait for it (it
-    takes their write lock), and give up with a 503 after their timeout."""
+    in bytes (with its write-ahead log) before and after. Meant for a stopped service: the running writers of this
+    machine wait for it (it takes their write lock), and give up with a 503 after their timeout. `VACUUM` needs
+    about twice the file's size of free disk (a copy, and the log). Raises `StoreUnavailable` when a reader kept
+    the rewritten file from being checkpointed into place (the service is running): it is whole, but not smaller."""
     path = make_url(url).database
     if not is_sqlite(url) or path in (None, "", ":memory:"):
         raise ValueError("only a SQLite file can be compacted (PostgreSQL: VACUUM FULL)")
     assert path is not None
     if not os.path.exists(path):
         raise FileNotFoundError(path)
+    before = _file_bytes(path)
     with ProcessWriteLock(path, timeout=timeout), closing(sqlite3.connect(
             path, isolation_level=None, timeout=timeout)) as conn:
-        before = _file_bytes(conn)
         conn.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
         conn.execute("VACUUM")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return before, _file_bytes(conn)
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    if busy:
+        raise StoreUnavailable("the database is in use (a reader kept the log from being copied back): the file "
+                               "is whole but not smaller; stop the service and run `nba compact` again")
+    return before, _file_bytes(path)
 
 
-def _file_bytes(conn: sqlite3.Connection) -> int:
-    pages, size = (int(conn.execute(f"PRAGMA {name}").fetchone()[0]) for name in ("page_count", "page_size"))
-    return pages * size
+def _file_bytes(path: str) -> int:
+    wal = f"{path}-wal"
+    return os.path.getsize(path) + (os.path.getsize(wal) if os.path.exists(wal) else 0)

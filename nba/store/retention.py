@@ -62,7 +62,8 @@ class Release:
     """When a pass gives a SQLite file's free pages back to the file system (`nba.store.free_space`).
 
     It starts once more than `start` of the file is free, and at least `min_bytes`, and goes on, `chunk_pages` a
-    transaction, until no more than `stop` is. Free pages below that are kept: the rows to come reuse them, and
+    transaction (or what 5 ms allow), until no more than `stop` is, or less than `min_bytes`. Free pages below
+    that are kept: the rows to come reuse them, and
     releasing them would only make the file grow again. The steady state of retention (a day deleted, a day
     written) frees about one retention period's share of the file, far below `start`; a shortened retention
     period or a fall in traffic goes above it.
@@ -71,7 +72,7 @@ class Release:
     start: float = 0.25
     stop: float = 0.10
     min_bytes: int = 64 * 2**20
-    chunk_pages: int = 256  # 1 MiB of 4 KiB pages: about 4 ms of the write lock
+    chunk_pages: int = 256  # 1 MiB of 4 KiB pages, if 5 ms allow (`free_space.RELEASE_SECONDS`)
 
 
 @dataclass
