@@ -75,7 +75,7 @@ def release_pages(conn: Connection, pages: int, seconds: float = RELEASE_SECONDS
     return before - pragma("page_count")
 
 
-def compact(url: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
+def compact(url: str, timeout: float = DEFAULT_TIMEOUT, checkpoint_wait: float = 5.0) -> tuple[int, int]:
     """Rewrite a SQLite file with incremental auto-vacuum and without free pages (`nba compact`); returns its size
     in bytes (with its write-ahead log) before and after. Meant for a stopped service: the running writers of this
     machine wait for it (it takes their write lock), and give up with a 503 after their timeout. `VACUUM` needs
@@ -92,6 +92,7 @@ def compact(url: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
             path, isolation_level=None, timeout=timeout)) as conn:
         conn.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
         conn.execute("VACUUM")
+        conn.execute(f"PRAGMA busy_timeout={int(checkpoint_wait * 1000)}")  # for readers to finish, not for ever
         busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     if busy:
         raise StoreUnavailable("the database is in use (a reader kept the log from being copied back): the file "
