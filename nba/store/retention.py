@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -157,7 +158,10 @@ def _release(store: Store, write: Callable[..., Any], release: Release, cursors:
         if not space.releasable:
             cursors.releasing = False
             return released, space.free_bytes, False
-        released += write(partial(release_pages, pages=release.chunk_pages)) * space.page_size
+        # No further than `stop`: k pages released leave (free - k) / (pages - k) of the file free.
+        excess = math.ceil((space.free_pages - release.stop * space.pages) / (1 - release.stop))
+        pages = min(release.chunk_pages, max(1, excess))
+        released += write(partial(release_pages, pages=pages)) * space.page_size
     return released, 0, True
 
 

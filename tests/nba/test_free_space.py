@@ -116,7 +116,7 @@ def test_retention_gives_free_pages_back_down_to_the_stop_share(tmp_path: Path) 
         assert result.unreleasable_bytes == 0
         assert released >= full.pages * full.page_size * 0.5  # most of the old decisions' pages went
         assert after.pages * after.page_size == full.pages * full.page_size - released
-        assert after.free_share <= RELEASE.stop and after.free_pages > 0  # some are kept for the rows to come
+        assert RELEASE.stop - 0.02 < after.free_share <= RELEASE.stop  # the rest is kept for the rows to come
         # Everything kept is whole, and the store goes on deciding.
         assert _decisions(store) == len(young)
         assert all(store.get_decision(d) is not None for d in young)
@@ -149,7 +149,7 @@ def test_free_space_below_the_start_share_is_kept_and_a_started_release_goes_on_
         assert first.more and cursors.releasing  # one chunk a pass here: the next pass goes on
         rest = prune(store, _horizons(clock), cursors, max_chunks=1000, release=RELEASE)
         assert rest.released_bytes > 0 and not rest.more and not cursors.releasing
-        assert _space(store).free_share <= RELEASE.stop
+        assert RELEASE.stop - 0.02 < _space(store).free_share <= RELEASE.stop
     finally:
         store.close()
 
