@@ -64,10 +64,9 @@ class Release:
 
     It starts once more than `start` of the file is free, and at least `min_bytes`, and goes on, `chunk_pages` a
     transaction (or what 5 ms allow), until no more than `stop` is, or less than `min_bytes`. Free pages below
-    that are kept: the rows to come reuse them, and
-    releasing them would only make the file grow again. The steady state of retention (a day deleted, a day
-    written) frees about one retention period's share of the file, far below `start`; a shortened retention
-    period or a fall in traffic goes above it.
+    that are kept: the rows to come reuse them, and releasing them would only make the file grow again. The
+    steady state of retention (a day deleted, a day written) frees about one retention period's share of the
+    file, far below `start`; a shortened retention period or a fall in traffic goes above it.
     """
 
     start: float = 0.25
