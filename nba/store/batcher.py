@@ -216,9 +216,17 @@ class _Lane:
         self.engine = engine
         self.inline = inline
         self.patience_ms = patience_ms  # how long it waits for a lock key held elsewhere (None: the lock timeout)
+        # Or, when set, until this (monotonic) time: a wait tried again on a new connection gets only what is left.
+        self.until: float | None = None
         self.try_first = True  # keys are tried without waiting before any is waited for (see lock_keys)
         self.conn: Connection | None = None
         self.key = secrets.randbits(31)  # of its advisory lock (PostgreSQL); two lanes sharing one only wait more
+
+    def wait_ms(self) -> int | None:
+        """How long a lock wait may last now: `patience_ms`, or what is left until `until`."""
+        if self.until is None:
+            return self.patience_ms
+        return max(0, int((self.until - time.monotonic()) * 1000))
 
     def connection(self) -> Connection:
         if self.conn is None or self.conn.closed or self.conn.invalidated:
@@ -528,15 +536,16 @@ class WriteBatcher:
                 return
             job, deadline = item
             try:
-                patient.patience_ms, patient.try_first = 0, True
+                patient.patience_ms, patient.until, patient.try_first = 0, None, True
                 try:
                     self._commit([job], patient)
                 except KeysBusy as busy:
-                    remaining_ms = int((deadline - time.monotonic()) * 1000)
-                    if job.gives_up(busy.key_ids) or remaining_ms < 1:
+                    if job.gives_up(busy.key_ids) or deadline - time.monotonic() < 0.001:
                         self._deliver([job], [(False, self._held(job, busy))])
                         continue
-                    patient.patience_ms, patient.try_first = remaining_ms, False
+                    # Until the deadline, however the wait goes: run again on a new connection (a dead one), it
+                    # waited the whole time again.
+                    patient.until, patient.try_first = deadline, False
                     try:
                         self._commit([job], patient)
                     except KeysBusy as still:
@@ -729,7 +738,7 @@ class WriteBatcher:
                 with transaction:  # rolls back if a job or a statement fails: COMMIT is never sent
                     conn.info[TRANSACTION_CACHE] = {}
                     try:
-                        lock_keys(conn, [k for job in batch for k in job.keys], lane.patience_ms,
+                        lock_keys(conn, [k for job in batch for k in job.keys], lane.wait_ms(),
                                   try_first=lane.try_first,
                                   no_wait=self._remembered() if lane is self._lane else frozenset(),
                                   namespace=self._namespace,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -598,4 +599,44 @@ def test_a_decision_that_waited_for_its_customer_waits_briefly_for_a_budget_in_u
         for host in (frozen_host, brief_host):
             if host is not None:
                 host.close()
+        store.close()
+
+
+def test_a_write_waiting_apart_that_loses_its_connection_waits_only_until_its_deadline(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The patient lane's wait runs again on a new connection when its connection dies (a database restart, an
+    idle timeout); it waits what is left until the write's deadline, not the whole time again."""
+    monkeypatch.setattr(batcher_module, "WRITER_LOCK_TIMEOUT_MS", 30_000)
+    waits: list[tuple[float, int | None]] = []  # (when, patience) of each wait in order
+    real_lock_keys = batcher_module.lock_keys
+
+    def lock_keys(conn: Connection, keys: list[str], patience_ms: int | None = None, try_first: bool = True,
+                  *args: Any, **options: Any) -> None:
+        if not try_first:
+            waits.append((time.monotonic(), patience_ms))
+        real_lock_keys(conn, keys, patience_ms, try_first, *args, **options)
+
+    monkeypatch.setattr(batcher_module, "lock_keys", lock_keys)
+    store = Store(postgres_url)
+    frozen_host, frozen = _frozen_holding(store, ["customer:g1"])
+    try:
+        answer: Future[Any] = Future()
+        _queued_together(store._batcher, [_Job(_put("g-1"), ["customer:g1"], future=answer)])
+        _until(lambda: len(waits) == 1 and _waiting_for_locks(store) == 1)  # waiting apart, on its connection
+        patient = store._batcher._patient
+        assert patient is not None and patient.conn is not None
+        pid = patient.conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        with store._reader.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        _until(lambda: len(waits) == 2)  # run again, on a new connection
+        (first_at, first), (second_at, second) = waits
+        assert first is not None and second is not None
+        between_ms = (second_at - first_at) * 1000
+        assert between_ms >= 1 and second <= first - between_ms + 2  # what was left of it (it was the whole again)
+        frozen.rollback()
+        assert answer.result(timeout=60) == "g-1"
+        assert _stored(store, ["g-1"]) == ["g-1"]
+    finally:
+        frozen_host.close()
         store.close()
