@@ -155,10 +155,12 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     """Add to a rendered OpenAPI document what Litestar leaves out: the `Retry-After` header that comes with every
     problem 503 (`serving.problems`), and the document's own route (API.md: it "lists every route"); and say each
     union as `anyOf`, not `oneOf`, which a value of two of its types fails (JSON Schema counts 20.0 as an integer
-    and as a number: every float attribute broke `bool | int | float | str`). Idempotent: each render of the
-    (cached) document passes through it."""
-    _any_of(document)
+    and as a number: every float attribute broke `bool | int | float | str`). Each render of the (cached)
+    document passes through it; the first completes it."""
     paths: dict[str, Any] = document.setdefault("paths", {})
+    if paths.get(f"{OPENAPI_PATH}/openapi.json") is SELF:  # completed by an earlier render
+        return document
+    _any_of(document)
     for item in paths.values():
         for operation in item.values():
             answer = operation.get("responses", {}).get("503") if isinstance(operation, dict) else None

@@ -269,7 +269,7 @@ class WriteBatcher:
         self._lane = _Lane(engine, inline=False, patience_ms=LOCK_PATIENCE_MS if postgres else None)
         # PostgreSQL: writes whose lock key another session held past the lane's patience, run one at a time, each
         # by the deadline it was set apart with (the lock timeout from then).
-        self._patient = _Lane(engine, inline=False) if postgres else None
+        self._patient = _Lane(engine, inline=False, patience_ms=0) if postgres else None
         self._patient_queue: queue.SimpleQueue[tuple[_Job, float] | None] = queue.SimpleQueue()
         # Keys found held elsewhere lately (id -> monotonic time until which they count): the group commit tries
         # them without waiting, so a key a frozen host holds costs its batches no 200 ms each; a key had again
@@ -536,7 +536,7 @@ class WriteBatcher:
                 return
             job, deadline = item
             try:
-                patient.patience_ms, patient.until, patient.try_first = 0, None, True
+                patient.until, patient.try_first = None, True  # its keys tried, none waited for
                 try:
                     self._commit([job], patient)
                 except KeysBusy as busy:

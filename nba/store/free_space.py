@@ -44,16 +44,16 @@ class FreeSpace:
         return self.free_pages / self.pages if self.pages else 0.0
 
 
+def _pragma(conn: Connection, name: str) -> int:
+    return int(conn.exec_driver_sql(f"PRAGMA {name}").scalar_one())
+
+
 def free_space(conn: Connection) -> FreeSpace | None:
     """The file's free space; None on PostgreSQL."""
     if conn.dialect.name != "sqlite":
         return None
-
-    def pragma(name: str) -> int:
-        return int(conn.exec_driver_sql(f"PRAGMA {name}").scalar_one())
-
-    return FreeSpace(pragma("page_count"), pragma("freelist_count"), pragma("page_size"),
-                     pragma("auto_vacuum") == INCREMENTAL)
+    return FreeSpace(_pragma(conn, "page_count"), _pragma(conn, "freelist_count"), _pragma(conn, "page_size"),
+                     _pragma(conn, "auto_vacuum") == INCREMENTAL)
 
 
 def release_pages(conn: Connection, pages: int, seconds: float = RELEASE_SECONDS) -> int:
@@ -61,18 +61,15 @@ def release_pages(conn: Connection, pages: int, seconds: float = RELEASE_SECONDS
     `seconds` have passed (moving a page costs from 10 to over 150 us, by what points to it: the write lock is held
     meanwhile); returns by how many pages the file shrank (a pointer-map page may go with them). The file shrinks
     once the transaction is checkpointed."""
-    def pragma(name: str) -> int:
-        return int(conn.exec_driver_sql(f"PRAGMA {name}").scalar_one())
-
-    before = pragma("page_count")
+    before = _pragma(conn, "page_count")
     until = time.monotonic() + seconds
     # Python's sqlite3 steps a statement without result columns once: `incremental_vacuum(n)` would release one
     # page whatever n is. One page per call, then.
-    for _ in range(min(pages, pragma("freelist_count"))):
+    for _ in range(min(pages, _pragma(conn, "freelist_count"))):
         conn.exec_driver_sql("PRAGMA incremental_vacuum(1)").close()
         if time.monotonic() >= until:
             break
-    return before - pragma("page_count")
+    return before - _pragma(conn, "page_count")
 
 
 def compact(url: str, timeout: float = DEFAULT_TIMEOUT, checkpoint_wait: float = 5.0) -> tuple[int, int]:
