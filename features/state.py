@@ -19,8 +19,10 @@ def apply_event(state: CustomerState, event: Event) -> CustomerState:
 
     Each property keeps the value of the newest event that set it (at equal times, the later arrival's), so the
     state does not depend on the order events arrive in: a late event cannot roll a property back, and still
-    sets the properties no newer event has set. `opt_out`/`opt_in` with an optional `channel` property (absent:
-    every channel) maintain the opt-out list that the `opt_out` constraint reads (see `_apply_consent`).
+    sets the properties no newer event has set. Newer means by `Event.ordered_at`: an event dated after its
+    receipt (a client's clock ahead) counts from its receipt, so it cannot outrank one that arrives after it.
+    `opt_out`/`opt_in` with an optional `channel` property (absent: every channel) maintain the opt-out list that
+    the `opt_out` constraint reads (see `_apply_consent`).
 
     >>> from datetime import UTC
     >>> e = Event("e1", "c1", "profile_updated", datetime(2026, 1, 1, tzinfo=UTC), {"age": 34})
@@ -53,7 +55,7 @@ def _apply_properties(state: CustomerState, event: Event) -> None:
     customer's properties past MAX_ATTRIBUTES."""
     _adopt_legacy_times(state)
     before = len(state.attributes)
-    at = (event.timestamp - _EPOCH) // _MICROSECOND
+    at = (event.ordered_at - _EPOCH) // _MICROSECOND
     times = state.attribute_us
     for key, value in event.properties.items():
         if times.get(key, at) <= at:
@@ -88,7 +90,7 @@ def _apply_consent(state: CustomerState, event: Event) -> None:
     channel = event.properties.get("channel")
     scope = channel if isinstance(channel, str) and channel else "*"
     if _newer(event, state.consent.get(scope)):
-        state.consent[scope] = [event.timestamp.isoformat(), event.type]
+        state.consent[scope] = [event.ordered_at.isoformat(), event.type]
     everywhere = state.consent.get("*")
     lifted_at = datetime.fromisoformat(everywhere[0]) if everywhere and everywhere[1] == OPT_IN else None
     opted: set[str] = set()
@@ -103,7 +105,7 @@ def _apply_consent(state: CustomerState, event: Event) -> None:
 def _newer(event: Event, current: list[str] | None) -> bool:
     """Whether the event replaces a scope's recorded consent: not older than it (at equal times the later
     arrival wins, as for every other event type: events stamped at receipt tie within a millisecond)."""
-    return current is None or datetime.fromisoformat(current[0]) <= event.timestamp
+    return current is None or datetime.fromisoformat(current[0]) <= event.ordered_at
 
 
 def _adopt_legacy_consent(state: CustomerState) -> None:

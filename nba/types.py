@@ -127,6 +127,15 @@ class Event:
     type: str
     timestamp: datetime
     properties: dict[str, Any]
+    # When the service accepted it (None: not known). An event cannot be newer than its receipt: a client whose
+    # clock runs ahead may date one a few minutes late, and it must not outrank what arrives after it.
+    received: datetime | None = None
+
+    @property
+    def ordered_at(self) -> datetime:
+        """The time that decides which of two events is newer: its timestamp, or its receipt if earlier."""
+        received = self.received
+        return self.timestamp if received is None or self.timestamp <= received else received
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,9 @@ class EventResult(msgspec.Struct):
 EventsBody = EventIn | Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=1000)]
 
 
-# How far ahead of the server's clock an event may be dated (clients' clocks drift). A later time is refused:
-# state and consent keep each scope's newest event, so a mis-dated one would outrank every real one until then.
+# How far ahead of the server's clock an event may be dated (clients' clocks drift). A later time is refused;
+# one within it is stored as dated, but orders state and consent from its receipt (`Event.ordered_at`), so that
+# it never outranks what arrives after it.
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
 
 
@@ -78,7 +79,7 @@ def _validated(data: EventsBody, items: list[EventIn], ids: list[str], registry:
         prefix = f"[{index}]." if isinstance(data, list) else ""
         validate_event(item.type, item.properties, registry, field_prefix=prefix)
         batch.append(Event(ids[index], item.customer_id, item.type,
-                           _utc(item.timestamp or now, f"{prefix}timestamp", now), dict(item.properties)))
+                           _utc(item.timestamp or now, f"{prefix}timestamp", now), dict(item.properties), now))
     return batch
 
 

@@ -140,6 +140,16 @@ def test_a_late_consent_event_cannot_override_a_newer_one(
     assert state.opt_outs == expected
 
 
+def test_an_event_counts_from_its_receipt_when_dated_after_it() -> None:
+    """An opt-in dated four minutes ahead (a client's clock) loses to an opt-out received a second after it."""
+    ahead = Event("e-in", "c1", "opt_in", T0 + timedelta(minutes=4), {}, received=T0)
+    later = Event("e-out", "c1", "opt_out", T0 + timedelta(seconds=1), {}, received=T0 + timedelta(seconds=1))
+    assert _fold(ahead, later).opt_outs == ["*"] and _fold(later, ahead).opt_outs == ["*"]
+    assert ahead.ordered_at == T0 and later.ordered_at == later.timestamp
+    in_the_past = Event("e-old", "c1", "opt_in", T0 - timedelta(hours=1), {}, received=T0)
+    assert in_the_past.ordered_at == in_the_past.timestamp
+
+
 @pytest.mark.parametrize(
     ("events", "expected"),
     [

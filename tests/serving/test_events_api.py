@@ -214,6 +214,29 @@ def test_an_event_dated_in_the_future_is_refused_and_a_little_clock_skew_is_not(
                          "timestamp": (clock.now() + timedelta(minutes=4)).isoformat()})
 
 
+@pytest.mark.parametrize("scope", [None, "web"], ids=["every-channel", "one-channel"])
+def test_an_event_dated_ahead_of_its_receipt_does_not_outrank_what_arrives_after_it(
+    client: Client, clock: ManualClock, scope: str | None
+) -> None:
+    """A client whose clock runs four minutes ahead opts the customer in; the customer opts out a second later,
+    through a channel whose clock is right. The opt-out is the newer of the two and holds, after those four
+    minutes as before (the opt-in counts from its receipt, not from its date); so does a property."""
+    channel = {"channel": scope} if scope else {}
+    ahead = (clock.now() + timedelta(minutes=4)).isoformat()
+    send_events(client, [{"customer_id": "c-1", "type": "opt_in", "timestamp": ahead, "properties": channel},
+                         {"customer_id": "c-1", "type": "profile_updated", "timestamp": ahead,
+                          "properties": {"tier": "gold"}}])
+    clock.advance(timedelta(seconds=1))
+    send_events(client, [{"customer_id": "c-1", "type": "opt_out", "properties": channel},
+                         {"customer_id": "c-1", "type": "profile_updated", "properties": {"tier": "silver"}}])
+    clock.advance(timedelta(minutes=10))
+    decision = decide(client, "c-1")
+    assert decision["actions"] == [] and set(excluded_rules(decision).values()) == {"opt_out"}
+    found = customer(client, "c-1")
+    assert found is not None
+    assert found["state"]["opt_outs"] == [scope or "*"] and found["state"]["attributes"]["tier"] == "silver"
+
+
 def test_the_state_is_the_same_whatever_order_events_arrive_in(client: Client, clock: ManualClock) -> None:
     """Through the store on both backends: a late event neither rolls a property back (`category` below, set by
     a newer event of another type) nor loses the properties no newer event has set (`tier`)."""
