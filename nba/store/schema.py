@@ -270,10 +270,16 @@ def _v6(conn: Connection) -> None:
     _add_missing_columns(conn, customers, ["attribute_us"])
 
 
+# The indexes each migration adds, which PostgreSQL builds before the migration's transaction without blocking
+# writes (`online_indexes`); the migration creates whichever is still missing (all of them on SQLite).
+ONLINE_INDEXES: dict[int, tuple[tuple[Table, str], ...]] = {
+    7: ((events, "ix_events_received"), (learn_queue, "ix_learn_decision"), (budget_counters, "ix_budget_start")),
+}
+
+
 def _v7(conn: Connection) -> None:
     """Indexes for retention: events by arrival, learning rows by decision, budget counters by window."""
-    for table, name in ((events, "ix_events_received"), (learn_queue, "ix_learn_decision"),
-                        (budget_counters, "ix_budget_start")):
+    for table, name in ONLINE_INDEXES[7]:
         next(index for index in table.indexes if index.name == name).create(conn, checkfirst=True)
 
 

@@ -4,11 +4,15 @@ version of a policy, in seq order); the queries that need them still use them.""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Connection
+import pytest
+from sqlalchemy import Connection, create_engine, text
 
 from features.state import apply_event
 from nba.store import Store, decide_reads
@@ -164,3 +168,86 @@ def test_a_v5_database_gets_the_attribute_times_column_and_its_states_keep_worki
         state = upgraded.load_customer("c-old")
         assert state is not None and state.attributes == {"tier": "gold", "city": "Oslo"}
         assert set(state.attribute_us) == {"tier", "city"}
+
+
+V7_INDEXES = {"events": "ix_events_received", "learn_queue": "ix_learn_decision", "budget_counters": "ix_budget_start"}
+
+
+def _to_v6(conn: Connection) -> None:
+    for name in V7_INDEXES.values():
+        conn.exec_driver_sql(f"DROP INDEX {name}")
+
+
+def _valid_indexes(store: Store) -> dict[str, bool]:
+    """The v7 indexes present, and whether each is valid (always, on SQLite)."""
+    def read(conn: Connection) -> dict[str, bool]:
+        if conn.dialect.name == "sqlite":
+            names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            return {name: True for name in V7_INDEXES.values() if name in names}
+        rows = conn.exec_driver_sql(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relnamespace = current_schema()::regnamespace")
+        return {name: bool(valid) for name, valid in rows if name in V7_INDEXES.values()}
+    return store.read(read)
+
+
+def test_a_v6_database_gets_the_retention_indexes(store_url: str) -> None:
+    def before(store: Store) -> None:
+        assert _valid_indexes(store) == {}
+
+    with _upgraded_from(store_url, 6, _to_v6, before) as upgraded:
+        assert _valid_indexes(upgraded) == dict.fromkeys(V7_INDEXES.values(), True)
+
+
+def _event_row(event_id: str) -> dict[str, Any]:
+    return {"event_id": event_id, "customer_id": "c-1", "type": "page_view", "ts_ms": 0, "received_ms": 0,
+            "properties": "{}"}
+
+
+@pytest.mark.postgres
+def test_on_postgresql_they_are_built_while_writes_go_on(postgres_url: str) -> None:
+    """A plain CREATE INDEX waits for the transactions writing to its table, and every write that comes after it
+    queues behind it: on a busy deployment, ingest and rewards stop on every host for the whole build. Built
+    concurrently, the index waits for the writer in progress while the next write goes through."""
+    store = Store(postgres_url)
+    store.write(lambda conn: (_to_v6(conn), conn.execute(
+        t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value="6"))))
+    store.close()
+    engine = create_engine(postgres_url)
+    try:
+        with ThreadPoolExecutor(1) as pool, engine.connect() as running:  # a failure ends `running` first
+            running.execute(t.events.insert().values(**_event_row("e-in-progress")))  # its transaction stays open
+            opening = pool.submit(Store, postgres_url)
+            with engine.connect() as watcher:
+                deadline = time.monotonic() + 30
+                while not watcher.execute(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE :building "
+                        "AND wait_event_type = 'Lock'"), {"building": "CREATE INDEX%ix_events_received%"}).scalar():
+                    assert time.monotonic() < deadline and not opening.done(), "the build never waited for the writer"
+                    watcher.rollback()
+            with engine.connect() as next_write, next_write.begin():
+                next_write.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+                next_write.execute(t.events.insert().values(**_event_row("e-meanwhile")))  # plain: lock timeout
+            running.commit()
+            upgraded = opening.result(timeout=60)
+        try:
+            assert _schema_version(upgraded) == str(MIGRATIONS[-1][0])
+            assert _valid_indexes(upgraded) == dict.fromkeys(V7_INDEXES.values(), True)
+        finally:
+            upgraded.close()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_an_index_an_interrupted_build_left_invalid_is_built_again(postgres_url: str) -> None:
+    """An interrupted concurrent build leaves an invalid index, which PostgreSQL keeps up to date but never
+    reads: IF NOT EXISTS alone would leave it so for good."""
+    def to_v6_with_an_invalid_index(conn: Connection) -> None:
+        conn.exec_driver_sql("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'ix_events_received'::regclass")
+
+    def before(store: Store) -> None:
+        assert _valid_indexes(store)["ix_events_received"] is False
+
+    with _upgraded_from(postgres_url, 6, to_v6_with_an_invalid_index, before) as upgraded:
+        assert _valid_indexes(upgraded) == dict.fromkeys(V7_INDEXES.values(), True)
