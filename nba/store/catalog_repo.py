@@ -115,33 +115,35 @@ def put_action(conn: Connection, action_id: str, action: Action, now_ms: int) ->
 
 
 def carry_budget_use(conn: Connection, action_id: str, action: Action, now_ms: int) -> None:
-    """Count, in the budget window now current, the units the action used under windows of another length.
+    """Count, in the budget window now current, the units the action took under windows of another length.
 
     Budget use is counted per window (length and start), so an action saved with a new budget window would
-    otherwise start it at zero and offer again what the budget had already spent. The units of every window of
-    another length that overlaps the current one are carried over: possibly more than were used in the current
+    otherwise start it at zero and offer again what the budget had already spent. The units taken in every window
+    of another length that overlaps the current one are carried over: possibly more than were used in the current
     window itself (a `1d` day is carried whole into a `12h` half), never fewer, so a budget errs on the side of
-    offering less. Runs in the catalog write that changes the action, which decisions wait for (the catalog key).
+    offering less. Only units taken are carried, never units a window holds because they were carried into it:
+    carried on at every save, those counted the same offers again and again (5 offers read as 15 after four saves;
+    cycling three lengths grew a count past 2^63, where the sum overflowed and every save of the action failed).
+    Saved again, the current window holds what it took itself plus what is carried now. Runs in the catalog write
+    that changes the action, which decisions wait for (the catalog key).
     """
     assert action.budget is not None
     window_s, start_ms = action.budget.window_at(now_ms)
     c = t.budget_counters.c
     overlapping = conn.execute(
-        select(func.coalesce(func.sum(c.used), 0)).where(
+        select(func.coalesce(func.sum(c.used - func.coalesce(c.carried, 0)), 0)).where(
             c.action_id == action_id, c.window_s != window_s, c.window_start_ms < start_ms + window_s * 1000,
             c.window_start_ms + cast(c.window_s, BigInteger) * 1000 > start_ms,  # window_s * 1000 overflows int4
         )
     ).scalar_one()
-    carried = int(overlapping)
-    if carried <= 0:
-        return
+    carried = max(int(overlapping), 0)
     key = (c.action_id == action_id, c.window_s == window_s, c.window_start_ms == start_ms)
-    current = conn.execute(select(c.used).where(*key)).scalar()
-    if current is None:
+    if conn.execute(update(t.budget_counters).where(*key)
+                    .values(used=c.used - func.coalesce(c.carried, 0) + carried, carried=carried)).rowcount:
+        return
+    if carried > 0:
         conn.execute(t.budget_counters.insert().values(action_id=action_id, window_s=window_s,
-                                                       window_start_ms=start_ms, used=carried))
-    elif int(current) < carried:
-        conn.execute(update(t.budget_counters).where(*key).values(used=carried))
+                                                       window_start_ms=start_ms, used=carried, carried=carried))
 
 
 def delete_action(conn: Connection, action_id: str) -> bool:

@@ -190,7 +190,7 @@ def _take_budget(conn: Connection, action_id: str, action: Action, window_s: int
             if action.budget.limit <= 0:
                 break
             _BUDGET_NEW.execute(conn, {"action_id": action_id, "window_s": window_s, "window_start_ms": window_ms,
-                                       "used": 1})
+                                       "used": 1, "carried": None})
             return
         used = int(row[0])
         if used >= action.budget.limit:

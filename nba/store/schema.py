@@ -165,6 +165,10 @@ budget_counters = Table(
     Column("window_s", Integer, primary_key=True),
     Column("window_start_ms", BigInteger, primary_key=True),
     Column("used", Integer, nullable=False),
+    # Of `used`, the units carried in from windows of other lengths when the action was saved with this window's
+    # length (`catalog_repo.carry_budget_use`; v8): the rest were taken here, and only those are carried on.
+    # NULL: none (or stored before v8).
+    Column("carried", Integer),
     Index("ix_budget_start", "window_start_ms"),  # past windows, for retention (v7)
 )
 
@@ -283,8 +287,12 @@ def _v7(conn: Connection) -> None:
         next(index for index in table.indexes if index.name == name).create(conn, checkfirst=True)
 
 
+def _v8(conn: Connection) -> None:
+    _add_missing_columns(conn, budget_counters, ["carried"])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7),
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8),
 ]
 
 

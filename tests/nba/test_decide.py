@@ -326,6 +326,27 @@ def test_saving_an_action_with_another_budget_window_keeps_what_its_budget_spent
         assert decision.actions == [] and [e.rule for e in decision.excluded] == [f"budget:{window}"]
 
 
+def test_a_budget_saved_with_new_window_lengths_again_and_again_counts_each_offer_once(
+    store: Store, clock: ManualClock
+) -> None:
+    """Units carried into a window were carried on at the next save, and counted again: 5 offers read as 15 after
+    saves of 2h, 30m, 60m and a re-creation at 1h, and cycling three lengths grew the count past 2^63, where the
+    sum overflowed and each save of the action failed (an adversarial client racing the admin API)."""
+    _seed(store, clock, {"x": Action(channels=["web"], budget=Budget(limit=5, window="1h"))})
+    engine = _engine(store, clock)
+    for n in range(5):
+        assert [a.action_id for a in _decide(engine, f"c{n}").actions] == ["x"]
+    for window in ["2h", "30m", "60m", "3h", "2h", "30m", "1h"] * 6:
+        store.put_action("x", Action(channels=["web"], budget=Budget(limit=5, window=window)), clock.now())
+    store.delete_action("x")
+    store.put_action("x", Action(channels=["web"], budget=Budget(limit=5, window="1h")), clock.now())
+    excluded = _decide(engine, "c5").excluded
+    assert [(e.rule, e.detail) for e in excluded] == [("budget:1h", "5 of 5 per 1h used")]
+    store.put_action("x", Action(channels=["web"], budget=Budget(limit=6, window="1h")), clock.now())
+    assert [a.action_id for a in _decide(engine, "c6").actions] == ["x"]
+    assert [e.detail for e in _decide(engine, "c7").excluded] == ["6 of 6 per 1h used"]
+
+
 def test_budget_use_of_windows_that_have_ended_is_not_carried_to_a_new_window_length(
     store: Store, clock: ManualClock
 ) -> None:

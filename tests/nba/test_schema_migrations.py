@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, create_engine, select, text
 
 from features.state import apply_event
 from nba.store import Store, decide_reads
@@ -251,3 +251,14 @@ def test_on_postgresql_an_index_an_interrupted_build_left_invalid_is_built_again
 
     with _upgraded_from(postgres_url, 6, to_v6_with_an_invalid_index, before) as upgraded:
         assert _valid_indexes(upgraded) == dict.fromkeys(V7_INDEXES.values(), True)
+
+
+def test_a_v7_database_gets_the_carried_budget_column_and_its_counters_keep_counting(store_url: str) -> None:
+    """Counters stored before v8 carried nothing that is known: all their units count as taken in their window."""
+    def to_v7(conn: Connection) -> None:
+        conn.exec_driver_sql("ALTER TABLE budget_counters DROP COLUMN carried")
+        conn.execute(t.budget_counters.insert().values(action_id="x", window_s=3600, window_start_ms=0, used=3))
+
+    with _upgraded_from(store_url, 7, to_v7) as upgraded:
+        rows = upgraded.read(lambda c: c.execute(select(t.budget_counters.c.used, t.budget_counters.c.carried)).all())
+        assert [tuple(row) for row in rows] == [(3, None)]
