@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -128,10 +128,17 @@ def lock_timed_out(exc: Exception) -> bool:
 
 def lock_namespace(conn: Connection) -> str:
     """The prefix of this connection's lock keys: none in the `public` schema (or on SQLite), else the schema's
-    name, so that two deployments in two schemas of one PostgreSQL database do not hold each other's locks."""
+    name, so that two deployments in two schemas of one PostgreSQL database do not hold each other's locks.
+
+    The schema is the one the store's tables are in, as this session finds them, not the first schema of its
+    search path: a schema created later at the head of the path (PostgreSQL's default path starts with the
+    role's name) would otherwise give processes started after it other locks for the same tables.
+    """
     if conn.dialect.name != "postgresql":
         return ""
-    schema = conn.execute(select(func.current_schema())).scalar()
+    schema = conn.execute(text(
+        "SELECT coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = to_regclass('meta_kv')), current_schema())")).scalar()
     return "" if schema in (None, "public") else f"{schema}/"
 
 

@@ -118,7 +118,6 @@ class Store:
                     return lock_namespace(conn)
                 isolation = conn.get_isolation_level()
                 conn.execution_options(isolation_level="AUTOCOMMIT")
-                namespace = lock_namespace(conn)
                 with migration_lock(conn):  # another process may be migrating: wait
                     built = build_online_indexes(conn)
                     if built:
@@ -129,7 +128,7 @@ class Store:
                         conn.exec_driver_sql("SET LOCAL lock_timeout = 0")  # hosts running: wait for their writes
                         migrate(conn)
                     conn.execution_options(isolation_level="AUTOCOMMIT")
-                return namespace
+                return lock_namespace(conn)  # where the tables are, now that they are
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"cannot open the store: {exc.__class__.__name__}: {exc}") from exc
 

@@ -528,6 +528,31 @@ def test_deployments_in_two_schemas_of_one_database_do_not_hold_each_others_lock
         admin.dispose()
 
 
+def test_a_schema_created_ahead_in_the_search_path_does_not_change_the_locks_of_the_tables(postgres_url: str) -> None:
+    """Keys were prefixed with the first schema of the search path: a schema created there later (PostgreSQL's
+    default path starts with the role's name) gave the hosts started after it other locks for the same tables,
+    and one wrote while another held the key (review)."""
+    store = Store(postgres_url)
+    schema = store.lock_namespace.rstrip("/")
+    ahead = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(_pg_url())
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{ahead}"'))
+    try:
+        later = Store(_pg_url(f"{ahead},{schema}"))
+        try:
+            assert later.read(lambda c: c.execute(text("SELECT current_schema()")).scalar()) == ahead
+            assert later.lock_namespace == store.lock_namespace == f"{schema}/"
+            assert later.lock_id("customer:c1") == store.lock_id("customer:c1")
+        finally:
+            later.close()
+    finally:
+        store.close()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{ahead}" CASCADE'))
+        admin.dispose()
+
+
 def test_a_decision_waiting_apart_for_its_customer_holds_no_budget_meanwhile(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
