@@ -180,14 +180,33 @@ def _discard(conn: Connection) -> None:
 
 
 def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    """Complete the awaited futures of one batch (runs in their event loop)."""
+    """Complete the awaited futures of one batch (runs in their event loop); one that cannot be completed is
+    logged and the others still are."""
     for awaited, ok, value in results:
         if awaited.done():  # the waiting request was cancelled; its write committed all the same
             continue
-        if ok:
-            awaited.set_result(value)
-        else:
-            awaited.set_exception(value)
+        try:
+            if ok:
+                awaited.set_result(value)
+            else:
+                awaited.set_exception(value)
+        except Exception:
+            log.exception("a write's answer could not be given")
+
+
+# What stops the process: never taken for one write's failure (the batch fails, and the exception goes on).
+_STOPPING = (KeyboardInterrupt, SystemExit)
+
+
+def _job_error(exc: BaseException) -> Exception:
+    """What a job that raised `exc` answers: `exc`, or a RuntimeError from it where a future cannot hold it
+    (asyncio refuses StopIteration: with it, the other writes of its batch went unanswered) or where it is not an
+    Exception (a CancelledError or GeneratorExit raised into a caller's code)."""
+    if isinstance(exc, Exception) and not isinstance(exc, (StopIteration, StopAsyncIteration)):
+        return exc
+    error = RuntimeError(f"the write failed: {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 class _JobFailed(Exception):
@@ -550,7 +569,7 @@ class WriteBatcher:
                         self._commit([job], patient)
                     except KeysBusy as still:
                         self._deliver([job], [(False, self._held(job, still))])
-            except Exception as exc:  # a bug or a driver error outside SQLAlchemy: fail the write, keep going
+            except BaseException as exc:  # a bug or a driver error outside SQLAlchemy: fail the write, keep going
                 log.exception("patient commit failed unexpectedly")
                 patient.drop()
                 self._fail([job], exc)
@@ -589,7 +608,8 @@ class WriteBatcher:
                 keys += len(nxt.keys)
             try:
                 self._commit(batch, self._lane)
-            except Exception as exc:  # a bug or a driver error outside SQLAlchemy: fail the batch, keep writing
+            except BaseException as exc:  # a bug or a driver error outside SQLAlchemy: fail the batch, keep writing
+                # (even a KeyboardInterrupt raised by a job: nothing would write for this process any more)
                 log.exception("group commit of %d writes failed unexpectedly", len(batch))
                 self._lane.drop()
                 self._fail(batch, exc)
@@ -690,7 +710,7 @@ class WriteBatcher:
             log.warning("writer connection failed (%s); retrying the batch on a new connection", exc)
             return self._transaction(batch, lane, savepoints=False)
 
-    def _fail(self, batch: list[_Job], exc: Exception) -> None:
+    def _fail(self, batch: list[_Job], exc: BaseException) -> None:
         log.error("group commit of %d writes failed: %s", len(batch), exc)
         if self.failing_since is None:
             self.failing_since = time.monotonic()
@@ -823,7 +843,9 @@ class WriteBatcher:
                     raise _JobFailed() from exc
                 except store_failed:
                     raise
-                except Exception as exc:
+                except _STOPPING:
+                    raise
+                except BaseException as exc:  # one job's failure, whatever it raised: the batch runs again
                     raise _JobFailed() from exc
                 continue
             savepoint = conn.begin_nested()
@@ -840,10 +862,12 @@ class WriteBatcher:
                 outcomes.append((False, InvalidInput(f"the store refused a value: {exc.orig}")))
             except store_failed:
                 raise
-            except Exception as exc:
+            except _STOPPING:
+                raise
+            except BaseException as exc:
                 log.exception("write job failed")
                 _rollback(conn, savepoint)
-                outcomes.append((False, exc))
+                outcomes.append((False, _job_error(exc)))
             else:
                 savepoint.commit()
                 outcomes.append((True, result))

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection
 
-from nba.errors import InvalidInput
+from nba.errors import InvalidInput, StoreUnavailable
 from nba.store import Store
 from nba.store import schema as t
 from nba.store.batcher import _Job
+from nba.store.store import WriteJob
 
 
 def _put(store: Store, key: str) -> None:
@@ -100,5 +103,80 @@ def test_a_value_the_database_refuses_fails_its_own_write_only(postgres_url: str
         good.result(timeout=30)
         assert "kept" in _keys(store)
         assert batcher.failing_since is None
+    finally:
+        store.close()
+
+
+def _put_job(key: str) -> Callable[[Connection], str]:
+    def job(conn: Connection) -> str:
+        conn.execute(t.meta_kv.insert().values(key=key, value="v"))
+        return key
+    return job
+
+
+def _queued_together(store: Store, jobs: list[_Job]) -> None:
+    """Queue `jobs` while the writer thread is busy, so that they form its next batch together."""
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(_conn: Connection) -> None:
+        started.set()
+        gate.wait(30)
+
+    held: Future[None] = Future()
+    store._batcher._enqueue([_Job(hold, (), future=held)])
+    assert started.wait(30)
+    store._batcher._enqueue(jobs)
+    gate.set()
+    held.result(timeout=60)
+
+
+def test_a_write_raising_stop_iteration_fails_alone(store_url: str) -> None:
+    """asyncio's futures refuse StopIteration (a `next()` on an empty iterator in a write): setting it raised, and
+    the writes after it in the batch went unanswered (PostgreSQL) or were answered 503 though committed (SQLite's
+    inline commit), so a client's retry would have applied them twice (review)."""
+    store = Store(store_url)
+
+    def empty(_conn: Connection) -> str:
+        return str(next(iter([])))
+
+    async def three_writes() -> list[Any]:
+        writes = [store.run_async(WriteJob(fn, [])) for fn in (_put_job("k-before"), empty, _put_job("k-after"))]
+        return await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 30)
+
+    try:
+        before, failed, after = asyncio.run(three_writes())
+        assert (before, after) == ("k-before", "k-after")
+        assert isinstance(failed, RuntimeError) and isinstance(failed.__cause__, StopIteration)
+        assert _keys(store) == ["k-after", "k-before"] and store._batcher.failing_since is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("raised", [asyncio.CancelledError, GeneratorExit, KeyboardInterrupt])
+def test_a_write_raising_a_base_exception_leaves_the_writer_writing(
+    store_url: str, raised: type[BaseException]
+) -> None:
+    """An exception that is not an Exception ended the writer thread: the writes of its batch waited for ever,
+    and every later one was refused (review). Now the write fails alone; one that stops a process (Ctrl-C) fails
+    its batch with a 503, and the writer goes on."""
+    store = Store(store_url)
+
+    def abort(_conn: Connection) -> None:
+        raise raised()
+
+    answers = [Future[Any]() for _ in range(3)]
+    writes = (_put_job("k1"), abort, _put_job("k2"))
+    jobs = [_Job(fn, (), future=answer) for fn, answer in zip(writes, answers, strict=True)]
+    try:
+        _queued_together(store, jobs)
+        outcomes = [answer.exception(timeout=30) or answer.result() for answer in answers]
+        if raised is KeyboardInterrupt:
+            assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes) and _keys(store) == []
+        else:
+            assert outcomes[0] == "k1" and outcomes[2] == "k2" and isinstance(outcomes[1], RuntimeError)
+            assert _keys(store) == ["k1", "k2"]
+        assert store._batcher.alive
+        _put(store, "k3")
+        assert "k3" in _keys(store)
     finally:
         store.close()
