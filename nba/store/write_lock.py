@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
@@ -57,10 +58,14 @@ class ProcessWriteLock:
         return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def __enter__(self) -> ProcessWriteLock:
+        """Take the lock, waiting at most `timeout` in all: for this process's other writers, then for the other
+        processes' (each wait had the whole timeout before: a writer queued behind its own process's waited twice
+        it)."""
+        deadline = time.monotonic() + self.timeout
         if not self._local.acquire(timeout=self.timeout):
             raise WriteLockTimeout(f"another writer of this process has held the lock for more than {self.timeout:g} s")
         try:
-            return self._enter_process()
+            return self._enter_process(max(deadline - time.monotonic(), 0.0))
         except OSError as exc:  # e.g. no descriptor left to open the file with: the store fails (503), not a bug
             self._local.release()
             raise WriteLockUnavailable(f"the database's write lock cannot be taken: {exc}") from exc
@@ -122,7 +127,7 @@ class ProcessWriteLock:
                 except OSError:
                     pass
 
-    def _enter_process(self) -> ProcessWriteLock:
+    def _enter_process(self, timeout: float) -> ProcessWriteLock:
         if self._flock_now():
             return self
         fd = self._fd
@@ -131,7 +136,7 @@ class ProcessWriteLock:
             self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nba-writelock")
         waited = self._waiter.submit(fcntl.flock, fd, fcntl.LOCK_EX)  # a blocking wait that can time out
         try:
-            waited.result(timeout=self.timeout)
+            waited.result(timeout=timeout)
         except FutureTimeout:
             # The abandoned wait may still get the lock: it then releases it and closes its descriptor. A lock
             # belongs to its open file, so the next attempt opens a new one (`_flock_now`) rather than share that

@@ -7,13 +7,16 @@ import fcntl
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import Connection
 
 from nba.errors import StoreUnavailable
-from nba.store import Store
+from nba.store import Store, write_lock
 from nba.store import schema as t
+from nba.store.write_lock import ProcessWriteLock, WriteLockTimeout
 
 
 def _try_lock(path: str) -> bool:
@@ -175,3 +178,24 @@ def test_a_failed_unlock_after_commit_answers_the_commit_and_still_frees_the_loc
         assert {"committed", "after"} <= keys
     finally:
         store.close()
+
+
+def test_the_lock_timeout_is_a_deadline_across_both_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer waits for this process's other writers (a thread lock), then for other processes' (the file
+    lock). Each wait had the whole timeout: a writer queued behind its own process's helper, which waited for
+    another process, got its 503 after twice the timeout (review). The second wait has what the first left."""
+    lock = ProcessWriteLock(str(tmp_path / "nba.db"), timeout=30.0)
+    times = iter([100.0, 129.5])  # the time before the thread lock was had, and after: 29.5 s of it gone
+    monkeypatch.setattr(write_lock, "time", SimpleNamespace(monotonic=lambda: next(times)))
+    waited: list[float] = []
+    enter_process = lock._enter_process
+    monkeypatch.setattr(lock, "_enter_process", lambda timeout: (waited.append(timeout), enter_process(timeout))[1])
+    fd = os.open(lock.path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process's writer, stuck inside its transaction
+        with pytest.raises(WriteLockTimeout):
+            lock.__enter__()
+        assert waited == [0.5]
+    finally:
+        os.close(fd)
+        lock.close()
