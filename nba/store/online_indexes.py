@@ -16,6 +16,7 @@ processes open the store together).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from nba.store.schema import ONLINE_INDEXES, current_version
 
 MIGRATION_LOCK = 7262010  # every schema: the same lock (as before this module, when it was a transaction's)
 POLL_SECONDS = 0.05
+SAY_WAITING_SECONDS = 5.0  # a wait longer than this is logged, once: an index build on a large table takes minutes
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -36,7 +39,13 @@ def migration_lock(conn: Connection) -> Iterator[None]:
 
     The connection must be in autocommit mode, so that no snapshot is held between polls.
     """
+    started = time.monotonic()
+    said = False
     while not conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({MIGRATION_LOCK})").scalar():
+        if not said and time.monotonic() - started > SAY_WAITING_SECONDS:
+            log.warning("waiting for another process to finish migrating the store's schema (it holds the "
+                        "migration lock, advisory lock %d)", MIGRATION_LOCK)
+            said = True
         time.sleep(POLL_SECONDS)
     try:
         yield
