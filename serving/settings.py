@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     sweep: bool = True
     # Days the decision log, events and past budget windows are kept (0: for ever). Contacts stay as long as a
     # cap or cooldown counts them; customers' states are not a log and stay.
-    retention_days: float = Field(default=90.0, ge=0)
+    retention_days: float = Field(default=90.0, ge=0, le=36_500)  # at most a century: a horizon past year 1 fails
     retention_seconds: float = Field(default=60.0, gt=0)  # between retention passes that left nothing behind
     log_level: str = "INFO"
     # How long a thread may hold the GIL while another waits (CPython's default is 5 ms). Requests run in the

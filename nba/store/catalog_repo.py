@@ -10,6 +10,7 @@ from nba.errors import Conflict
 from nba.store import schema as t
 from nba.store.codec import dumps, loads
 from nba.store.prepared import Prepared, transaction_cache
+from nba.store.retention_repo import DAY_MS
 
 
 class _Version:
@@ -119,24 +120,28 @@ def carry_budget_use(conn: Connection, action_id: str, action: Action, now_ms: i
 
     Budget use is counted per window (length and start), so an action saved with a new budget window would
     otherwise start it at zero and offer again what the budget had already spent. The units taken in every window
-    of another length that overlaps the current one are carried over: possibly more than were used in the current
-    window itself (a `1d` day is carried whole into a `12h` half), never fewer, so a budget errs on the side of
-    offering less. Only units taken are carried, never units a window holds because they were carried into it:
-    carried on at every save, those counted the same offers again and again (5 offers read as 15 after four saves;
-    cycling three lengths grew a count past 2^63, where the sum overflowed and every save of the action failed).
+    of another length that overlaps the current one are carried over, and those of every day of budget history
+    that does (windows past the retention period, folded into the day each ended in): possibly more than were used
+    in the current window itself (a `1d` day is carried whole into a `12h` half), never fewer, so a budget errs on
+    the side of offering less. Only units taken are carried, never units a window holds because they were carried
+    into it: carried on at every save, those counted the same offers again and again (5 offers read as 15 after
+    four saves; cycling three lengths grew a count past 2^63, where the sum overflowed and every save of the action
+    failed).
     Saved again, the current window holds what it took itself plus what is carried now. Runs in the catalog write
     that changes the action, which decisions wait for (the catalog key).
     """
     assert action.budget is not None
     window_s, start_ms = action.budget.window_at(now_ms)
-    c = t.budget_counters.c
-    overlapping = conn.execute(
-        select(func.coalesce(func.sum(c.used - func.coalesce(c.carried, 0)), 0)).where(
-            c.action_id == action_id, c.window_s != window_s, c.window_start_ms < start_ms + window_s * 1000,
-            c.window_start_ms + cast(c.window_s, BigInteger) * 1000 > start_ms,  # window_s * 1000 overflows int4
-        )
-    ).scalar_one()
-    carried = max(int(overlapping), 0)
+    end_ms = start_ms + window_s * 1000
+    c, h = t.budget_counters.c, t.budget_history.c
+    counters = select(func.coalesce(func.sum(c.used - func.coalesce(c.carried, 0)), 0)).where(
+        c.action_id == action_id, c.window_s != window_s, c.window_start_ms < end_ms,
+        c.window_start_ms + cast(c.window_s, BigInteger) * 1000 > start_ms,  # window_s * 1000 overflows int4
+    ).scalar_subquery()
+    history = select(func.coalesce(func.sum(h.taken), 0)).where(  # windows retention folded into days
+        h.action_id == action_id, h.day_start_ms < end_ms, h.day_start_ms + DAY_MS > start_ms,
+    ).scalar_subquery()
+    carried = max(int(conn.execute(select(counters + history)).scalar_one()), 0)  # one statement: one snapshot
     key = (c.action_id == action_id, c.window_s == window_s, c.window_start_ms == start_ms)
     if conn.execute(update(t.budget_counters).where(*key)
                     .values(used=c.used - func.coalesce(c.carried, 0) + carried, carried=carried)).rowcount:

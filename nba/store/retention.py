@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from nba.clock import epoch_ms
+from nba.durations import MAX_DURATION
 from nba.store import retention_repo
 from nba.store.decision_repo import IDEMPOTENCY_TTL
 from nba.store.free_space import free_space, release_pages
@@ -32,20 +33,25 @@ class Horizons:
     events_ms: int
     budget_windows_ms: int
     idempotency_ms: int
+    budget_history_ms: int = 0
 
     @classmethod
     def at(cls, now: datetime, keep: timedelta | None, counter_window: timedelta) -> Horizons:
         """The horizons at `now` for a retention period of `keep` (None: keep the log for ever).
 
         Contacts stay as long as the longest cap or cooldown (`counter_window`) counts them, even past `keep`;
-        decide request ids go once their replay period (a day) is over, whatever `keep` is. Both an hour later
-        than that (`CLOCK_MARGIN`).
+        decide request ids go once their replay period (a day) is over, whatever `keep` is, and decisions not
+        before (a replay finds its decision: with `keep` at a day, one went an hour before its key and its
+        replay logged a new decision); budget counters of past windows become history (`fold_old_budget_windows`),
+        kept as long as a budget window may last. All an hour later than that (`CLOCK_MARGIN`).
         """
-        idempotency_ms = epoch_ms(now - IDEMPOTENCY_TTL - CLOCK_MARGIN)
+        replay = IDEMPOTENCY_TTL + CLOCK_MARGIN
+        idempotency_ms = epoch_ms(now - replay)
         if keep is None:
             return cls(0, 0, 0, 0, idempotency_ms)
         log_ms = epoch_ms(now - keep)
-        return cls(log_ms, epoch_ms(now - max(keep, counter_window) - CLOCK_MARGIN), log_ms, log_ms, idempotency_ms)
+        return cls(epoch_ms(now - max(keep, replay)), epoch_ms(now - max(keep, counter_window) - CLOCK_MARGIN),
+                   log_ms, log_ms, idempotency_ms, epoch_ms(now - MAX_DURATION - CLOCK_MARGIN))
 
 
 @dataclass
@@ -102,7 +108,8 @@ def prune(store: Store, horizons: Horizons, cursors: Cursors | None = None, chun
     """
     cursors = cursors if cursors is not None else Cursors()
     write = store.write if rest is None else _resting(store, rest)
-    deleted = dict.fromkeys(("decisions", "contacts", "events", "idempotency_keys", "budget_windows"), 0)
+    deleted = dict.fromkeys(("decisions", "contacts", "events", "idempotency_keys", "budget_windows",
+                             "budget_history"), 0)
     more = False
     for _ in range(max_chunks if horizons.decisions_ms > 0 else 0):
         ids, cursors.decision = store.read(partial(
@@ -127,7 +134,8 @@ def prune(store: Store, horizons: Horizons, cursors: Cursors | None = None, chun
     steps: list[tuple[str, int, Callable[..., int]]] = [
         ("events", horizons.events_ms, retention_repo.delete_old_events),
         ("idempotency_keys", horizons.idempotency_ms, retention_repo.delete_old_idempotency_keys),
-        ("budget_windows", horizons.budget_windows_ms, retention_repo.delete_old_budget_windows),
+        ("budget_windows", horizons.budget_windows_ms, retention_repo.fold_old_budget_windows),
+        ("budget_history", horizons.budget_history_ms, retention_repo.delete_old_budget_history),
     ]
     for name, before_ms, step in steps:
         for _ in range(max_chunks if before_ms > 0 else 0):

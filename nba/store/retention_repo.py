@@ -1,5 +1,5 @@
-"""Forgetting what is older than the retention period: the decision log, contacts, events, idempotency keys and
-budget counters of past windows.
+"""Forgetting what is older than the retention period: the decision log, contacts, events and idempotency keys;
+budget counters of past windows are folded into a day's history, kept as long as a budget window may last.
 
 Without it the store grows by about 4 KiB a decision (with its indexes) until the disk is full, and then every
 write fails. Each function deletes one chunk in the caller's transaction and returns how many rows went, so a
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Table, bindparam, cast, select
+from sqlalchemy import BigInteger, Connection, Table, bindparam, cast, select, update
 
 from nba.ids import id_floor
 from nba.store import schema as t
@@ -116,21 +116,60 @@ def delete_old_idempotency_keys(conn: Connection, before_ms: int, limit: int) ->
     return _delete_oldest(conn, t.idempotency, t.idempotency.c.created_ms, before_ms, limit)
 
 
-def delete_old_budget_windows(conn: Connection, before_ms: int, limit: int) -> int:
-    """Delete up to `limit` budget counters of windows that ended before `before_ms` (only the current window's
-    counter is ever read). The counters are found by their start (v7 index); those of windows still running are
-    passed over, and they are few: one per action with a budget window longer than the retention period."""
+def fold_old_budget_windows(conn: Connection, before_ms: int, limit: int) -> int:
+    """Move up to `limit` budget counters of windows that ended before `before_ms` into `budget_history`: the
+    units each window took (not those carried into it) are added to its action's row for the UTC day the window
+    ended in. Only the current window's counter is ever read to take units, but an action saved later with a
+    longer window counts what the windows it spans took (`catalog_repo.carry_budget_use`): deleted, those were
+    offered again (18 offers against a limit of 10, in a review). The counters are found by their start (v7
+    index); those of windows still running are passed over, and they are few: one per action with a budget window
+    longer than the retention period."""
     c = t.budget_counters.c
     ended = conn.execute(
-        select(c.action_id, c.window_s, c.window_start_ms)
+        select(c.action_id, c.window_s, c.window_start_ms, c.used, c.carried)
         .where(c.window_start_ms < before_ms, c.window_start_ms + cast(c.window_s, BigInteger) * 1000 < before_ms)
         .order_by(c.window_start_ms)
         .limit(limit)
     ).all()
     if not ended:
         return 0
+    taken: dict[tuple[str, int], int] = {}
+    for row in ended:
+        day = history_day(int(row.window_start_ms) + int(row.window_s) * 1000 - 1)
+        taken[(row.action_id, day)] = taken.get((row.action_id, day), 0) + max(int(row.used) - int(row.carried or 0), 0)
+    h = t.budget_history.c
+    for (action_id, day), units in taken.items():
+        if units <= 0:
+            continue
+        day_key = (h.action_id == action_id, h.day_start_ms == day)
+        if not conn.execute(update(t.budget_history).where(*day_key).values(taken=h.taken + units)).rowcount:
+            conn.execute(t.budget_history.insert().values(action_id=action_id, day_start_ms=day, taken=units))
     key = (c.action_id == bindparam("k_action"), c.window_s == bindparam("k_window"),
            c.window_start_ms == bindparam("k_start"))
     conn.execute(t.budget_counters.delete().where(*key),
-                 [{"k_action": a, "k_window": w, "k_start": start} for a, w, start in ended])
+                 [{"k_action": row.action_id, "k_window": row.window_s, "k_start": row.window_start_ms}
+                  for row in ended])
     return len(ended)
+
+
+DAY_MS = 86_400_000
+
+
+def history_day(at_ms: int) -> int:
+    """The start of the UTC day `at_ms` falls in (epoch ms): the key of budget history."""
+    return at_ms - at_ms % DAY_MS
+
+
+def delete_old_budget_history(conn: Connection, before_ms: int, limit: int) -> int:
+    """Delete up to `limit` days of budget history that ended before `before_ms` (no budget window reaches back
+    to them)."""
+    h = t.budget_history.c
+    old = conn.execute(
+        select(h.action_id, h.day_start_ms).where(h.day_start_ms < before_ms - DAY_MS)
+        .order_by(h.day_start_ms).limit(limit)
+    ).all()
+    if old:
+        conn.execute(t.budget_history.delete().where(h.action_id == bindparam("k_action"),
+                                                     h.day_start_ms == bindparam("k_day")),
+                     [{"k_action": action_id, "k_day": day} for action_id, day in old])
+    return len(old)

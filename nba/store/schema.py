@@ -172,6 +172,18 @@ budget_counters = Table(
     Index("ix_budget_start", "window_start_ms"),  # past windows, for retention (v7)
 )
 
+# Budget units taken in windows that ended before the retention period, per action and UTC day (the day each window
+# ended in), for as long as a budget window may last (v9). A budget saved later with a longer window still counts
+# them (`catalog_repo.carry_budget_use`); kept as one row a day, however short the windows were.
+budget_history = Table(
+    "budget_history",
+    metadata,
+    Column("action_id", ID, primary_key=True),
+    Column("day_start_ms", BigInteger, primary_key=True),
+    Column("taken", Integer, nullable=False),
+    Index("ix_budget_history_day", "day_start_ms"),
+)
+
 idempotency = Table(
     "idempotency",
     metadata,
@@ -291,8 +303,12 @@ def _v8(conn: Connection) -> None:
     _add_missing_columns(conn, budget_counters, ["carried"])
 
 
+def _v9(conn: Connection) -> None:
+    budget_history.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8),
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8), (9, _v9),
 ]
 
 

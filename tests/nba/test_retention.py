@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 
 from features.state import apply_event
 from nba.catalog import Action, Budget, Cap, Policy, RewardSpec
-from nba.clock import ManualClock, SystemClock
+from nba.clock import ManualClock, SystemClock, epoch_ms, from_epoch_ms
 from nba.decide import DecideRequest, DecisionEngine
+from nba.durations import MAX_DURATION
 from nba.errors import DecisionNotFound
 from nba.store import Store
 from nba.store import schema as t
@@ -189,7 +190,8 @@ def test_nothing_of_the_log_goes_when_retention_is_off(store: Store, now_clock: 
     store.close_due(now_clock.now())
     now_clock.advance(timedelta(days=400))
     deleted = _prune_all(store, Horizons.at(now_clock.now(), None, NO_COUNTERS))
-    assert deleted == {"decisions": 0, "contacts": 0, "events": 0, "idempotency_keys": 1, "budget_windows": 0}
+    assert deleted == {"decisions": 0, "contacts": 0, "events": 0, "idempotency_keys": 1, "budget_windows": 0,
+                       "budget_history": 0}
     assert store.get_decision(decision.decision_id) is not None
     assert _count(store, t.events) == 1 and _count(store, t.contacts) == 1
 
@@ -276,6 +278,55 @@ def test_budget_windows_of_a_month_and_longer_are_pruned(store: Store, now_clock
     deleted = _prune_all(store, Horizons.at(now_clock.now(), KEEP, NO_COUNTERS))
     assert deleted["budget_windows"] == 1  # the 30-day window ended; the 3660-day one (2020 to 2030) runs on
     assert store.read(lambda c: c.execute(select(t.budget_counters.c.window_s)).scalars().all()) == [3660 * 86400]
+    history = store.read(lambda c: c.execute(select(t.budget_history.c.action_id, t.budget_history.c.taken)).all())
+    assert [tuple(row) for row in history] == [("a", 2)]  # the 30-day window's units, as history
+
+
+def test_with_a_day_of_retention_a_replay_within_its_day_finds_its_decision(
+    store: Store, now_clock: ManualClock
+) -> None:
+    """Request ids are kept a day and an hour (other hosts' clocks may be behind), but with a day of retention
+    their decisions went at a day: a host 10 minutes behind replayed a request at its 23 h 55 min, found the key
+    without its decision and logged a new one (a review)."""
+    engine = _setup(store, now_clock, {"a": Action(channels=["web"])})
+    t0 = now_clock.now()
+    first = engine.decide(DecideRequest("c1", "web", {}, request_id="r-1", body_hash="h-1")).decision
+    now_clock.advance(timedelta(hours=2))
+    store.close_due(now_clock.now())
+    version = store.load_catalog().policies["p"][0]
+    examples = store.unlearned_examples("p", version, set())
+    store.save_snapshot("p", version, b"model", len(examples), [e.seq for e in examples], now_clock.now())
+    _prune_all(store, Horizons.at(t0 + timedelta(hours=24, minutes=5), timedelta(days=1), NO_COUNTERS))
+    now_clock.set(t0 + timedelta(hours=23, minutes=55))  # the other host's clock
+    again = engine.decide(DecideRequest("c1", "web", {}, request_id="r-1", body_hash="h-1"))
+    assert again.replayed and again.decision.decision_id == first.decision_id
+    assert store.count_decisions() == 1
+
+
+def test_a_budget_lengthened_after_retention_still_counts_what_its_past_windows_took(
+    store: Store, now_clock: ManualClock
+) -> None:
+    """Retention deleted the counters of past windows, and a budget saved afterwards with a longer window counted
+    only the windows left: 2 a day for five days, then 10 a week, offered 8 more (a review). Past windows now
+    become a day's history, which the longer window counts; the history goes once no window could reach it."""
+    week_ms = 7 * 86_400_000
+    start = from_epoch_ms(epoch_ms(now_clock.now()) // week_ms * week_ms + 3_600_000)  # an hour into a 7-day window
+    now_clock.set(start)
+    engine = _setup(store, now_clock, {"a": Action(channels=["web"], budget=Budget(limit=2, window="1d"))})
+    offered = 0
+    for day in range(5):
+        now_clock.set(start + timedelta(days=day))
+        offered += sum(len(_decide(engine, f"c{day}-{i}").actions) for i in range(3))
+    assert offered == 10
+    now_clock.set(start + timedelta(days=5))
+    keep = timedelta(days=1)
+    assert _prune_all(store, Horizons.at(now_clock.now(), keep, NO_COUNTERS))["budget_windows"] == 4  # days 0-3
+    store.put_action("a", Action(channels=["web"], budget=Budget(limit=10, window="7d")), now_clock.now())
+    refused = _decide(engine, "c-week")
+    assert refused.actions == [] and [e.detail for e in refused.excluded] == ["10 of 10 per 7d used"]
+    now_clock.advance(MAX_DURATION + timedelta(days=10))
+    deleted = _prune_all(store, Horizons.at(now_clock.now(), keep, NO_COUNTERS))
+    assert deleted["budget_history"] >= 4 and _count(store, t.budget_history) == 0
 
 
 def test_every_retention_query_uses_an_index_on_sqlite(tmp_path: Any) -> None:
@@ -315,5 +366,6 @@ def test_a_pass_rests_after_each_transaction_as_long_as_it_took(store: Store, no
     rests: list[float] = []
     result = prune(store, Horizons.at(now_clock.now(), KEEP, NO_COUNTERS), chunk=3, rest=rests.append)
     assert result.deleted["decisions"] == 7 and result.deleted["contacts"] == 7
-    # One rest per write: 3 chunks of decisions, 3 of contacts, one each of events, request ids, budget windows.
-    assert len(rests) == 9 and all(seconds > 0 for seconds in rests)
+    # One rest per write: 3 chunks of decisions, 3 of contacts, one each of events, request ids, budget windows
+    # and budget history.
+    assert len(rests) == 10 and all(seconds > 0 for seconds in rests)

@@ -65,7 +65,8 @@ def test_the_retention_setting() -> None:
     assert Settings().retention() == timedelta(days=90)
     assert Settings(retention_days=0).retention() is None  # keep everything
     assert Settings(retention_days=400).retention() == timedelta(days=400)
-    for bad in (0.5, -1):
+    assert Settings(retention_days=36_500).retention() == timedelta(days=36_500)
+    for bad in (0.5, -1, 1_000_000):  # a million days: every pass failed, its horizon before year 1
         with pytest.raises(ValidationError, match="retention_days"):
             Settings(retention_days=bad)
 
