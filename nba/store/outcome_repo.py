@@ -95,8 +95,15 @@ def _finalise_slot(conn: Connection, row: DecisionRow, slot: int, reward: float,
     _ENQUEUE.execute(conn, _example(row, slot, reward, now_ms))
 
 
+HELD = "held"  # what `add_reward` answers for a reward stored as `accepted` that waits for its decision's activation
+
+
 def add_reward(conn: Connection, decision_id: str, slot: int, value: float, now_ms: int) -> str:
-    """Record a reward and return its status: `accepted` (in the window) or `late` (stored, never learned)."""
+    """Record a reward and return its status: `accepted` (in the window), `late` (stored, never learned), or
+    `held`: stored as accepted for a deferred decision not yet activated. A channel's reward and activation may
+    arrive in either order, so such a reward counts once the decision is activated (under `sum`, with those of
+    its window; under `first`, the first is learned at activation), and becomes `late` if its reservation is
+    released instead."""
     row = _decision_row(conn, decision_id)
     slot_row = _SLOT.first(conn, {"decision_id": decision_id, "slot": slot})
     if slot_row is None:
@@ -119,6 +126,8 @@ def add_reward(conn: Connection, decision_id: str, slot: int, value: float, now_
             _finalise_slot(conn, row, slot, value, now_ms)
     _REWARD_NEW.execute(conn, {"decision_id": decision_id, "slot": slot, "value": value, "received_ms": now_ms,
                                "status": status})
+    if status == "accepted" and row.deferred and row.activated_ms is None:
+        return HELD
     return status
 
 

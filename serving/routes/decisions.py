@@ -13,6 +13,7 @@ from nba.catalog import REWARD_LIMIT
 from nba.clock import to_rfc3339
 from nba.errors import DecisionNotFound, InvalidInput
 from nba.ids import ID_REGEX
+from nba.store.outcome_repo import HELD
 from serving.metrics import REWARDS, child
 from serving.openapi import ProblemOperation, answers
 from serving.routes.decide import DecisionOut, decision_out
@@ -29,6 +30,16 @@ class RewardBody(msgspec.Struct, forbid_unknown_fields=True):
 class Accepted(msgspec.Struct):
     decision_id: str
     status: str
+
+
+class RewardAccepted(msgspec.Struct, omit_defaults=True):
+    """A reward's answer; `pending_activation` (added to API.md's fields) says an `accepted` reward is held for a
+    deferred decision not yet activated: it is learned from only if the decision is activated in time, and turns
+    `late` if its reservation is released instead."""
+
+    decision_id: str
+    status: str
+    pending_activation: bool = False
 
 
 class RewardOut(msgspec.Struct):
@@ -53,14 +64,16 @@ class LoggedDecisionOut(DecisionOut, kw_only=True):
 @post("/v1/decisions/{decision_id:str}/reward", status_code=202, opt={"role": "channel", "body": RewardBody},
       tags=["outcomes"], summary="Report the outcome of a decision",
       responses=answers(400, 401, 403, (404, "No decision with this id"), 413, 422, 503))
-async def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data: RewardBody) -> Accepted:
+async def reward(request: Request[Any, Any, Any], decision_id: DecisionId, data: RewardBody) -> RewardAccepted:
     runtime: Runtime = request.app.state.runtime
     if not math.isfinite(data.value):
         raise InvalidInput("value must be a finite number", field="value")
     status = await runtime.store.run_async(
         runtime.store.reward_write(decision_id, data.slot, data.value, runtime.clock.now()))
+    held = status == HELD
+    status = "accepted" if held else status
     child(REWARDS, status).inc()
-    return Accepted(decision_id, status)
+    return RewardAccepted(decision_id, status, pending_activation=held)
 
 
 @post("/v1/decisions/{decision_id:str}/activate", status_code=202, opt={"role": "channel"},

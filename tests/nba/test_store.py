@@ -22,6 +22,7 @@ from nba.errors import Conflict, DecisionNotFound, IdempotencyConflict, InvalidI
 from nba.store import Store
 from nba.store import schema as t
 from nba.store.decision_repo import ReservationFailed
+from nba.store.outcome_repo import HELD
 from nba.types import Decision, PolicyRef, SlotChoice
 
 POLICY = "web-offers"
@@ -584,7 +585,7 @@ def test_a_reward_at_the_windows_end_is_late_before_and_after_the_sweep(store: S
 def test_first_rewards_before_activation_are_learned_at_activation(store: Store, clock: ManualClock) -> None:
     version = _seed(store, clock, {"a": Action(channels=["web"])}, RewardSpec(window="1h", aggregation="first"))
     decision = _decide(_engine(store, clock), defer_activation=True)
-    assert store.add_reward(decision.decision_id, 0, 0.7, clock.now()) == "accepted"
+    assert store.add_reward(decision.decision_id, 0, 0.7, clock.now()) == HELD  # stored as accepted
     assert _learned(store, version) == []
     clock.advance(timedelta(minutes=5))
     store.activate(decision.decision_id, clock.now())
