@@ -139,7 +139,7 @@ def carry_budget_use(conn: Connection, action_id: str, action: Action, now_ms: i
         c.window_start_ms + cast(c.window_s, BigInteger) * 1000 > start_ms,  # window_s * 1000 overflows int4
     ).scalar_subquery()
     history = select(func.coalesce(func.sum(h.taken), 0)).where(  # windows retention folded into days
-        h.action_id == action_id, h.day_start_ms < end_ms, h.day_start_ms + DAY_MS > start_ms,
+        h.action_id == action_id, h.window_s != window_s, h.day_start_ms < end_ms, h.day_start_ms + DAY_MS > start_ms,
     ).scalar_subquery()
     carried = max(int(conn.execute(select(counters + history)).scalar_one()), 0)  # one statement: one snapshot
     key = (c.action_id == action_id, c.window_s == window_s, c.window_start_ms == start_ms)

@@ -119,11 +119,11 @@ def delete_old_idempotency_keys(conn: Connection, before_ms: int, limit: int) ->
 def fold_old_budget_windows(conn: Connection, before_ms: int, limit: int) -> int:
     """Move up to `limit` budget counters of windows that ended before `before_ms` into `budget_history`: the
     units each window took (not those carried into it) are added to its action's row for the UTC day the window
-    ended in. Only the current window's counter is ever read to take units, but an action saved later with a
-    longer window counts what the windows it spans took (`catalog_repo.carry_budget_use`): deleted, those were
-    offered again (18 offers against a limit of 10, in a review). The counters are found by their start (v7
-    index); those of windows still running are passed over, and they are few: one per action with a budget window
-    longer than the retention period."""
+    ended in and the window's length. Only the current window's counter is ever read to take units, but an action
+    saved later with a longer window counts what the windows it spans took (`catalog_repo.carry_budget_use`):
+    deleted, those were offered again (18 offers against a limit of 10, in a review). The counters are found by
+    their start (v7 index); those of windows still running are passed over, and they are few: one per action with
+    a budget window longer than the retention period."""
     c = t.budget_counters.c
     ended = conn.execute(
         select(c.action_id, c.window_s, c.window_start_ms, c.used, c.carried)
@@ -133,17 +133,18 @@ def fold_old_budget_windows(conn: Connection, before_ms: int, limit: int) -> int
     ).all()
     if not ended:
         return 0
-    taken: dict[tuple[str, int], int] = {}
+    taken: dict[tuple[str, int, int], int] = {}
     for row in ended:
-        day = history_day(int(row.window_start_ms) + int(row.window_s) * 1000 - 1)
-        taken[(row.action_id, day)] = taken.get((row.action_id, day), 0) + max(int(row.used) - int(row.carried or 0), 0)
+        day = (row.action_id, history_day(int(row.window_start_ms) + int(row.window_s) * 1000 - 1), int(row.window_s))
+        taken[day] = taken.get(day, 0) + max(int(row.used) - int(row.carried or 0), 0)
     h = t.budget_history.c
-    for (action_id, day), units in taken.items():
+    for (action_id, day, window_s), units in taken.items():
         if units <= 0:
             continue
-        day_key = (h.action_id == action_id, h.day_start_ms == day)
+        day_key = (h.action_id == action_id, h.day_start_ms == day, h.window_s == window_s)
         if not conn.execute(update(t.budget_history).where(*day_key).values(taken=h.taken + units)).rowcount:
-            conn.execute(t.budget_history.insert().values(action_id=action_id, day_start_ms=day, taken=units))
+            conn.execute(t.budget_history.insert().values(action_id=action_id, day_start_ms=day, window_s=window_s,
+                                                          taken=units))
     key = (c.action_id == bindparam("k_action"), c.window_s == bindparam("k_window"),
            c.window_start_ms == bindparam("k_start"))
     conn.execute(t.budget_counters.delete().where(*key),
@@ -165,11 +166,12 @@ def delete_old_budget_history(conn: Connection, before_ms: int, limit: int) -> i
     to them)."""
     h = t.budget_history.c
     old = conn.execute(
-        select(h.action_id, h.day_start_ms).where(h.day_start_ms < before_ms - DAY_MS)
+        select(h.action_id, h.day_start_ms, h.window_s).where(h.day_start_ms < before_ms - DAY_MS)
         .order_by(h.day_start_ms).limit(limit)
     ).all()
     if old:
         conn.execute(t.budget_history.delete().where(h.action_id == bindparam("k_action"),
-                                                     h.day_start_ms == bindparam("k_day")),
-                     [{"k_action": action_id, "k_day": day} for action_id, day in old])
+                                                     h.day_start_ms == bindparam("k_day"),
+                                                     h.window_s == bindparam("k_window")),
+                     [{"k_action": action_id, "k_day": day, "k_window": window_s} for action_id, day, window_s in old])
     return len(old)

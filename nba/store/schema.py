@@ -172,14 +172,16 @@ budget_counters = Table(
     Index("ix_budget_start", "window_start_ms"),  # past windows, for retention (v7)
 )
 
-# Budget units taken in windows that ended before the retention period, per action and UTC day (the day each window
-# ended in), for as long as a budget window may last (v9). A budget saved later with a longer window still counts
-# them (`catalog_repo.carry_budget_use`); kept as one row a day, however short the windows were.
+# Budget units taken in windows that ended before the retention period, per action, UTC day (the day each window
+# ended in) and window length, for as long as a budget window may last (v9). A budget saved later with a window of
+# another length still counts them (`catalog_repo.carry_budget_use`); one row a day and length, however short the
+# windows were.
 budget_history = Table(
     "budget_history",
     metadata,
     Column("action_id", ID, primary_key=True),
     Column("day_start_ms", BigInteger, primary_key=True),
+    Column("window_s", Integer, primary_key=True),
     Column("taken", Integer, nullable=False),
     Index("ix_budget_history_day", "day_start_ms"),
 )

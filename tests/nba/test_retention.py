@@ -369,3 +369,25 @@ def test_a_pass_rests_after_each_transaction_as_long_as_it_took(store: Store, no
     # One rest per write: 3 chunks of decisions, 3 of contacts, one each of events, request ids, budget windows
     # and budget history.
     assert len(rests) == 10 and all(seconds > 0 for seconds in rests)
+
+
+def test_history_of_a_window_of_the_same_length_is_not_carried_into_the_current_one(
+    store: Store, now_clock: ManualClock
+) -> None:
+    """A 36-hour window that ended at noon is folded into that day, the day the current window started in; saved
+    again (only its attributes changed), the action carried it into the current window: 4 of 3 used, where 1 was
+    (a review). Windows of one length never overlap: history of the current length is never carried."""
+    h36 = 36 * 3_600_000
+    k = epoch_ms(now_clock.now()) // h36 - 4
+    if ((k + 1) * h36) % 86_400_000 == 0:  # the previous window must end at 12:00 UTC, inside a day
+        k -= 1
+    previous = k * h36
+    now_clock.set(from_epoch_ms(previous + 3_600_000))
+    engine = _setup(store, now_clock, {"a": Action(channels=["web"], budget=Budget(limit=3, window="36h"))})
+    assert sum(len(_decide(engine, f"p{i}").actions) for i in range(4)) == 3
+    now_clock.set(from_epoch_ms(previous + h36 + 25 * 3_600_000))  # 25 h into the current window
+    assert len(_decide(engine, "c0").actions) == 1
+    assert _prune_all(store, Horizons.at(now_clock.now(), timedelta(days=1), NO_COUNTERS))["budget_windows"] == 1
+    store.put_action("a", Action(channels=["web"], attributes={"note": "x"}, budget=Budget(limit=3, window="36h")),
+                     now_clock.now())
+    assert [a.action_id for a in _decide(engine, "c1").actions] == ["a"]  # 2 of 3
