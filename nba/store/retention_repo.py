@@ -135,8 +135,9 @@ def fold_old_budget_windows(conn: Connection, before_ms: int, limit: int) -> int
         return 0
     taken: dict[tuple[str, int, int], int] = {}
     for row in ended:
-        day = (row.action_id, history_day(int(row.window_start_ms) + int(row.window_s) * 1000 - 1), int(row.window_s))
-        taken[day] = taken.get(day, 0) + max(int(row.used) - int(row.carried or 0), 0)
+        where = (row.action_id, history_day(int(row.window_start_ms) + int(row.window_s) * 1000 - 1),
+                 int(row.window_s))
+        taken[where] = taken.get(where, 0) + max(int(row.used) - int(row.carried or 0), 0)
     h = t.budget_history.c
     for (action_id, day, window_s), units in taken.items():
         if units <= 0:
