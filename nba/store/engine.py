@@ -7,11 +7,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from nba.store.checkpointer import WAL_LIMIT_BYTES
+from nba.store.online_indexes import store_schema
 from nba.store.prepared import driver_sql
 
 
@@ -136,9 +137,7 @@ def lock_namespace(conn: Connection) -> str:
     """
     if conn.dialect.name != "postgresql":
         return ""
-    schema = conn.execute(text(
-        "SELECT coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.oid = to_regclass('meta_kv')), current_schema())")).scalar()
+    schema = store_schema(conn)
     return "" if schema in (None, "public") else f"{schema}/"
 
 

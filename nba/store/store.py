@@ -28,7 +28,7 @@ from nba.store.checkpointer import CHECKPOINT_SECONDS, WAL_LIMIT_BYTES, WalCheck
 from nba.store.customer_repo import Reducer
 from nba.store.decide_reads import customer_inputs
 from nba.store.engine import SHARED, WRITER_LOCK_TIMEOUT_MS, lock_id, lock_keys, lock_namespace, make_engine
-from nba.store.online_indexes import build_online_indexes, migration_lock
+from nba.store.online_indexes import MIGRATION_LOCK, build_online_indexes, store_schema
 from nba.store.prepared import AUTOCOMMIT_READS
 from nba.store.schema import migrate
 from nba.store.write_lock import ProcessWriteLock
@@ -118,16 +118,18 @@ class Store:
                     return lock_namespace(conn)
                 isolation = conn.get_isolation_level()
                 conn.execution_options(isolation_level="AUTOCOMMIT")
-                with migration_lock(conn):  # another process may be migrating: wait
-                    built = build_online_indexes(conn)
-                    if built:
-                        log.info("built indexes %s concurrently, for the schema migration", ", ".join(built))
-                    conn.commit()  # ends the driver-less transaction autocommit mode still begins
-                    conn.execution_options(isolation_level=isolation)
-                    with conn.begin():
-                        conn.exec_driver_sql("SET LOCAL lock_timeout = 0")  # hosts running: wait for their writes
-                        migrate(conn)
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                built = build_online_indexes(conn)
+                if built:
+                    log.info("built indexes %s concurrently, for the schema migration", ", ".join(built))
+                schema = store_schema(conn)
+                conn.commit()  # ends the driver-less transaction autocommit mode still begins
+                conn.execution_options(isolation_level=isolation)
+                with conn.begin():
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = 0")  # another process may be migrating: wait
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                    # New tables go beside the others, wherever the head of the search path is.
+                    conn.exec_driver_sql(f'SET LOCAL search_path TO "{schema}"')
+                    migrate(conn)
                 return lock_namespace(conn)  # where the tables are, now that they are
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"cannot open the store: {exc.__class__.__name__}: {exc}") from exc

@@ -5,6 +5,7 @@ version of a policy, in seq order); the queries that need them still use them.""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,10 +19,12 @@ from features.state import apply_event
 from nba.store import Store, decide_reads
 from nba.store import schema as t
 from nba.store.decision_repo import _CONTACTS
+from nba.store.online_indexes import MIGRATION_LOCK
 from nba.store.outcome_repo import due_decisions
 from nba.store.prepared import Prepared
 from nba.store.schema import MIGRATIONS
 from nba.types import Event
+from tests.conftest import _pg_url
 
 
 def _index(conn: Connection, name: str) -> str:
@@ -208,7 +211,9 @@ def _event_row(event_id: str) -> dict[str, Any]:
 def test_on_postgresql_they_are_built_while_writes_go_on(postgres_url: str) -> None:
     """A plain CREATE INDEX waits for the transactions writing to its table, and every write that comes after it
     queues behind it: on a busy deployment, ingest and rewards stop on every host for the whole build. Built
-    concurrently, the index waits for the writer in progress while the next write goes through."""
+    concurrently, the index waits for the writer in progress while the next write goes through; and a host of an
+    older version starting meanwhile takes the migration lock at once (the build held it, and the old host,
+    waiting for it inside a statement, held a snapshot the build waited for: a deadlock, in a review)."""
     store = Store(postgres_url)
     store.write(lambda conn: (_to_v6(conn), conn.execute(
         t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value="6"))))
@@ -228,6 +233,9 @@ def test_on_postgresql_they_are_built_while_writes_go_on(postgres_url: str) -> N
             with engine.connect() as next_write, next_write.begin():
                 next_write.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
                 next_write.execute(t.events.insert().values(**_event_row("e-meanwhile")))  # plain: lock timeout
+            with engine.connect() as older_host, older_host.begin():  # its migration, as 2d26cae took the lock
+                older_host.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+                older_host.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             running.commit()
             upgraded = opening.result(timeout=60)
         try:
@@ -237,6 +245,61 @@ def test_on_postgresql_they_are_built_while_writes_go_on(postgres_url: str) -> N
             upgraded.close()
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_an_invalid_index_is_built_again_whatever_the_schema_version(postgres_url: str) -> None:
+    """A build interrupted after a host of an older version recorded the version left the index invalid for good:
+    it was rebuilt only for a pending migration (a review). Every start checks them."""
+    store = Store(postgres_url)
+    store.write(lambda conn: conn.exec_driver_sql(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'ix_events_received'::regclass"))
+    assert _valid_indexes(store)["ix_events_received"] is False
+    store.close()
+    again = Store(postgres_url)
+    try:
+        assert _schema_version(again) == str(MIGRATIONS[-1][0])
+        assert _valid_indexes(again) == dict.fromkeys(V7_INDEXES.values(), True)
+    finally:
+        again.close()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_migration_goes_where_the_tables_are(postgres_url: str) -> None:
+    """A schema created later at the head of the search path (PostgreSQL's default path starts with the role's
+    name): the v9 table was created there, apart from the others, and an invalid index beside the tables was
+    not seen (a review)."""
+    schema = postgres_url.rsplit("%3D", 1)[1]
+
+    def to_v8_with_an_invalid_index(conn: Connection) -> None:
+        conn.exec_driver_sql("DROP TABLE budget_history")
+        conn.exec_driver_sql("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'ix_events_received'::regclass")
+        conn.execute(t.meta_kv.update().where(t.meta_kv.c.key == "schema_version").values(value="8"))
+
+    store = Store(postgres_url)
+    store.write(to_v8_with_an_invalid_index)
+    store.close()
+    ahead = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(_pg_url())
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{ahead}"')
+    try:
+        upgraded = Store(_pg_url(f"{ahead},{schema}"))
+        upgraded.close()
+        with admin.connect() as conn:
+            tables = conn.execute(text("SELECT table_schema FROM information_schema.tables "
+                                       "WHERE table_name = 'budget_history' AND table_schema IN (:a, :s)"),
+                                  {"a": ahead, "s": schema}).scalars().all()
+        assert tables == [schema]
+        again = Store(postgres_url)
+        try:
+            assert _valid_indexes(again) == dict.fromkeys(V7_INDEXES.values(), True)
+        finally:
+            again.close()
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{ahead}" CASCADE')
+        admin.dispose()
 
 
 @pytest.mark.postgres
