@@ -20,11 +20,13 @@ class CustomerState:
     event_counts: dict[str, int] = field(default_factory=dict)
     last_event_at: dict[str, str] = field(default_factory=dict)
     opt_outs: list[str] = field(default_factory=list)
-    # The newest consent event per scope (a channel, or `*` for every channel): [time, "opt_out" | "opt_in"].
+    # The newest consent event per scope (a channel, or `*` for every channel): [time, "opt_out" | "opt_in"], and
+    # the event's own date third when it was dated after its receipt (`features.state`).
     consent: dict[str, list[str]] = field(default_factory=dict)
-    # When each attribute was set: the time of the event it came from, in microseconds since the epoch. Stored
-    # beside the state (`customers.attribute_us`), not in it: only folding events needs it, not decisions.
-    attribute_us: dict[str, int] = field(default_factory=dict)
+    # When each attribute was set: the time of the event it came from, in microseconds since the epoch (for an
+    # event dated after its receipt, [receipt, how far ahead]: `features.state`). Stored beside the state
+    # (`customers.attribute_us`), not in it: only folding events needs it, not decisions.
+    attribute_us: dict[str, int | list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """What events made of the customer, as a decision logs it and the customer route shows it."""

@@ -237,6 +237,30 @@ def test_an_event_dated_ahead_of_its_receipt_does_not_outrank_what_arrives_after
     assert found["state"]["opt_outs"] == [scope or "*"] and found["state"]["attributes"]["tier"] == "silver"
 
 
+@pytest.mark.parametrize("order", [1, -1], ids=["newer-first", "newer-last"])
+def test_events_of_one_request_dated_ahead_are_ordered_by_their_dates(
+    client: Client, clock: ManualClock, order: int
+) -> None:
+    """They share their receipt, from which they count: their dates still order them, whatever their places in
+    the batch (the batch's place decided: an opt-out dated 3 minutes ahead lost to an opt-in dated 1 minute ahead
+    sent after it, in a review), for consent in every scope and for properties."""
+    now = clock.now()
+
+    def event(type_: str, minutes: int, **properties: Any) -> dict[str, Any]:
+        return {"customer_id": "c-1", "type": type_, "timestamp": (now + timedelta(minutes=minutes)).isoformat(),
+                "properties": properties}
+
+    batch = [event("opt_out", 3), event("opt_in", 1), event("opt_out", 3, channel="web"),
+             event("opt_in", 4), event("profile_updated", 3, tier="gold"), event("profile_updated", 1, tier="silver")]
+    pairs = [batch[i:i + 2][::order] for i in (0, 4)] + [batch[2:4][::order]]
+    send_events(client, [e for pair in pairs[:2] for e in pair])
+    found = customer(client, "c-1")
+    assert found is not None and found["state"]["opt_outs"] == ["*"] and found["state"]["attributes"]["tier"] == "gold"
+    send_events(client, pairs[2])  # an opt-out for web 3 minutes ahead, an opt-in for everything 4 minutes ahead
+    found = customer(client, "c-1")
+    assert found is not None and found["state"]["opt_outs"] == []
+
+
 def test_the_state_is_the_same_whatever_order_events_arrive_in(client: Client, clock: ManualClock) -> None:
     """Through the store on both backends: a late event neither rolls a property back (`category` below, set by
     a newer event of another type) nor loses the properties no newer event has set (`tier`)."""
