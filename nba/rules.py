@@ -82,45 +82,88 @@ _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 # Comprehension macros (`all`, `exists`, ...) nested deeper than this are refused when a client saves a rule: six
 # levels over ten-item lists took 686 ms of a decide's event loop.
 MAX_MACRO_DEPTH = 2
-# The longest list a rule is expected to range over: a request's context lists and an action's attribute lists
-# hold at most 100 items.
+# The most a comprehension may range over, by what it ranges over: a list (a request's context lists, an action's
+# attribute lists and an event's list properties hold at most 100 items), the keys of `context` (256 at most) or of
+# an action's attributes (256), those of `customer` or its maps of event types (1,024 properties a customer), and
+# what a rule builds itself (`(a + b)`, a macro's result): not known, counted as 1,024.
 MACRO_LIST_LENGTH = 100
-# A rule whose comprehensions could take more steps than this on such lists is refused when a client saves it:
-# two comprehensions, each nested in another (2 x (10,000 + 100)). Depth alone let one 4,096-character rule of
-# 2-deep comprehensions side by side take 0.45 s per evaluation (one takes 4 to 7 ms on 100-item lists).
-MAX_MACRO_STEPS = 2 * (MACRO_LIST_LENGTH**2 + MACRO_LIST_LENGTH)
+MACRO_RANGES = {"context": 256, "action": 256, "customer": 1024, "customer.event_counts": 1024,
+                "customer.last_event_at": 1024}
+MACRO_UNKNOWN_RANGE = 1024
+MAX_LIST_INDEXED = MACRO_LIST_LENGTH  # `m['tags']`, `l[0]`: an item of a map or list, a list of 100 at most
+# A rule whose comprehensions could take more steps than this on those inputs is refused when a client saves it:
+# two comprehensions over lists, each nested in another, take 2 x (10,000 + 100), and a few more beside them are
+# allowed. Depth alone let one 4,096-character rule of 2-deep comprehensions side by side take 0.45 s per
+# evaluation (one takes 4 to 7 ms on 100-item lists), and one over a customer's 1,024 properties nested in another
+# took 1.6 s a decide.
+MAX_MACRO_STEPS = 25_000
 
 
-def macro_depths(tokens: list[tuple[str | None, str]]) -> list[int]:
-    """The nesting depth of each comprehension macro in a tokenized expression, in order (1: not inside another).
+def macro_steps(tokens: list[tuple[str | None, str]]) -> list[tuple[int, int]]:
+    """Each comprehension macro of a tokenized expression, in order, as (depth, steps): its nesting depth (1: not
+    inside another) and how often its body may run: the most its range may hold, times that of each macro
+    around it.
 
-    >>> macro_depths(_tokens("[1].all(a, [2].exists(b, b > a)) && tags.exists(t, t == 'x')"))
-    [1, 2, 1]
+    >>> macro_steps(_tokens("[1, 2].all(a, context.tags.exists(b, b > a)) && context.exists(k, k == 'x')"))
+    [(1, 2), (2, 200), (1, 256)]
     """
-    open_macros: list[int] = []  # the parenthesis depth at which each enclosing macro's call opened
+    open_macros: list[tuple[int, int]] = []  # each enclosing macro's call: its parenthesis depth, its steps
     parens = 0
-    depths: list[int] = []
+    found: list[tuple[int, int]] = []
     for i, (_kind, text) in enumerate(tokens):
         if text == "(":
             parens += 1
-            if i >= 2 and tokens[i - 1][1] in _MACROS and tokens[i - 2][1] == ".":
-                open_macros.append(parens)
-                depths.append(len(open_macros))
+            if i >= 3 and tokens[i - 1][1] in _MACROS and tokens[i - 2][1] == ".":
+                steps = _range_of(tokens, i - 3) * (open_macros[-1][1] if open_macros else 1)
+                open_macros.append((parens, steps))
+                found.append((len(open_macros), steps))
         elif text == ")":
-            if open_macros and open_macros[-1] == parens:
+            if open_macros and open_macros[-1][0] == parens:
                 open_macros.pop()
             parens -= 1
-    return depths
+    return found
 
 
-def macro_steps(depths: Iterable[int]) -> int:
-    """An upper bound on a rule's comprehension steps over lists of `MACRO_LIST_LENGTH` items: a macro at depth
-    d runs its body once per item of its list, for each step of the macros around it.
+def _range_of(tokens: list[tuple[str | None, str]], end: int) -> int:
+    """The most items the expression ending at token `end` (a macro's target) may hold."""
+    if tokens[end][1] in (")", "]"):
+        start = _opening(tokens, end)
+        literal = tokens[end][1] == "]" and (start == 0 or tokens[start - 1][1] in {"(", ",", "[", "&&", "||", "!",
+                                                                                   "?", ":", "+", "==", "!=", "in"})
+        if not literal:
+            return MAX_LIST_INDEXED if tokens[end][1] == "]" else MACRO_UNKNOWN_RANGE
+        inside = tokens[start + 1:end]
+        depth = 0
+        commas = 0
+        for _kind, text in inside:
+            depth += text in ("(", "[", "{")
+            depth -= text in (")", "]", "}")
+            commas += text == "," and depth == 0
+        return commas + 1 if inside else 0
+    if tokens[end][0] != "ident":
+        return MACRO_UNKNOWN_RANGE
+    path = [tokens[end][1]]
+    k = end
+    while k >= 2 and tokens[k - 1][1] == "." and tokens[k - 2][0] == "ident":
+        k -= 2
+        path.insert(0, tokens[k][1])
+    if k >= 1 and tokens[k - 1][1] in (".", ")", "]"):  # a field of something computed: not a variable's path
+        return MACRO_UNKNOWN_RANGE
+    return MACRO_RANGES.get(".".join(path), MACRO_LIST_LENGTH)
 
-    >>> macro_steps([1, 2, 1])
-    10200
-    """
-    return sum(MACRO_LIST_LENGTH**depth for depth in depths)
+
+
+def _opening(tokens: list[tuple[str | None, str]], end: int) -> int:
+    """The index of the bracket that the one at `end` closes."""
+    closing = tokens[end][1]
+    opening = "(" if closing == ")" else "["
+    depth = 0
+    for k in range(end, -1, -1):
+        depth += tokens[k][1] == closing
+        depth -= tokens[k][1] == opening
+        if depth == 0:
+            return k
+    return 0
 
 
 # CEL's timestamp accessors; the runtime has them without the time-zone argument only (each call with one fails).
@@ -208,17 +251,18 @@ class CompiledRule:
             raise RuleCompileError(f"unknown function(s) {sorted(unknown)}: CEL's standard functions are "
                                    f"{', '.join(sorted(CEL_FUNCTIONS))}")
         tokens = _tokens(self.source)
-        depths = macro_depths(tokens)
-        depth = max(depths, default=0)
+        macros = macro_steps(tokens)
+        depth = max((d for d, _ in macros), default=0)
         if depth > MAX_MACRO_DEPTH:
             raise RuleCompileError(f"comprehensions nested {depth} deep: at most {MAX_MACRO_DEPTH} (each level "
                                    "multiplies the work of every decision by the length of its list)")
-        steps = macro_steps(depths)
+        steps = sum(s for _, s in macros)
         if steps > MAX_MACRO_STEPS:
             raise RuleCompileError(
-                f"comprehensions that could take {steps:,} steps on lists of {MACRO_LIST_LENGTH} items: at most "
-                f"{MAX_MACRO_STEPS:,} (each comprehension nested in another counts {MACRO_LIST_LENGTH**2:,}, "
-                f"each other one {MACRO_LIST_LENGTH}); every decision pays them for this action"
+                f"comprehensions that could take {steps:,} steps: at most {MAX_MACRO_STEPS:,}, counting "
+                f"{MACRO_LIST_LENGTH} items a list, 256 keys of `context` or `action`, 1,024 of `customer` and of "
+                f"anything the rule builds, times those of each comprehension around; every decision pays them "
+                f"for this action"
             )
         zoned = sorted({tokens[i + 1][1] for i in range(len(tokens) - 3)
                         if tokens[i][1] == "." and tokens[i + 1][1] in TIMESTAMP_ACCESSORS
