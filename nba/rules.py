@@ -90,7 +90,6 @@ MACRO_LIST_LENGTH = 100
 MACRO_RANGES = {"context": 256, "action": 256, "customer": 1024, "customer.event_counts": 1024,
                 "customer.last_event_at": 1024}
 MACRO_UNKNOWN_RANGE = 1024
-MAX_LIST_INDEXED = MACRO_LIST_LENGTH  # `m['tags']`, `l[0]`: an item of a map or list, a list of 100 at most
 # A rule whose comprehensions could take more steps than this on those inputs is refused when a client saves it:
 # two comprehensions over lists, each nested in another, take 2 x (10,000 + 100), and a few more beside them are
 # allowed. Depth alone let one 4,096-character rule of 2-deep comprehensions side by side take 0.45 s per
@@ -110,11 +109,14 @@ def macro_steps(tokens: list[tuple[str | None, str]]) -> list[tuple[int, int]]:
     open_macros: list[tuple[int, int]] = []  # each enclosing macro's call: its parenthesis depth, its steps
     parens = 0
     found: list[tuple[int, int]] = []
+    bound = frozenset(tokens[i + 3][1] for i in range(len(tokens) - 4)
+                      if tokens[i][1] == "." and tokens[i + 1][1] in _MACROS and tokens[i + 2][1] == "("
+                      and tokens[i + 3][0] == "ident" and tokens[i + 4][1] == ",")
     for i, (_kind, text) in enumerate(tokens):
         if text == "(":
             parens += 1
             if i >= 3 and tokens[i - 1][1] in _MACROS and tokens[i - 2][1] == ".":
-                steps = _range_of(tokens, i - 3) * (open_macros[-1][1] if open_macros else 1)
+                steps = _range_of(tokens, i - 3, bound) * (open_macros[-1][1] if open_macros else 1)
                 open_macros.append((parens, steps))
                 found.append((len(open_macros), steps))
         elif text == ")":
@@ -124,14 +126,17 @@ def macro_steps(tokens: list[tuple[str | None, str]]) -> list[tuple[int, int]]:
     return found
 
 
-def _range_of(tokens: list[tuple[str | None, str]], end: int) -> int:
-    """The most items the expression ending at token `end` (a macro's target) may hold."""
+def _range_of(tokens: list[tuple[str | None, str]], end: int, bound: frozenset[str]) -> int:
+    """The most items the expression ending at token `end` (a macro's target) may hold; `bound`: the names the
+    rule's comprehensions bind."""
     if tokens[end][1] in (")", "]"):
         start = _opening(tokens, end)
-        literal = tokens[end][1] == "]" and (start == 0 or tokens[start - 1][1] in {"(", ",", "[", "&&", "||", "!",
-                                                                                   "?", ":", "+", "==", "!=", "in"})
-        if not literal:
-            return MAX_LIST_INDEXED if tokens[end][1] == "]" else MACRO_UNKNOWN_RANGE
+        # `[` after an operand indexes it (`m['k']`, `l[0]`): an item of a map or list, which may be a whole map
+        # (`[customer][0]`); anywhere else it opens a list literal, counted by its items.
+        before = tokens[start - 1] if start > 0 else (None, "")
+        indexing = before[0] in ("ident", "string") or before[1] in (")", "]", "}")
+        if tokens[end][1] == ")" or indexing:
+            return MACRO_UNKNOWN_RANGE
         inside = tokens[start + 1:end]
         depth = 0
         commas = 0
@@ -147,10 +152,11 @@ def _range_of(tokens: list[tuple[str | None, str]], end: int) -> int:
     while k >= 2 and tokens[k - 1][1] == "." and tokens[k - 2][0] == "ident":
         k -= 2
         path.insert(0, tokens[k][1])
-    if k >= 1 and tokens[k - 1][1] in (".", ")", "]"):  # a field of something computed: not a variable's path
+    if k >= 1 and tokens[k - 1][1] in (".", ")", "]", "}"):  # a field of something computed: not a variable's path
+        return MACRO_UNKNOWN_RANGE
+    if path[0] in bound:  # an item another comprehension ranges over: a list, or a whole map (`[customer, ...]`)
         return MACRO_UNKNOWN_RANGE
     return MACRO_RANGES.get(".".join(path), MACRO_LIST_LENGTH)
-
 
 
 def _opening(tokens: list[tuple[str | None, str]], end: int) -> int:
