@@ -309,8 +309,21 @@ def _v9(conn: Connection) -> None:
     budget_history.create(conn, checkfirst=True)
 
 
+def _v10(conn: Connection) -> None:
+    """`budget_history` as v9 first created it (85b2d8c) had no `window_s`: rebuilt with it, its rows kept with
+    window_s 0, a length no window has, so they are carried into a window of any length, as they were."""
+    if "window_s" in {column["name"] for column in inspect(conn).get_columns(budget_history.name)}:
+        return
+    rows = conn.execute(text("SELECT action_id, day_start_ms, taken FROM budget_history")).all()
+    conn.exec_driver_sql("DROP TABLE budget_history")
+    budget_history.create(conn)
+    if rows:
+        conn.execute(budget_history.insert(), [{"action_id": a, "day_start_ms": d, "window_s": 0, "taken": n}
+                                               for a, d, n in rows])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8), (9, _v9),
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8), (9, _v9), (10, _v10),
 ]
 
 

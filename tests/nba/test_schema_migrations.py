@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Connection, create_engine, select, text
 
 from features.state import apply_event
+from nba.catalog import Action, Budget
 from nba.store import Store, decide_reads
 from nba.store import schema as t
 from nba.store.decision_repo import _CONTACTS
@@ -325,3 +326,21 @@ def test_a_v7_database_gets_the_carried_budget_column_and_its_counters_keep_coun
     with _upgraded_from(store_url, 7, to_v7) as upgraded:
         rows = upgraded.read(lambda c: c.execute(select(t.budget_counters.c.used, t.budget_counters.c.carried)).all())
         assert [tuple(row) for row in rows] == [(3, None)]
+
+
+def test_budget_history_as_v9_first_made_it_gets_its_window_length(store_url: str) -> None:
+    """v9 first created the table without `window_s` (85b2d8c), and the change to it came without a migration:
+    a store made then failed every save of a budgeted action (review). Its rows count for every length."""
+    def to_first_v9(conn: Connection) -> None:
+        conn.exec_driver_sql("DROP TABLE budget_history")
+        conn.exec_driver_sql("CREATE TABLE budget_history (action_id VARCHAR(128) NOT NULL, day_start_ms BIGINT NOT "
+                             "NULL, taken INTEGER NOT NULL, PRIMARY KEY (action_id, day_start_ms))")
+        conn.exec_driver_sql("INSERT INTO budget_history VALUES ('a', 0, 2)")
+
+    with _upgraded_from(store_url, 9, to_first_v9) as upgraded:
+        rows = upgraded.read(lambda c: c.execute(select(t.budget_history)).all())
+        assert [tuple(row) for row in rows] == [("a", 0, 0, 2)]
+        now = datetime(1970, 1, 1, 12, tzinfo=UTC)
+        upgraded.put_action("a", Action(channels=["web"], budget=Budget(limit=5, window="1d")), now)
+        used = upgraded.read(lambda c: c.execute(select(t.budget_counters.c.used)).scalars().all())
+        assert used == [2]
