@@ -109,9 +109,7 @@ def macro_steps(tokens: list[tuple[str | None, str]]) -> list[tuple[int, int]]:
     open_macros: list[tuple[int, int]] = []  # each enclosing macro's call: its parenthesis depth, its steps
     parens = 0
     found: list[tuple[int, int]] = []
-    bound = frozenset(tokens[i + 3][1] for i in range(len(tokens) - 4)
-                      if tokens[i][1] == "." and tokens[i + 1][1] in _MACROS and tokens[i + 2][1] == "("
-                      and tokens[i + 3][0] == "ident" and tokens[i + 4][1] == ",")
+    bound = _bound_in(tokens)
     for i, (_kind, text) in enumerate(tokens):
         if text == "(":
             parens += 1
@@ -183,7 +181,11 @@ def bound_names(source: str) -> frozenset[str]:
     >>> sorted(bound_names("context.tags.exists(t, t == 'vip') && [1, 2].all(n, n > 0)"))
     ['n', 't']
     """
-    tokens = _tokens(source)
+    return _bound_in(_tokens(source))
+
+
+def _bound_in(tokens: list[tuple[str | None, str]]) -> frozenset[str]:
+    """`bound_names` of a tokenized expression."""
     return frozenset(
         tokens[i + 3][1]
         for i in range(len(tokens) - 4)

@@ -81,10 +81,10 @@ def indexes_to_build(conn: Connection, schema: str) -> list[tuple[Table, str, bo
             if not valid.get(name, False)]
 
 
-def build_online_indexes(conn: Connection) -> list[str]:
-    """Build concurrently each index migrations add that is missing or invalid, dropping an invalid one first;
-    returns the names built. Runs in autocommit mode; takes `build_lock` only when there is something to build."""
-    schema = store_schema(conn)
+def build_online_indexes(conn: Connection, schema: str) -> list[str]:
+    """Build concurrently each index migrations add that is missing or invalid in `schema` (`store_schema`),
+    dropping an invalid one first; returns the names built. Runs in autocommit mode; takes `build_lock` only when
+    there is something to build."""
     if not indexes_to_build(conn, schema):
         return []
     built: list[str] = []

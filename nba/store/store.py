@@ -118,10 +118,10 @@ class Store:
                     return lock_namespace(conn)
                 isolation = conn.get_isolation_level()
                 conn.execution_options(isolation_level="AUTOCOMMIT")
-                built = build_online_indexes(conn)
+                schema = store_schema(conn)
+                built = build_online_indexes(conn, schema)
                 if built:
                     log.info("built indexes %s concurrently, for the schema migration", ", ".join(built))
-                schema = store_schema(conn)
                 conn.commit()  # ends the driver-less transaction autocommit mode still begins
                 conn.execution_options(isolation_level=isolation)
                 with conn.begin():

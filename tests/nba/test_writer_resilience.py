@@ -17,6 +17,7 @@ from nba.store import Store
 from nba.store import schema as t
 from nba.store.batcher import _Job
 from nba.store.store import WriteJob
+from tests.nba.test_advisory_locks import _queued_together
 
 
 def _put(store: Store, key: str) -> None:
@@ -114,22 +115,6 @@ def _put_job(key: str) -> Callable[[Connection], str]:
     return job
 
 
-def _queued_together(store: Store, jobs: list[_Job]) -> None:
-    """Queue `jobs` while the writer thread is busy, so that they form its next batch together."""
-    started, gate = threading.Event(), threading.Event()
-
-    def hold(_conn: Connection) -> None:
-        started.set()
-        gate.wait(30)
-
-    held: Future[None] = Future()
-    store._batcher._enqueue([_Job(hold, (), future=held)])
-    assert started.wait(30)
-    store._batcher._enqueue(jobs)
-    gate.set()
-    held.result(timeout=60)
-
-
 def test_a_write_raising_stop_iteration_fails_alone(store_url: str) -> None:
     """asyncio's futures refuse StopIteration (a `next()` on an empty iterator in a write): setting it raised, and
     the writes after it in the batch went unanswered (PostgreSQL) or were answered 503 though committed (SQLite's
@@ -168,7 +153,7 @@ def test_a_write_raising_a_base_exception_leaves_the_writer_writing(
     writes = (_put_job("k1"), abort, _put_job("k2"))
     jobs = [_Job(fn, (), future=answer) for fn, answer in zip(writes, answers, strict=True)]
     try:
-        _queued_together(store, jobs)
+        _queued_together(store._batcher, jobs)
         outcomes = [answer.exception(timeout=30) or answer.result() for answer in answers]
         if raised is KeyboardInterrupt:
             assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes) and _keys(store) == []
