@@ -180,9 +180,10 @@ class Action(_Model):
         if value is not None:
             rule = CompiledRule(value)
             if info.context and info.context.get(CLIENT_INPUT):
-                rule.check_functions()
+                attributes = info.data.get("attributes") or {}
+                rule.check_functions(attributes)
                 # One that reads neither customer nor context (`1 + 2`, `action.typo > 1`) has a known outcome.
-                rule.check_trial(info.data.get("attributes") or {}, datetime.now(UTC))
+                rule.check_trial(attributes, datetime.now(UTC))
         return value
 
     @property

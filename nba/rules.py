@@ -11,6 +11,7 @@ from typing import Any
 import cel
 
 from nba.errors import RuleCompileError
+from nba.rule_cost import MAX_DEPTH, MAX_RULE_NS, estimate, shape_of
 
 RULE_VARIABLES = frozenset({"customer", "context", "action", "now"})
 
@@ -79,95 +80,6 @@ def _tokens(source: str) -> list[tuple[str | None, str]]:
 
 
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
-# Comprehension macros (`all`, `exists`, ...) nested deeper than this are refused when a client saves a rule: six
-# levels over ten-item lists took 686 ms of a decide's event loop.
-MAX_MACRO_DEPTH = 2
-# The most a comprehension may range over, by what it ranges over: a list (a request's context lists, an action's
-# attribute lists and an event's list properties hold at most 100 items), the keys of `context` (256 at most) or of
-# an action's attributes (256), those of `customer` or its maps of event types (1,024 properties a customer), and
-# what a rule builds itself (`(a + b)`, a macro's result): not known, counted as 1,024.
-MACRO_LIST_LENGTH = 100
-MACRO_RANGES = {"context": 256, "action": 256, "customer": 1024, "customer.event_counts": 1024,
-                "customer.last_event_at": 1024}
-MACRO_UNKNOWN_RANGE = 1024
-# A rule whose comprehensions could take more steps than this on those inputs is refused when a client saves it:
-# two comprehensions over lists, each nested in another, take 2 x (10,000 + 100), and a few more beside them are
-# allowed. Depth alone let one 4,096-character rule of 2-deep comprehensions side by side take 0.45 s per
-# evaluation (one takes 4 to 7 ms on 100-item lists), and one over a customer's 1,024 properties nested in another
-# took 1.6 s a decide.
-MAX_MACRO_STEPS = 25_000
-
-
-def macro_steps(tokens: list[tuple[str | None, str]]) -> list[tuple[int, int]]:
-    """Each comprehension macro of a tokenized expression, in order, as (depth, steps): its nesting depth (1: not
-    inside another) and how often its body may run: the most its range may hold, times that of each macro
-    around it.
-
-    >>> macro_steps(_tokens("[1, 2].all(a, context.tags.exists(b, b > a)) && context.exists(k, k == 'x')"))
-    [(1, 2), (2, 200), (1, 256)]
-    """
-    open_macros: list[tuple[int, int]] = []  # each enclosing macro's call: its parenthesis depth, its steps
-    parens = 0
-    found: list[tuple[int, int]] = []
-    bound = _bound_in(tokens)
-    for i, (_kind, text) in enumerate(tokens):
-        if text == "(":
-            parens += 1
-            if i >= 3 and tokens[i - 1][1] in _MACROS and tokens[i - 2][1] == ".":
-                steps = _range_of(tokens, i - 3, bound) * (open_macros[-1][1] if open_macros else 1)
-                open_macros.append((parens, steps))
-                found.append((len(open_macros), steps))
-        elif text == ")":
-            if open_macros and open_macros[-1][0] == parens:
-                open_macros.pop()
-            parens -= 1
-    return found
-
-
-def _range_of(tokens: list[tuple[str | None, str]], end: int, bound: frozenset[str]) -> int:
-    """The most items the expression ending at token `end` (a macro's target) may hold; `bound`: the names the
-    rule's comprehensions bind."""
-    if tokens[end][1] in (")", "]"):
-        start = _opening(tokens, end)
-        # `[` after an operand indexes it (`m['k']`, `l[0]`): an item of a map or list, which may be a whole map
-        # (`[customer][0]`); anywhere else it opens a list literal, counted by its items.
-        before = tokens[start - 1] if start > 0 else (None, "")
-        indexing = before[0] in ("ident", "string") or before[1] in (")", "]", "}")
-        if tokens[end][1] == ")" or indexing:
-            return MACRO_UNKNOWN_RANGE
-        inside = tokens[start + 1:end]
-        depth = 0
-        commas = 0
-        for _kind, text in inside:
-            depth += text in ("(", "[", "{")
-            depth -= text in (")", "]", "}")
-            commas += text == "," and depth == 0
-        return commas + 1 if inside else 0
-    if tokens[end][0] != "ident":
-        return MACRO_UNKNOWN_RANGE
-    path = [tokens[end][1]]
-    k = end
-    while k >= 2 and tokens[k - 1][1] == "." and tokens[k - 2][0] == "ident":
-        k -= 2
-        path.insert(0, tokens[k][1])
-    if k >= 1 and tokens[k - 1][1] in (".", ")", "]", "}"):  # a field of something computed: not a variable's path
-        return MACRO_UNKNOWN_RANGE
-    if path[0] in bound:  # an item another comprehension ranges over: a list, or a whole map (`[customer, ...]`)
-        return MACRO_UNKNOWN_RANGE
-    return MACRO_RANGES.get(".".join(path), MACRO_LIST_LENGTH)
-
-
-def _opening(tokens: list[tuple[str | None, str]], end: int) -> int:
-    """The index of the bracket that the one at `end` closes."""
-    closing = tokens[end][1]
-    opening = "(" if closing == ")" else "["
-    depth = 0
-    for k in range(end, -1, -1):
-        depth += tokens[k][1] == closing
-        depth -= tokens[k][1] == opening
-        if depth == 0:
-            return k
-    return 0
 
 
 # CEL's timestamp accessors; the runtime has them without the time-zone argument only (each call with one fails).
@@ -181,11 +93,7 @@ def bound_names(source: str) -> frozenset[str]:
     >>> sorted(bound_names("context.tags.exists(t, t == 'vip') && [1, 2].all(n, n > 0)"))
     ['n', 't']
     """
-    return _bound_in(_tokens(source))
-
-
-def _bound_in(tokens: list[tuple[str | None, str]]) -> frozenset[str]:
-    """`bound_names` of a tokenized expression."""
+    tokens = _tokens(source)
     return frozenset(
         tokens[i + 3][1]
         for i in range(len(tokens) - 4)
@@ -247,9 +155,12 @@ class CompiledRule:
             )
         self.source = source
         self.selection: Selection = selected_fields(source, self.names - {"action"})
+        # The action's attributes the rule reads (None: all of them), converted for each evaluation
+        self.action_fields = selected_fields(source, ["action"])["action"] if "action" in self.names else None
 
-    def check_functions(self) -> None:
-        """Refuse a rule that calls a function the CEL runtime does not define (it could never pass).
+    def check_functions(self, attributes: Mapping[str, Any] | None = None) -> None:
+        """Refuse a rule that calls a function the CEL runtime does not define (it could never pass), or whose
+        evaluation could cost more than MAX_RULE_NS on the largest inputs, given the action's `attributes`.
 
         Checked when a client saves a rule, not when a stored one is loaded: a stored rule keeps loading
         (and fails closed at decide time, excluding its action) rather than stop the whole catalog.
@@ -259,18 +170,19 @@ class CompiledRule:
             raise RuleCompileError(f"unknown function(s) {sorted(unknown)}: CEL's standard functions are "
                                    f"{', '.join(sorted(CEL_FUNCTIONS))}")
         tokens = _tokens(self.source)
-        macros = macro_steps(tokens)
-        depth = max((d for d, _ in macros), default=0)
-        if depth > MAX_MACRO_DEPTH:
-            raise RuleCompileError(f"comprehensions nested {depth} deep: at most {MAX_MACRO_DEPTH} (each level "
+        known = dict(attributes or {})
+        converted = shape_of(self._action_input(known)) if "action" in self.names else None
+        cost = estimate(self.source, shape_of(known), converted)
+        if cost.depth > MAX_DEPTH:
+            raise RuleCompileError(f"comprehensions nested {cost.depth} deep: at most {MAX_DEPTH} (each level "
                                    "multiplies the work of every decision by the length of its list)")
-        steps = sum(s for _, s in macros)
-        if steps > MAX_MACRO_STEPS:
+        if cost.ns > MAX_RULE_NS:
             raise RuleCompileError(
-                f"comprehensions that could take {steps:,} steps: at most {MAX_MACRO_STEPS:,}, counting "
-                f"{MACRO_LIST_LENGTH} items a list, 256 keys of `context` or `action`, 1,024 of `customer` and of "
-                f"anything the rule builds, times those of each comprehension around; every decision pays them "
-                f"for this action"
+                f"could take up to {cost.ns / 1e6:,.1f} ms an evaluation on the largest inputs the service accepts "
+                f"(lists of 100 strings of 1,024 characters, 256 keys of `context` or `action`, 1,024 properties "
+                f"of `customer`): at most {MAX_RULE_NS / 1e6:,.0f} ms, as every decision pays it for this action; "
+                f"comprehensions nested in others, `map` and `filter` over large ranges, and copies of whole "
+                f"maps or lists (`+`, list literals, selecting a list) cost the most"
             )
         zoned = sorted({tokens[i + 1][1] for i in range(len(tokens) - 3)
                         if tokens[i][1] == "." and tokens[i + 1][1] in TIMESTAMP_ACCESSORS
@@ -307,15 +219,17 @@ class CompiledRule:
         return result
 
     def _evaluate(self, inputs: RuleInputs, action: Mapping[str, Any]) -> RuleResult:
-        if "action" not in self.names:
-            try:
-                shared = inputs.shared()
-            except Exception as exc:  # a value CEL cannot represent: fail closed, as for any evaluation error
-                return RuleResult(False, f"{self.source} could not be evaluated: {exc}", failed=True)
-            return self._run(shared)
-        values = {name: inputs.variables[name] for name in self.names if name in inputs.variables}
-        values["action"] = action
-        return self._run(values)
+        try:
+            shared = inputs.shared()
+            if "action" in self.names:  # the decision's inputs stay converted; only the action's are added
+                shared.add_variable("action", self._action_input(action))
+        except Exception as exc:  # a value CEL cannot represent: fail closed, as for any evaluation error
+            return RuleResult(False, f"{self.source} could not be evaluated: {exc}", failed=True)
+        return self._run(shared)
+
+    def _action_input(self, action: Mapping[str, Any]) -> dict[str, Any]:
+        fields = self.action_fields
+        return dict(action) if fields is None else {name: action[name] for name in fields if name in action}
 
     def _run(self, variables: dict[str, Any] | cel.Context) -> RuleResult:
         try:
