@@ -4,7 +4,7 @@ Every decision evaluates each candidate's rule, on inputs a client controls (a r
 event properties), so a rule is refused at save when its worst case on the largest inputs the service accepts
 exceeds `MAX_RULE_NS`. The estimate walks the rule's syntax tree with, for each value, a bound on its shape
 (items, characters, what its items are) and prices what the CEL runtime does, as measured on it
-(`tests/nba/test_rule_cost.py` checks the estimate against timed evaluations): a comprehension runs its body
+(`bench/rule_cost.py` times rules on their worst inputs against the estimate): a comprehension runs its body
 once per item, `map` and `filter` copy their growing result at every step, selecting a field copies its value,
 `+` copies both operands, `==` and `in` compare item by item, and `matches` compiles its pattern at every call
 (a pattern of 100 `\\w` took 20 ms), so a pattern must be a literal and is priced by what it holds.
@@ -149,10 +149,10 @@ def estimate(source: str, action: Shape | None = None, converted: Shape | None =
     """The worst-case cost of evaluating `source` when the action's attributes are bounded by `action` (any
     action's when None), adding the conversion of `converted`, what each evaluation converts for this rule alone.
 
-    >>> estimate("customer.age >= 18").ns < 1_000
-    True
-    >>> estimate("context.tags.all(a, context.tags.all(b, a != b))").depth
-    2
+    >>> estimate("customer.age >= 18")  # `age` may be a list of 100 strings, and selecting it copies it
+    Estimate(ns=7882, depth=0)
+    >>> estimate("context.tags.all(a, context.tags.all(b, a != b))")
+    Estimate(ns=3626032, depth=2)
     """
     walker = _Walker()
     scope = dict(VARIABLES)
