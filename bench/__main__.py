@@ -8,6 +8,7 @@ Steps, in order (each writes bench/results/<name>.json):
   hotswap  PolicyModels.publish of a serialized model (bench/hotswap.py)
   ingest   events (single and batched) and rewards per second over HTTP (bench/ingest.py)
   ope      logged decisions/s through the off-policy estimators, normal and bootstrap intervals (bench/ope.py)
+  rules    eligibility rules' estimated worst-case cost against their timed evaluation (bench/rule_cost.py)
   memory   server RSS holding up to 1,000,000 customer states (bench/memory.py), within the time left
 
 Everything runs against 127.0.0.1 on a fresh temporary SQLite database; never part of `make test`.
@@ -28,7 +29,7 @@ from typing import Any
 
 from bench.common import BENCH, RESULTS, log, machine, read_result, require_wrk, write_result
 
-STEPS = ["http", "profile", "learn", "hotswap", "ingest", "ope", "memory"]
+STEPS = ["http", "profile", "learn", "hotswap", "ingest", "ope", "rules", "memory"]
 
 
 def _git_commit() -> str | None:
@@ -124,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import ope
 
                 result = ope.run(rows=100_000 if args.quick else ope.ROWS, repeats=1 if args.quick else ope.REPEATS)
+            elif step == "rules":
+                from bench import rule_cost
+
+                result = rule_cost.run()
             else:
                 from bench import memory
 

@@ -11,7 +11,7 @@ from typing import Any
 import cel
 
 from nba.errors import RuleCompileError
-from nba.rule_cost import MAX_DEPTH, MAX_RULE_NS, estimate, shape_of
+from nba.rule_cost import MAX_DEPTH, MAX_RULE_NS, estimate, selected_shape, shape_of
 
 RULE_VARIABLES = frozenset({"customer", "context", "action", "now"})
 
@@ -171,7 +171,10 @@ class CompiledRule:
                                    f"{', '.join(sorted(CEL_FUNCTIONS))}")
         tokens = _tokens(self.source)
         known = dict(attributes or {})
-        converted = shape_of(self._action_input(known)) if "action" in self.names else None
+        converted = []  # what each evaluation of a rule reading `action` converts for it alone
+        if "action" in self.names:
+            converted = [shape_of(self._action_input(known))]
+            converted += [selected_shape(name, self.selection.get(name)) for name in self.names - {"action"}]
         cost = estimate(self.source, shape_of(known), converted)
         if cost.depth > MAX_DEPTH:
             raise RuleCompileError(f"comprehensions nested {cost.depth} deep: at most {MAX_DEPTH} (each level "
@@ -181,8 +184,9 @@ class CompiledRule:
                 f"could take up to {cost.ns / 1e6:,.1f} ms an evaluation on the largest inputs the service accepts "
                 f"(lists of 100 strings of 1,024 characters, 256 keys of `context` or `action`, 1,024 properties "
                 f"of `customer`): at most {MAX_RULE_NS / 1e6:,.0f} ms, as every decision pays it for this action; "
-                f"comprehensions nested in others, `map` and `filter` over large ranges, and copies of whole "
-                f"maps or lists (`+`, list literals, selecting a list) cost the most"
+                f"comprehensions nested in others, `map` and `filter` over large ranges, copies of whole "
+                f"maps or lists (`+`, list literals, selecting a list) and, in a rule that reads `action`, reading "
+                f"all of `customer` or `context` (converted again for each action) cost the most"
             )
         zoned = sorted({tokens[i + 1][1] for i in range(len(tokens) - 3)
                         if tokens[i][1] == "." and tokens[i + 1][1] in TIMESTAMP_ACCESSORS
@@ -219,13 +223,17 @@ class CompiledRule:
         return result
 
     def _evaluate(self, inputs: RuleInputs, action: Mapping[str, Any]) -> RuleResult:
-        try:
-            shared = inputs.shared()
-            if "action" in self.names:  # the decision's inputs stay converted; only the action's are added
-                shared.add_variable("action", self._action_input(action))
-        except Exception as exc:  # a value CEL cannot represent: fail closed, as for any evaluation error
-            return RuleResult(False, f"{self.source} could not be evaluated: {exc}", failed=True)
-        return self._run(shared)
+        if "action" not in self.names:
+            try:
+                shared = inputs.shared()
+            except Exception as exc:  # a value CEL cannot represent: fail closed, as for any evaluation error
+                return RuleResult(False, f"{self.source} could not be evaluated: {exc}", failed=True)
+            return self._run(shared)
+        # Converted for this evaluation alone: adding a variable to the shared, converted inputs would convert
+        # all of them again.
+        values = {name: inputs.variables[name] for name in self.names if name in inputs.variables}
+        values["action"] = self._action_input(action)
+        return self._run(values)
 
     def _action_input(self, action: Mapping[str, Any]) -> dict[str, Any]:
         fields = self.action_fields
