@@ -34,7 +34,8 @@ class CatalogView:
         event_types: Mapping[str, EventType],
         event_types_version: int = 0,
     ) -> CatalogView:
-        rules = {aid: CompiledRule(a.eligibility) for aid, a in actions.items() if a.eligibility}
+        rules = {aid: CompiledRule(a.eligibility, attributes=a.attributes) for aid, a in actions.items()
+                 if a.eligibility}
         by_channel: dict[str, list[str]] = {}
         for aid in sorted(actions):
             for channel in actions[aid].channels:

@@ -8,6 +8,7 @@ accepts parses here, or is refused with the reason (message construction, which 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 
 from nba.errors import RuleCompileError
@@ -70,10 +71,32 @@ def parse(source: str) -> Node:
             raise RuleCompileError(f"does not compile: unexpected {match.group()!r}")
         tokens.append((kind, match.group()))
     parser = _Parser(tokens)
-    node = parser.expr()
+    try:
+        node = parser.expr()
+    except RecursionError:
+        node = None
+    if node is None or _depth(node) > MAX_TREE_DEPTH:
+        raise RuleCompileError(f"nested more than {MAX_TREE_DEPTH} operations deep")
     if parser.pos != len(tokens):
         raise RuleCompileError(f"does not compile: unexpected {tokens[parser.pos][1]!r}")
     return node
+
+
+# What the walks over a tree (the cost estimate, the action written in) can recurse through: a 4,096-character
+# rule holds up to about 2,000 operations in a chain (`a || b || ...`), which the CEL runtime evaluates.
+MAX_TREE_DEPTH = 2_500
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_TREE_DEPTH + 1_000))
+
+
+def _depth(root: Node) -> int:
+    """How deep a tree nests, found without recursion."""
+    deepest = 0
+    stack = [(root, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in ((node.target,) if node.target else ()) + node.args)
+    return deepest
 
 
 class _Parser:
@@ -189,3 +212,81 @@ class _Parser:
             self.take("}")
             return Node("map", "{}", None, tuple(pairs))
         raise RuleCompileError(f"does not compile: unexpected {text!r}")
+
+
+_LEVEL = {"||": 1, "&&": 2, **dict.fromkeys(_RELATIONS, 3), "+": 4, "-": 4, "*": 5, "/": 5, "%": 5}
+_UNARY, _MEMBER = 6, 7
+
+
+def _level(node: Node) -> int:
+    if node.kind == "cond":
+        return 0
+    if node.kind == "op":
+        return _UNARY if len(node.args) == 1 else _LEVEL[node.text]
+    return _MEMBER
+
+
+def render(node: Node) -> str:
+    """CEL source for a syntax tree, with the parentheses precedence needs (what `parse` reads back as the same
+    tree; the runtime refuses more than about 100 nested parentheses)."""
+    kind = node.kind
+    if kind in ("literal", "ident"):
+        return node.text
+    if kind == "list":
+        return "[" + ", ".join(render(item) for item in node.args) + "]"
+    if kind == "map":
+        pairs = zip(node.args[0::2], node.args[1::2], strict=True)
+        return "{" + ", ".join(f"{render(k)}: {render(v)}" for k, v in pairs) + "}"
+    if kind == "cond":
+        condition, then, otherwise = node.args
+        return f"{_operand(condition, 1)} ? {_operand(then, 1)} : {render(otherwise)}"
+    if kind == "op":
+        if len(node.args) == 1:  # `!!a` and `--a` are CEL, `!-a` is not: a unary operand is parenthesized
+            return f"{node.text}{_operand(node.args[0], _MEMBER)}"
+        level = _LEVEL[node.text]
+        return f"{_operand(node.args[0], level)} {node.text} {_operand(node.args[1], level + 1)}"
+    arguments = ", ".join(render(arg) for arg in node.args)
+    if node.target is None:
+        return f"{node.text}({arguments})"
+    target = _operand(node.target, _MEMBER)
+    if kind == "select":
+        return f"{target}.{node.text}"
+    if kind == "index":
+        return f"{target}[{arguments}]"
+    return f"{target}.{node.text}({arguments})"
+
+
+def _operand(node: Node, least: int) -> str:
+    """`node` rendered as an operand that must bind at least as tightly as `least`."""
+    text = render(node)
+    return text if _level(node) >= least else f"({text})"
+
+
+def literal(value: object) -> Node:
+    """A CEL literal for a value of an action's attributes (bool, number, string, list); ValueError for others."""
+    if isinstance(value, bool):
+        return Node("literal", "true" if value else "false")
+    if isinstance(value, int):
+        if not -(2**63) < value < 2**63:
+            raise ValueError(f"{value} is out of CEL's int range")
+        return Node("literal", str(value)) if value >= 0 else Node("op", "-", None, (Node("literal", str(-value)),))
+    if isinstance(value, float):
+        text = repr(abs(value))
+        if not all(c in "0123456789.e+-" for c in text):
+            raise ValueError(f"{value} has no CEL literal")
+        number = Node("literal", text if ("." in text or "e" in text) else text + ".0")
+        return number if value >= 0 and str(value)[0] != "-" else Node("op", "-", None, (number,))
+    if isinstance(value, str):
+        return Node("literal", '"' + "".join(_escape(c) for c in value) + '"')
+    if isinstance(value, list | tuple):
+        return Node("list", "[]", None, tuple(literal(item) for item in value))
+    raise ValueError(f"{type(value).__name__} has no CEL literal")
+
+
+def _escape(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    code = ord(char)
+    if code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+        return f"\\u{code:04x}"
+    return char

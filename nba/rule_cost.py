@@ -42,8 +42,9 @@ CHARS_PER_NS = 32  # characters copied or compared per nanosecond
 APPEND_NS = 100  # a step of `map` or `filter` copies each item its result holds so far,
 APPEND_COPIES = 4  # at up to four times the cost of another copy (130 ms for 100 lists of 100 strings)
 CONVERT_NS = 1_000  # converting one item of a variable to CEL
-REGEX_NS = 10_000  # compiling the smallest pattern
+REGEX_NS = 4_500  # compiling the smallest pattern
 TEXT_MATCH_NS = 20  # matching one character of text
+WIDE_MATCH_NS = 64  # and for each position of a pattern with wide atoms
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Shape:
     key: Shape | None = None
     fields: Mapping[str, Shape] = field(default_factory=dict)
     total_items: int | None = None  # items it holds at every level together, when bounded more tightly
+    is_map: bool = False  # certainly a map (a comprehension over it binds its keys only)
 
     @cached_property
     def copy_ns(self) -> int:
@@ -72,7 +74,7 @@ class Shape:
     @cached_property
     def element(self) -> Shape:
         """What a comprehension over it binds: a list's items or a map's keys."""
-        return join(self.item, self.key)
+        return self.key or SCALAR if self.is_map else join(self.item, self.key)
 
     @cached_property
     def convert_ns(self) -> int:
@@ -107,6 +109,7 @@ def join(*shapes: Shape | None) -> Shape:
         items=max(s.items for s in present), chars=max(s.chars for s in present),
         item=join(*items) if items else None, key=join(*keys) if keys else None, fields=fields,
         total_items=None if None in totals else max(t for t in totals if t is not None),
+        is_map=all(s.is_map for s in present),
     )
 
 
@@ -120,16 +123,16 @@ def _text(chars: int) -> Shape:
 _KEY = _text(128)
 _TEXT = _text(1024)
 _VALUE = join(SCALAR, _TEXT, Shape(items=100, item=_TEXT))
-_FLAT_MAP = Shape(items=256, key=_KEY, item=_VALUE)
+_FLAT_MAP = Shape(items=256, key=_KEY, item=_VALUE, is_map=True)
 _EVENT_TYPES = 1024
 _CUSTOMER_ITEMS = 256 * 1024 // 4 + 3 * _EVENT_TYPES  # the most items 256 KiB of JSON can hold, and the maps
 VARIABLES: Mapping[str, Shape] = {
     "context": _FLAT_MAP,
     "action": _FLAT_MAP,
     "customer": Shape(
-        items=1024 + 3, key=_KEY, item=_VALUE, total_items=_CUSTOMER_ITEMS,
-        fields={"id": _KEY, "event_counts": Shape(items=_EVENT_TYPES, key=_KEY, item=SCALAR),
-                "last_event_at": Shape(items=_EVENT_TYPES, key=_KEY, item=SCALAR)},
+        items=1024 + 3, key=_KEY, item=_VALUE, total_items=_CUSTOMER_ITEMS, is_map=True,
+        fields={"id": _KEY, "event_counts": Shape(items=_EVENT_TYPES, key=_KEY, item=SCALAR, is_map=True),
+                "last_event_at": Shape(items=_EVENT_TYPES, key=_KEY, item=SCALAR, is_map=True)},
     ),
     "now": SCALAR,
 }
@@ -161,8 +164,10 @@ def estimate(source: str, action: Shape | None = None, converted: Iterable[Shape
     scope = dict(VARIABLES)
     if action is not None:
         scope["action"] = action
-    ns, _ = walker.walk(parse(source), scope, 0)
-    return Estimate(ns + sum(shape.convert_ns for shape in converted), walker.depth)
+    ns, result = walker.walk(parse(source), scope, 0)
+    # a result that is not a bool (a rule that is only `context`) is converted back to Python before it fails
+    back = result.convert_ns if result.items or result.chars else 0
+    return Estimate(ns + back + sum(shape.convert_ns for shape in converted), walker.depth)
 
 
 def selected_shape(name: str, fields: Iterable[str] | None) -> Shape:
@@ -182,7 +187,7 @@ def shape_of(value: Any) -> Shape:
         fields = {str(k): shape_of(v) for k, v in value.items()}
         keys = [shape_of(k) for k in value]
         return Shape(items=len(value), key=join(*keys) if keys else None,
-                     item=join(*fields.values()) if fields else None, fields=fields)
+                     item=join(*fields.values()) if fields else None, fields=fields, is_map=True)
     if isinstance(value, list | tuple):
         return Shape(items=len(value), item=join(*map(shape_of, value)) if value else None)
     return SCALAR
@@ -219,7 +224,10 @@ class _Walker:
         return NODE_NS, SCALAR
 
     def _ident(self, node: Node, scope: dict[str, Shape], depth: int) -> tuple[int, Shape]:
-        return NODE_NS, scope.get(node.text, SCALAR)
+        shape = scope.get(node.text, SCALAR)
+        if node.text == "action" and node.text not in self.bound:  # written in as a map literal, built each time
+            return NODE_NS + shape.copy_ns, shape
+        return NODE_NS, shape
 
     def _select(self, node: Node, scope: dict[str, Shape], depth: int) -> tuple[int, Shape]:
         assert node.target is not None
@@ -254,7 +262,7 @@ class _Walker:
         fields = {string_value(k.text): v for k, v in zip(node.args[0::2], values, strict=True)
                   if k.kind == "literal" and k.text[:1] in "'\"rR"}
         return ns + copies + NODE_NS, Shape(items=len(keys), key=join(*keys) if keys else None,
-                                            item=join(*values) if values else None, fields=fields)
+                                            item=join(*values) if values else None, fields=fields, is_map=True)
 
     def _cond(self, node: Node, scope: dict[str, Shape], depth: int) -> tuple[int, Shape]:
         condition_ns, _ = self.walk(node.args[0], scope, depth)
@@ -310,7 +318,7 @@ class _Walker:
         inner = {**scope, name: over.element}
         outer = self.keys_of.pop(name, None)
         path = _names(node.target, path=True)
-        if over.key is not None and path and path[0] in VARIABLES and path[0] not in self.bound:
+        if over.is_map and path and path[0] in VARIABLES and path[0] not in self.bound:
             self.keys_of[name] = over.items
         self.bound.append(name)
         ns, shapes = self._all(node.args[1:], inner, depth)
@@ -340,7 +348,7 @@ class _Walker:
             raise RuleCompileError(
                 "matches() with a pattern that is not a string literal: the pattern is compiled at every "
                 "evaluation, and one built from data may take seconds; write the pattern in the rule")
-        return regex_ns(string_value(pattern.text)) + shapes[0].chars * TEXT_MATCH_NS
+        return regex_ns(string_value(pattern.text), shapes[0].chars)
 
 
 def _names(node: Node, path: bool = False) -> list[str]:
@@ -371,48 +379,86 @@ _CATEGORY_COST = {"CATEGORY_WORD": 5_000, "CATEGORY_NOT_WORD": 5_000, "CATEGORY_
 _PER_UNIT_NS = 40
 
 
-def regex_ns(pattern: str) -> int:
-    """What compiling and starting a `matches` pattern may cost."""
+def regex_ns(pattern: str, text_chars: int = 0) -> int:
+    """What compiling a `matches` pattern and matching it on a text of `text_chars` characters may cost.
+
+    Matching is linear in the text while the pattern is small and narrow; one that holds wide atoms (`.`, a
+    negated or Unicode class, `\\b`) is matched by automata whose work also grows with the pattern's positions
+    (`.{1000}x` on 1,024 characters: 16 ms; `(?:.?){1500}x`: 121 ms)."""
     readable = _UNICODE_PROPERTY.sub(r"\\w", pattern)  # as large as a class of letters
     try:
         parsed = _regex_parser.parse(readable)
     except (re.error, OverflowError, RecursionError) as exc:
         raise RuleCompileError(f"matches() pattern {pattern!r} cannot be read: {exc}") from exc
-    return REGEX_NS + _PER_UNIT_NS * _regex_units(list(parsed), ignore_case=bool(parsed.state.flags & re.I))
+    items = list(parsed)
+    size = _regex_size(items, ignore_case=bool(parsed.state.flags & re.I))
+    per_char = TEXT_MATCH_NS + (size.positions * WIDE_MATCH_NS if size.wide else 0)
+    widest = parsed.getwidth()[1]
+    anchored = (items and str(items[0][0]) == "AT" and "BEGINNING" in str(items[0][1])
+                and not parsed.state.flags & re.M and widest < _regex.MAXREPEAT)
+    scanned = min(text_chars, widest) if anchored else text_chars  # `^` and a bounded width: a prefix at most
+    return REGEX_NS + _PER_UNIT_NS * size.units + scanned * per_char
 
 
-def _regex_units(items: list[tuple[Any, Any]], ignore_case: bool) -> int:
-    total = 0
+@dataclass(frozen=True)
+class _RegexSize:
+    units: int = 0  # compile work, in literal characters
+    positions: int = 0  # places in the pattern a match may be at (an optional or ranged repeat counts twice)
+    wide: bool = False  # holds an atom matching much of Unicode, or a word boundary
+
+    def __add__(self, other: _RegexSize) -> _RegexSize:
+        return _RegexSize(self.units + other.units, self.positions + other.positions, self.wide or other.wide)
+
+    def times(self, count: int, optional: bool) -> _RegexSize:
+        return _RegexSize(self.units * count, self.positions * count * (2 if optional else 1), self.wide)
+
+
+def _regex_size(items: list[tuple[Any, Any]], ignore_case: bool) -> _RegexSize:
+    total = _RegexSize()
     for opcode, value in items:
         name = str(opcode)
         if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
             low, high, sub = value
             times = high if high != _regex.MAXREPEAT else low + 1
-            total += max(times, 1) * _regex_units(list(sub), ignore_case)
-        elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
-            sub = value[-1] if name == "SUBPATTERN" else value
-            total += _regex_units(list(sub), ignore_case)
+            total += _regex_size(list(sub), ignore_case).times(max(times, 1), optional=low != high)
+        elif name == "SUBPATTERN":  # (group, flags added, flags removed, pattern): `(?i:...)` scopes a flag
+            _, added, removed, sub = value
+            scoped = (ignore_case or bool(added & re.I)) and not removed & re.I
+            total += _regex_size(list(sub), scoped)
+        elif name == "ATOMIC_GROUP":
+            total += _regex_size(list(value), ignore_case)
         elif name == "BRANCH":
-            total += sum(5 + _regex_units(list(sub), ignore_case) for sub in value[1])
+            for sub in value[1]:
+                total += _RegexSize(5) + _regex_size(list(sub), ignore_case)
         elif name in ("ASSERT", "ASSERT_NOT"):
-            total += _regex_units(list(value[1]), ignore_case)
+            total += _regex_size(list(value[1]), ignore_case)
         elif name == "IN":
-            total += _class_units(value, ignore_case)
+            total += _class_size(value, ignore_case)
         elif name == "CATEGORY":
-            total += _CATEGORY_COST.get(str(value), 100)
+            total += _RegexSize(_CATEGORY_COST.get(str(value), 100), 1, True)
         elif name in ("ANY", "NOT_LITERAL"):
-            total += 100  # any character but one: a class of all of Unicode
-        elif name == "AT":
-            total += 250 if "BOUNDARY" in str(value) else 1  # \b and \B look at Unicode word characters
+            total += _RegexSize(100, 1, True)  # any character but one: a class of all of Unicode
+        elif name == "AT":  # \b and \B look at Unicode word characters
+            total += _RegexSize(250, 1, True) if "BOUNDARY" in str(value) else _RegexSize(1)
         else:
-            total += 2 if ignore_case else 1
+            total += _RegexSize(2 if ignore_case else 1, 1)
     return total
 
 
-def _class_units(members: list[tuple[Any, Any]], ignore_case: bool) -> int:
-    if any(str(opcode) == "NEGATE" for opcode, _ in members):
-        return 100 + sum(_CATEGORY_COST.get(str(v), 0) for o, v in members if str(o) == "CATEGORY")
+def _class_size(members: list[tuple[Any, Any]], ignore_case: bool) -> _RegexSize:
     units = 0
+    wide = False
     for opcode, value in members:
-        units += _CATEGORY_COST.get(str(value), 100) if str(opcode) == "CATEGORY" else 10
-    return units * (4 if ignore_case else 1)
+        kind = str(opcode)
+        if kind == "NEGATE":
+            units, wide = units + 100, True
+        elif kind == "CATEGORY":
+            units, wide = units + _CATEGORY_COST.get(str(value), 100), True
+        elif kind == "RANGE":
+            low, high = value
+            wide = wide or high > 0x7F
+            # case folding walks the range: all of Unicode took 3.3 ms, U+0100 to U+FFFF 1 ms
+            units += 10 + ((high - low) // 2 if ignore_case else 0)
+        else:
+            units += 10
+    return _RegexSize(units * (4 if ignore_case else 1), 1, wide)

@@ -10,6 +10,7 @@ from typing import Any
 
 import cel
 
+from nba.cel_syntax import MAX_TREE_DEPTH, Node, literal, parse, render
 from nba.errors import RuleCompileError
 from nba.rule_cost import MAX_DEPTH, MAX_RULE_NS, estimate, selected_shape, shape_of
 
@@ -140,7 +141,9 @@ class CompiledRule:
     False
     """
 
-    def __init__(self, source: str, variables: frozenset[str] = RULE_VARIABLES) -> None:
+    def __init__(self, source: str, variables: frozenset[str] = RULE_VARIABLES,
+                 attributes: Mapping[str, Any] | None = None) -> None:
+        """`attributes`: the action's, written into the rule (see `with_action`) when given."""
         if not source.strip():
             raise RuleCompileError("the expression is empty")
         try:
@@ -157,6 +160,10 @@ class CompiledRule:
         self.selection: Selection = selected_fields(source, self.names - {"action"})
         # The action's attributes the rule reads (None: all of them), converted for each evaluation
         self.action_fields = selected_fields(source, ["action"])["action"] if "action" in self.names else None
+        if attributes is not None and "action" in self.names:
+            folded = _folded_program(source, attributes)
+            if folded is not None:
+                self._program, self.names = folded, self.names - {"action"}
 
     def check_functions(self, attributes: Mapping[str, Any] | None = None) -> None:
         """Refuse a rule that calls a function the CEL runtime does not define (it could never pass), or whose
@@ -172,10 +179,13 @@ class CompiledRule:
         tokens = _tokens(self.source)
         known = dict(attributes or {})
         converted = []  # what each evaluation of a rule reading `action` converts for it alone
-        if "action" in self.names:
+        if "action" in self.names and _folded_program(self.source, known) is None:
             converted = [shape_of(self._action_input(known))]
             converted += [selected_shape(name, self.selection.get(name)) for name in self.names - {"action"}]
-        cost = estimate(self.source, shape_of(known), converted)
+        try:
+            cost = estimate(self.source, shape_of(known), converted)
+        except RecursionError:
+            raise RuleCompileError(f"nested more than {MAX_TREE_DEPTH} operations deep") from None
         if cost.depth > MAX_DEPTH:
             raise RuleCompileError(f"comprehensions nested {cost.depth} deep: at most {MAX_DEPTH} (each level "
                                    "multiplies the work of every decision by the length of its list)")
@@ -250,7 +260,50 @@ class CompiledRule:
             return RuleResult(True, f"{self.source} is true")
         if value is False:
             return RuleResult(False, f"{self.source} is false")
-        return RuleResult(False, f"{self.source} evaluated to {value!r}, not a bool", failed=True)
+        # the type only: the value may be a whole map, and the detail is stored with the decision
+        return RuleResult(False, f"{self.source} evaluated to a {type(value).__name__}, not a bool", failed=True)
+
+
+def fold_action(node: Node, attributes: Mapping[str, Any], shadowed: bool = False) -> Node:
+    """`node` with the action's attributes written in as literals: `action.tier` becomes `"gold"`,
+    `has(action.tier)` `true`, `action` a map literal, and an attribute the action lacks `{}.name` (an error, as
+    reading it was). A rule that reads `action` then needs only the decision's inputs, converted once for every
+    rule, where adding the action to them would convert them all again. `shadowed`: inside a comprehension that
+    binds the name `action`."""
+    def is_action(n: Node | None) -> bool:
+        return n is not None and n.kind == "ident" and n.text == "action" and not shadowed
+
+    if is_action(node):
+        return Node("map", "{}", None, tuple(x for k, v in attributes.items() for x in (literal(k), literal(v))))
+    if node.kind == "select" and is_action(node.target):
+        return literal(attributes[node.text]) if node.text in attributes else Node("select", node.text, Node("map"))
+    if (node.kind == "call" and node.text == "has" and node.target is None and len(node.args) == 1
+            and node.args[0].kind == "select" and is_action(node.args[0].target)):
+        return literal(node.args[0].text in attributes)
+    target = fold_action(node.target, attributes, shadowed) if node.target is not None else None
+    args = node.args
+    if node.kind == "call" and node.target is not None and node.text in _MACROS and args and args[0].kind == "ident":
+        inner = shadowed or args[0].text == "action"
+        args = (args[0], *[fold_action(arg, attributes, inner) for arg in args[1:]])
+    else:  # a list, not a generator: no C frames between the levels of a deep tree
+        args = tuple([fold_action(arg, attributes, shadowed) for arg in args])
+    return Node(node.kind, node.text, target, args)
+
+
+MAX_FOLDED_CHARS = 256 * 1024  # a rule with the action written in, at most (compiled when the catalog loads)
+
+
+def _folded_program(source: str, attributes: Mapping[str, Any]) -> Any:
+    """The rule compiled with the action's attributes written in, or None when they cannot be (a value with no
+    CEL literal, a rule too deeply nested to rewrite): it then reads `action` at each evaluation."""
+    try:
+        folded = render(fold_action(parse(source), attributes))
+        if len(folded) > MAX_FOLDED_CHARS:
+            return None
+        program = cel.compile(folded)
+    except (RuleCompileError, ValueError, RecursionError):
+        return None
+    return program if "action" not in set(program.variables()) - bound_names(folded) else None
 
 
 class RuleInputs:

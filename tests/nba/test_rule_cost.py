@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nba.cel_syntax import Node, parse, string_value
+from nba.cel_syntax import Node, literal, parse, render, string_value
 from nba.errors import RuleCompileError
 from nba.rule_cost import MAX_RULE_NS, VARIABLES, estimate, regex_ns, shape_of
 from nba.rules import CompiledRule, RuleInputs
@@ -69,9 +69,8 @@ def test_operators_bind_as_in_cel(source: str, tree: Node) -> None:
     assert parse(source) == tree
 
 
-# Random expressions over every operator, written with as few parentheses as precedence allows: the runtime
+# Random expressions over every operator, rendered with as few parentheses as precedence allows: the runtime
 # compiles each, and the parse gives back the tree they were written from.
-_LEVEL = {"?:": 0, "||": 1, "&&": 2, "==": 3, "<": 3, "in": 3, "+": 4, "-": 4, "*": 5, "%": 5, "!": 6, "neg": 6}
 _leaves = st.sampled_from([A, B, C, Node("literal", "1"), Node("literal", "'x'"), Node("literal", "true")])
 
 
@@ -87,47 +86,11 @@ def _extend(children: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
     return binary | unary | cond | member | index | call | listed
 
 
-def _level(node: Node) -> int:
-    if node.kind == "op":
-        return _LEVEL["neg" if node.text == "-" and len(node.args) == 1 else node.text]
-    return _LEVEL["?:"] if node.kind == "cond" else 7
-
-
-def _write(node: Node, parenthesize: bool = False) -> str:
-    text = _text(node)
-    return f"({text})" if parenthesize else text
-
-
-def _text(node: Node) -> str:
-    if node.kind in ("ident", "literal"):
-        return node.text
-    if node.kind == "list":
-        return "[" + ", ".join(_write(item) for item in node.args) + "]"
-    if node.kind == "cond":
-        condition, then, otherwise = node.args
-        return (f"{_write(condition, _level(condition) <= 0)} ? {_write(then, _level(then) <= 0)} : "
-                f"{_write(otherwise)}")
-    assert node.kind != "map"
-    if node.kind in ("select", "index", "call"):
-        assert node.target is not None
-        target = _write(node.target, _level(node.target) < 7)
-        if node.kind == "select":
-            return f"{target}.{node.text}"
-        if node.kind == "index":
-            return f"{target}[{_write(node.args[0])}]"
-        return f"{target}.{node.text}({_write(node.args[0])})"
-    level = _level(node)
-    if len(node.args) == 1:  # CEL's grammar takes `!!a` and `--a`, not `!-a`: an operand that is itself unary
-        return f"{node.text}{_write(node.args[0], _level(node.args[0]) <= level)}"  # is parenthesized
-    left, right = node.args
-    return f"{_write(left, _level(left) < level)} {node.text} {_write(right, _level(right) <= level)}"
-
-
 @pytest.mark.filterwarnings("ignore:Generating overly large repr")
 @settings(max_examples=300, deadline=None)
 @given(st.recursive(_leaves, _extend, max_leaves=12))
 def test_random_expressions_parse_to_the_tree_they_were_written_from(tree: Node) -> None:
-    source = _text(tree)
+    source = render(tree)
     cel.compile(source)
     assert parse(source) == tree, source
 
@@ -164,6 +127,8 @@ def test_map_and_filter_pay_for_their_growing_result() -> None:
     "customer.event_counts.exists(e, e.startsWith('x'))",
     "has(customer.prefs) && customer.prefs['sms'] == true",
     "context.tags.exists(t, t.matches('^[a-z]+-[0-9]{1,4}$'))",
+    "customer.exists(k, k.matches('^consent_'))",  # 6.4 ms on 1,027 keys of 128 characters
+    " || ".join(["context.page == 'p'"] * 400),  # deep as a tree, and no deeper than the runtime evaluates
 ])
 def test_reasonable_rules_are_within_the_bound(source: str) -> None:
     CompiledRule(source).check_functions({})
@@ -185,6 +150,18 @@ def test_reasonable_rules_are_within_the_bound(source: str) -> None:
     # a pattern built from data: compiled at every evaluation, 2.1 s in a comprehension
     ("context.tags.exists(a, context.tags.exists(b, a.matches(b)))", "literal"),
     ("context.tags.exists(a, context.q.matches('^' + a))", "literal"),
+    # patterns whose matching grows with their size on wide text (1,024 emoji: 16 to 126 ms), or whose case
+    # folding walks wide ranges (3.3 ms a class, compiled at every call)
+    ("context.q.matches(r'.{1000}x')", "could take"),
+    ("context.q.matches(r'(?:.?){1500}x')", "could take"),
+    ("context.q.matches(r'(?:.\\B){500}$')", "could take"),
+    ("context.tags.all(t, !t.matches(r'(?i)[\\u0000-\\U0010ffff]z'))", "could take"),
+    ("context.q.matches(r'(?i)" + "[\\u0000-\\U0010ffff]" * 10 + "')", "could take"),
+    ("context.q.matches(r'(?i:[\\u0100-\\uffff]{100})') && context.q.matches(r'(?i:[\\u0100-\\uffff]{9})')",
+     "could take"),
+    # a result that is not a bool is converted back (a whole context: 17 ms)
+    ("context", "could take"),
+    ("true ? context : false", "could take"),
     # selecting a map copies it: this one at each of 1,024 steps, 75 ms
     ("customer.event_counts.all(e, e.startsWith('x') || customer.event_counts[e] < 5)", "could take"),
 ])
@@ -200,13 +177,14 @@ def test_the_action_s_own_attributes_bound_what_a_rule_reads_of_it() -> None:
         rule.check_functions({"codes": ["x" * 1024] * 100})
 
 
-def test_a_rule_reading_the_action_pays_for_converting_what_it_reads_at_each_evaluation() -> None:
-    # the decision's converted inputs cannot take the action without converting all of them again, so such a
-    # rule converts what it reads for itself: a whole customer (up to 256 KiB of properties) at every action
-    CompiledRule("customer.tier == action.tier && customer.age >= 18").check_functions({"tier": "gold"})
+def test_a_rule_reading_the_action_is_priced_as_it_is_evaluated() -> None:
+    # the action's attributes are written into the rule, which then shares the decision's converted inputs
+    CompiledRule("customer.exists(k, k == action.tier)").check_functions({"tier": "gold"})
+    # unless a value has no CEL literal: the rule then converts what it reads for itself at each evaluation (the
+    # shared inputs cannot take the action without converting all of them again), a whole customer here
+    CompiledRule("customer.tier == 'x' && action.n > 0").check_functions({"n": 2**70})
     with pytest.raises(RuleCompileError, match="could take"):
-        CompiledRule("customer.exists(k, k == action.tier)").check_functions({"tier": "gold"})
-    CompiledRule("customer.exists(k, k == 'gold')").check_functions({"tier": "gold"})
+        CompiledRule("customer.exists(k, k == 'x') && action.n > 0").check_functions({"n": 2**70})
 
 
 def test_an_index_by_a_variable_key_is_priced_as_any_item_of_the_map() -> None:
@@ -220,6 +198,11 @@ def test_pattern_cost_grows_with_what_it_matches() -> None:
     assert regex_ns("\\p{L}") >= regex_ns("\\w")
     with pytest.raises(RuleCompileError, match="cannot be read"):
         regex_ns("(unclosed")
+
+
+def test_a_result_that_is_not_a_bool_is_named_by_its_type_only() -> None:
+    result = CompiledRule("context.tags").evaluate({"context": {"tags": ["x" * 100] * 100}})
+    assert result.failed and "list" in result.detail and "xxx" not in result.detail
 
 
 def test_each_variable_is_bounded() -> None:
@@ -241,3 +224,40 @@ def test_rules_reading_the_action_see_each_action_s_attributes_on_the_shared_inp
     assert not whole.evaluate_for(inputs, {"tags": ["a"], "x": 1}).passed
     unread = CompiledRule("customer.tier == 'gold'")
     assert unread.evaluate_for(inputs, {"tier": "silver"}).passed
+
+
+ATTRIBUTE_SETS: list[dict[str, Any]] = [
+    {"tier": "gold", "min_age": 18, "codes": ["a", "b"], "weight": 1.5, "on": True},
+    {"tier": "sil\"ver\\\n", "min_age": -3, "codes": [], "weight": -0.0, "on": False},
+    {},
+]
+FOLDED = [
+    "customer.tier == action.tier",
+    "has(action.tier) && customer.tier == action.tier",
+    "!has(action.tier) || customer.age >= action.min_age",
+    "action.codes.exists(c, c in customer.tags) || action.on",
+    "size(action) > 2 && 'tier' in action && action['tier'] != ''",
+    "action.weight * 2.0 > 1.0",
+    "customer.tags.exists(action, action == 'a') && has(action.on)",  # a comprehension binding `action`
+    "customer.exists(k, k == action.tier)",
+    "action.missing == 1 || true",
+]
+
+
+@pytest.mark.parametrize("source", FOLDED)
+@pytest.mark.parametrize("attributes", ATTRIBUTE_SETS)
+def test_a_rule_with_the_action_written_in_has_the_outcome_it_had(source: str, attributes: dict[str, Any]) -> None:
+    folded = CompiledRule(source, attributes=attributes)
+    assert "action" not in folded.names or source.startswith("customer.tags.exists(action")
+    for customer in ({"tier": "gold", "age": 20, "tags": ["a"]}, {"tier": 'sil"ver\\\n', "age": 0, "tags": []}, {}):
+        inputs = RuleInputs({"customer": customer, "context": {}, "now": NOW})
+        plain = CompiledRule(source).evaluate_for(inputs, attributes)
+        written = folded.evaluate_for(inputs, attributes)
+        assert (written.passed, written.failed) == (plain.passed, plain.failed), (customer, written, plain)
+
+
+def test_an_action_value_with_no_cel_literal_is_read_at_each_evaluation() -> None:
+    rule = CompiledRule("action.n > 0", attributes={"n": 2**70})
+    assert "action" in rule.names
+    inputs = RuleInputs({"now": NOW})
+    assert rule.evaluate_for(inputs, {"n": 2**70}) == CompiledRule("action.n > 0").evaluate_for(inputs, {"n": 2**70})
