@@ -13,6 +13,7 @@ import pytest
 from scipy.stats import chisquare
 
 from tests.conftest import CHANNEL
+from tests.e2e.test_learner_process import _until
 from training.simulator import SegmentSimulator
 
 pytestmark = pytest.mark.e2e
@@ -42,11 +43,21 @@ def _round(client: httpx.Client, sim: SegmentSimulator, channel: str) -> tuple[d
     return answer, chosen == sim.best_action(customer.segment)
 
 
+def _learned(client: httpx.Client, policy: str) -> int:
+    models = {m["policy"]: m for m in client.get("/health").json()["models"]}
+    return int(models[policy]["examples_learned"]) if policy in models else 0
+
+
 def test_online_policy_learns_best_action_per_segment(start_server: Any) -> None:
     sim = SegmentSimulator(segments=3, actions=4, seed=11)
     server = start_server(_catalog(sim, {}))  # the documented default learner
     with httpx.Client(base_url=server.url, timeout=30) as client, ThreadPoolExecutor(max_workers=4) as pool:
-        learned = [best for _, best in pool.map(lambda _: _round(client, sim, "web"), range(5000))]
+        learned = [best for _, best in pool.map(lambda _: _round(client, sim, "web"), range(4000))]
+        # The learner follows rewards asynchronously, and lags when the test shares the machine (a run beside
+        # another test worker measured 0.784 against 0.98 alone): the last 1,000 decisions are made once it has
+        # learned most of the first 4,000 rewards, so they measure what it learned, not how far behind it is.
+        _until(lambda: _learned(client, "learning") >= 3500, "the learner to learn 3,500 of 4,000 rewards")
+        learned += [best for _, best in pool.map(lambda _: _round(client, sim, "web"), range(1000))]
         uniform = [best for _, best in pool.map(lambda _: _round(client, sim, "uni"), range(2000))]
         health = client.get("/health").json()
     share_learned = sum(learned[-1000:]) / 1000
